@@ -1,0 +1,76 @@
+//! Interrupt lines as device models see them. The VMM backs a line with an eventfd that it
+//! registers as a KVM irqfd; unit tests back it with a counter.
+
+use std::io;
+use std::sync::Arc;
+
+use vmm_sys_util::eventfd::EventFd;
+
+/// An edge-triggered interrupt line a device can raise.
+pub trait InterruptLine: Send + Sync {
+    /// Raises the line once.
+    fn trigger(&self) -> io::Result<()>;
+}
+
+/// A line backed by an eventfd (a KVM irqfd in the VMM).
+#[derive(Debug)]
+pub struct EventFdLine(EventFd);
+
+impl EventFdLine {
+    /// Wraps `fd`; writes to it raise the interrupt.
+    pub fn new(fd: EventFd) -> Self {
+        Self(fd)
+    }
+
+    /// The eventfd, for registering it as an irqfd.
+    pub fn eventfd(&self) -> &EventFd {
+        &self.0
+    }
+}
+
+impl InterruptLine for EventFdLine {
+    fn trigger(&self) -> io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// Adapts any [`InterruptLine`] to vm-superio's `Trigger`.
+#[derive(Clone)]
+pub struct LineTrigger(pub Arc<dyn InterruptLine>);
+
+impl std::fmt::Debug for LineTrigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LineTrigger")
+    }
+}
+
+impl vm_superio::Trigger for LineTrigger {
+    type E = io::Error;
+
+    fn trigger(&self) -> io::Result<()> {
+        self.0.trigger()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_utils {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A line that counts how often it was raised.
+    #[derive(Debug, Default)]
+    pub struct CountingLine(pub AtomicUsize);
+
+    impl CountingLine {
+        pub fn count(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    impl InterruptLine for CountingLine {
+        fn trigger(&self) -> io::Result<()> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+}
