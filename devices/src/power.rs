@@ -17,3 +17,26 @@ pub trait PowerEventSink: Send + Sync {
     /// Records the event and wakes whoever ends the VM. The first event wins.
     fn power_event(&self, event: PowerEvent);
 }
+
+#[cfg(test)]
+pub(crate) mod test_utils {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A sink that records every event.
+    #[derive(Debug, Default)]
+    pub struct RecordingSink(Mutex<Vec<PowerEvent>>);
+
+    impl RecordingSink {
+        /// The events so far.
+        pub fn events(&self) -> Vec<PowerEvent> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    impl PowerEventSink for RecordingSink {
+        fn power_event(&self, event: PowerEvent) {
+            self.0.lock().unwrap().push(event);
+        }
+    }
+}

@@ -37,7 +37,10 @@ impl RequesterId {
             return Err(RidError::Function(function));
         }
         let devfn = (device << 3) | function;
-        Ok(Self::from_routing_id(segment, u16::from_be_bytes([bus, devfn])))
+        Ok(Self::from_routing_id(
+            segment,
+            u16::from_be_bytes([bus, devfn]),
+        ))
     }
 
     /// Builds a RID from a segment and a 16-bit routing ID (bus in the high byte).
@@ -145,7 +148,15 @@ mod tests {
     fn rejects_bad_parts() {
         assert_eq!(RequesterId::new(0, 0, 32, 0), Err(RidError::Device(32)));
         assert_eq!(RequesterId::new(0, 0, 0, 8), Err(RidError::Function(8)));
-        for bad in ["", "1.2", "zz:00.0", "00:00", "0:0:0:0.0", "00:20.0", "00:00.8"] {
+        for bad in [
+            "",
+            "1.2",
+            "zz:00.0",
+            "00:00",
+            "0:0:0:0.0",
+            "00:20.0",
+            "00:00.8",
+        ] {
             assert!(bad.parse::<RequesterId>().is_err(), "{bad}");
         }
     }

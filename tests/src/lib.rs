@@ -1,1 +1,115 @@
-//! harness
+//! The integration-test harness: finds the built `vmm` and guest images, spawns VMs, reads
+//! their serial output for markers (waiting on output, never sleeping), and implements the
+//! skip policy.
+//!
+//! Skip policy: a test that cannot run prints `SKIP: <reason>` and returns. With
+//! `VMM_TESTS_STRICT=1` (CI) it panics instead, unless the reason is one the CI machine
+//! cannot meet by design ([`SkipKind::HostLimit`], e.g. Linux user space on PVM).
+
+pub mod vm;
+
+pub use vm::{Output, RunArgs, VmProcess};
+
+use std::path::{Path, PathBuf};
+
+/// Why a test cannot run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipKind {
+    /// Something CI must provide (KVM, an image): fails under `VMM_TESTS_STRICT=1`.
+    Missing,
+    /// A limit of this kind of host that CI shares (PVM cannot run Linux user space).
+    HostLimit,
+}
+
+/// Whether `VMM_TESTS_STRICT=1`.
+pub fn strict() -> bool {
+    std::env::var("VMM_TESTS_STRICT").is_ok_and(|v| v == "1")
+}
+
+/// Prints the skip line, or panics under strict mode for [`SkipKind::Missing`].
+pub fn skip(kind: SkipKind, reason: &str) {
+    if kind == SkipKind::Missing && strict() {
+        panic!("VMM_TESTS_STRICT=1 and this test cannot run: {reason}");
+    }
+    println!("SKIP: {reason}");
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The directory holding the binaries of this build (target/<profile>).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test-binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// The `vmm` binary built alongside these tests.
+pub fn vmm_binary() -> PathBuf {
+    let p = bin_dir().join("vmm");
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` so it is built",
+        p.display()
+    );
+    p
+}
+
+/// The test guest ELF built alongside these tests (the workspace member `testguest`).
+pub fn testguest_elf() -> PathBuf {
+    let p = bin_dir().join("testguest");
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` so it is built",
+        p.display()
+    );
+    p
+}
+
+/// Where guest-images/build.sh puts the Linux images.
+pub fn guest_images_out() -> PathBuf {
+    std::env::var_os("VMM_GUEST_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("guest-images/out"))
+}
+
+/// Why KVM is unusable here, if it is.
+pub fn kvm_unavailable() -> Option<String> {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => None,
+        Err(e) => Some(format!("/dev/kvm is not usable: {e}")),
+    }
+}
+
+/// Whether the host's KVM is PVM (software-assisted, nested): guest ring 0 is emulated.
+pub fn host_is_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+        && !std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("flags"))
+            .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+}
+
+/// Checks KVM; prints the skip line and returns false when the test must not run.
+pub fn require_kvm() -> bool {
+    match kvm_unavailable() {
+        None => true,
+        Some(reason) => {
+            skip(SkipKind::Missing, &reason);
+            false
+        }
+    }
+}

@@ -68,19 +68,11 @@ impl DevicePio for AcpiPmDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
-
-    #[derive(Default)]
-    struct Events(Mutex<Vec<PowerEvent>>);
-    impl PowerEventSink for Events {
-        fn power_event(&self, event: PowerEvent) {
-            self.0.lock().unwrap().push(event);
-        }
-    }
+    use crate::power::test_utils::RecordingSink;
 
     #[test]
     fn s5_and_reset() {
-        let events = Arc::new(Events::default());
+        let events = Arc::new(RecordingSink::default());
         let dev = AcpiPmDevice::new(events.clone());
         let base = PioAddress(PM_IO_BASE);
         dev.pio_write(base, SLEEP_CONTROL, &[S5_SLP_TYP << 2]); // no SLP_EN
@@ -90,7 +82,7 @@ mod tests {
         dev.pio_write(base, RESET_REG, &[RESET_VALUE]);
         dev.pio_write(base, RESET_REG, &[RESET_VALUE, 0]);
         assert_eq!(
-            *events.0.lock().unwrap(),
+            events.events(),
             vec![PowerEvent::PowerOff, PowerEvent::Reset]
         );
     }

@@ -52,19 +52,11 @@ impl DevicePio for DebugExitDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
-
-    #[derive(Default)]
-    struct Events(Mutex<Vec<PowerEvent>>);
-    impl PowerEventSink for Events {
-        fn power_event(&self, event: PowerEvent) {
-            self.0.lock().unwrap().push(event);
-        }
-    }
+    use crate::power::test_utils::RecordingSink;
 
     #[test]
     fn statuses() {
-        let events = Arc::new(Events::default());
+        let events = Arc::new(RecordingSink::default());
         let dev = DebugExitDevice::new(events.clone());
         let base = PioAddress(DEBUG_EXIT_PORT);
         dev.pio_write(base, 0, &[0]);
@@ -72,7 +64,7 @@ mod tests {
         dev.pio_write(base, 0, &[1, 2, 3]);
         dev.pio_write(base, 1, &[1]);
         assert_eq!(
-            *events.0.lock().unwrap(),
+            events.events(),
             vec![PowerEvent::DebugExit(0), PowerEvent::DebugExit(0x1234_5678)]
         );
     }

@@ -89,27 +89,19 @@ impl MutDevicePio for I8042 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
-
-    #[derive(Default)]
-    struct Events(Mutex<Vec<PowerEvent>>);
-    impl PowerEventSink for Events {
-        fn power_event(&self, event: PowerEvent) {
-            self.0.lock().unwrap().push(event);
-        }
-    }
+    use crate::power::test_utils::RecordingSink;
 
     #[test]
     fn reset_command_resets() {
-        let events = Arc::new(Events::default());
+        let events = Arc::new(RecordingSink::default());
         let mut dev = I8042::new(events.clone());
         dev.pio_write(PioAddress(I8042_COMMAND_PORT), 0, &[0xfe]);
-        assert_eq!(*events.0.lock().unwrap(), vec![PowerEvent::Reset]);
+        assert_eq!(events.events(), vec![PowerEvent::Reset]);
     }
 
     #[test]
     fn status_reads_and_bad_sizes() {
-        let events = Arc::new(Events::default());
+        let events = Arc::new(RecordingSink::default());
         let mut dev = I8042::new(events.clone());
         let mut b = [0u8];
         dev.pio_read(PioAddress(I8042_COMMAND_PORT), 0, &mut b);
@@ -117,6 +109,6 @@ mod tests {
         dev.pio_read(PioAddress(I8042_COMMAND_PORT), 0, &mut w);
         assert_eq!(w, [0xff; 4]);
         dev.pio_write(PioAddress(I8042_COMMAND_PORT), 0, &[0xfe, 0]);
-        assert!(events.0.lock().unwrap().is_empty());
+        assert!(events.events().is_empty());
     }
 }

@@ -1,0 +1,237 @@
+//! A `vmm` process under test: its serial output collected line by line by reader threads,
+//! markers awaited with a deadline (a hang guard, not a speed assertion).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+/// A line the VM printed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Serial console (vmm stdout).
+    Stdout(String),
+    /// VMM messages (vmm stderr).
+    Stderr(String),
+}
+
+/// A running `vmm`.
+#[derive(Debug)]
+pub struct VmProcess {
+    child: Child,
+    lines: Receiver<Output>,
+    /// Everything read so far.
+    pub stdout: Vec<String>,
+    /// Everything read so far.
+    pub stderr: Vec<String>,
+    open_streams: usize,
+}
+
+fn pump<R: Read + Send + 'static>(
+    r: R,
+    tx: std::sync::mpsc::Sender<Output>,
+    wrap: fn(String) -> Output,
+) {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(r);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf)
+                        .trim_end_matches(['\n', '\r'])
+                        .to_string();
+                    if tx.send(wrap(line)).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}
+
+impl VmProcess {
+    /// Spawns `vmm` with `args`; stdin is empty.
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(vmm: &Path, args: &[S]) -> Self {
+        let mut child = Command::new(vmm)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", vmm.display()));
+        let (tx, rx) = channel();
+        pump(
+            child.stdout.take().expect("stdout"),
+            tx.clone(),
+            Output::Stdout,
+        );
+        pump(child.stderr.take().expect("stderr"), tx, Output::Stderr);
+        Self {
+            child,
+            lines: rx,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            open_streams: 2,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn record(&mut self, line: Output) -> Output {
+        match &line {
+            Output::Stdout(l) => self.stdout.push(l.clone()),
+            Output::Stderr(l) => self.stderr.push(l.clone()),
+        }
+        line
+    }
+
+    /// Waits until a serial line satisfies `pred`; returns it, or None when the deadline
+    /// passes or the VM's output ends first.
+    pub fn wait_for_stdout(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        if let Some(l) = self.stdout.iter().find(|l| pred(l)) {
+            return Some(l.clone());
+        }
+        let deadline = Instant::now() + timeout;
+        while self.open_streams > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Output::Stdout(l) = self.record(line)
+                        && pred(&l)
+                    {
+                        return Some(l);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => return None,
+                Err(RecvTimeoutError::Disconnected) => self.open_streams = 0,
+            }
+        }
+        None
+    }
+
+    /// Waits for the process to end (draining its output); kills it at the deadline.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while self.open_streams > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.record(line);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.kill();
+                    return None;
+                }
+                Err(RecvTimeoutError::Disconnected) => self.open_streams = 0,
+            }
+        }
+        // Both pipes closed: the process is exiting.
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Sends a signal to the VMM.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Kills the process.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// All output so far, for failure messages.
+    pub fn transcript(&self) -> String {
+        format!(
+            "--- serial ---\n{}\n--- vmm stderr ---\n{}",
+            self.stdout.join("\n"),
+            self.stderr.join("\n")
+        )
+    }
+}
+
+impl Drop for VmProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+    }
+}
+
+/// The flags of one `vmm run`, for tests.
+#[derive(Debug, Clone)]
+pub struct RunArgs {
+    /// `--kernel`.
+    pub kernel: std::path::PathBuf,
+    /// `--initrd`.
+    pub initrd: Option<std::path::PathBuf>,
+    /// `--cmdline`.
+    pub cmdline: String,
+    /// `--vcpus`.
+    pub vcpus: u32,
+    /// `--memory`.
+    pub memory: String,
+    /// More flags.
+    pub extra: Vec<std::ffi::OsString>,
+}
+
+impl RunArgs {
+    /// The test guest with `scenarios` (and `testguest.mem` matching `memory`).
+    pub fn testguest(scenarios: &str, vcpus: u32, memory: &str) -> Self {
+        Self {
+            kernel: crate::testguest_elf(),
+            initrd: None,
+            cmdline: format!("testguest.scenario={scenarios} testguest.mem={memory}"),
+            vcpus,
+            memory: memory.to_string(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// Adds flags.
+    pub fn with(mut self, flags: &[&std::ffi::OsStr]) -> Self {
+        self.extra.extend(flags.iter().map(|f| f.to_os_string()));
+        self
+    }
+
+    /// Spawns the `vmm` built with these tests.
+    pub fn spawn(&self) -> VmProcess {
+        let mut args: Vec<std::ffi::OsString> = vec!["run".into(), "--kernel".into()];
+        args.push(self.kernel.clone().into());
+        if let Some(initrd) = &self.initrd {
+            args.push("--initrd".into());
+            args.push(initrd.clone().into());
+        }
+        for (flag, value) in [
+            ("--cmdline", &self.cmdline),
+            ("--vcpus", &self.vcpus.to_string()),
+            ("--memory", &self.memory),
+        ] {
+            args.push(flag.into());
+            args.push(value.into());
+        }
+        args.extend(self.extra.iter().cloned());
+        VmProcess::spawn(&crate::vmm_binary(), &args)
+    }
+}

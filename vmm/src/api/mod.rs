@@ -1,0 +1,8 @@
+//! The API socket: JSON requests and responses, one object per line, over a unix stream
+//! socket. `protocol` holds the wire types; `server` the event-loop subscriber.
+
+pub mod protocol;
+pub mod server;
+
+pub use protocol::{Request, Response, VmStatus};
+pub use server::{ApiError, ApiServer};

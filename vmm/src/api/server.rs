@@ -1,0 +1,254 @@
+//! The API server: a unix listener and its connections, served from the VMM's event loop.
+//! A misbehaving client (garbage, endless lines, vanishing mid-request) gets an error or
+//! is dropped; it never stops the VM.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::EventSet;
+
+use super::protocol::{self, MAX_REQUEST_LEN, Request, Response, VmStatus};
+use devices::warn_ratelimited;
+
+/// Errors setting up the API socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Something that is not a socket is in the way.
+    #[error("API socket path {0} exists and is not a socket")]
+    PathInUse(PathBuf),
+    /// Binding failed.
+    #[error("cannot listen on API socket {0}")]
+    Bind(PathBuf, #[source] std::io::Error),
+}
+
+/// Answers a request; implemented by the VM.
+pub trait ApiHandler: Send {
+    /// The VM's status.
+    fn status(&self) -> VmStatus;
+}
+
+struct Conn {
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+/// The listener and its clients.
+pub struct ApiServer {
+    path: PathBuf,
+    listener: UnixListener,
+    conns: HashMap<i32, Conn>,
+    handler: Box<dyn ApiHandler>,
+}
+
+impl std::fmt::Debug for ApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiServer")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl ApiServer {
+    /// Listens on `path`, replacing a stale socket left by a previous run.
+    pub fn bind(path: &Path, handler: Box<dyn ApiHandler>) -> Result<Self, ApiError> {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(ApiError::PathInUse(path.to_path_buf()));
+            }
+            if UnixStream::connect(path).is_ok() {
+                return Err(ApiError::Bind(
+                    path.to_path_buf(),
+                    std::io::Error::new(ErrorKind::AddrInUse, "another process is serving it"),
+                ));
+            }
+            let _ = std::fs::remove_file(path);
+        }
+        let listener =
+            UnixListener::bind(path).map_err(|e| ApiError::Bind(path.to_path_buf(), e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| ApiError::Bind(path.to_path_buf(), e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            listener,
+            conns: HashMap::new(),
+            handler,
+        })
+    }
+
+    fn answer(&self, line: &[u8]) -> Response {
+        match protocol::parse_request(line) {
+            Ok(Request::Status) => Response::status(self.handler.status()),
+            Err(e) => Response::error(e),
+        }
+    }
+
+    fn accept(&mut self, ops: &mut EventOps) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let fd = stream.as_raw_fd();
+                    if ops.add(Events::new(&stream, EventSet::IN)).is_ok() {
+                        self.conns.insert(
+                            fd,
+                            Conn {
+                                stream,
+                                buf: Vec::new(),
+                            },
+                        );
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    warn_ratelimited!("api: accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads what a client sent and answers every complete line; false to drop it.
+    fn serve(&mut self, fd: i32) -> bool {
+        let Some(mut conn) = self.conns.remove(&fd) else {
+            return false;
+        };
+        let mut chunk = [0u8; 4096];
+        let keep = loop {
+            match conn.stream.read(&mut chunk) {
+                Ok(0) => break false,
+                Ok(n) => conn.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break true,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => break false,
+            }
+            if conn.buf.len() > MAX_REQUEST_LEN && !conn.buf.contains(&b'\n') {
+                let _ = reply(&mut conn.stream, &Response::error("request too long"));
+                return false;
+            }
+        };
+        while let Some(pos) = conn.buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = conn.buf.drain(..=pos).collect();
+            let line = line.trim_ascii();
+            if line.is_empty() {
+                continue;
+            }
+            let response = self.answer(line);
+            if reply(&mut conn.stream, &response).is_err() {
+                return false;
+            }
+        }
+        if keep {
+            self.conns.insert(fd, conn);
+        }
+        keep
+    }
+}
+
+fn reply(stream: &mut UnixStream, response: &Response) -> std::io::Result<()> {
+    let mut text = serde_json::to_vec(response).map_err(std::io::Error::other)?;
+    text.push(b'\n');
+    // Answers are small; a client that does not read them is dropped.
+    stream.set_nonblocking(false)?;
+    stream.set_write_timeout(Some(std::time::Duration::from_secs(1)))?;
+    let r = stream.write_all(&text);
+    stream.set_nonblocking(true)?;
+    r
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl MutEventSubscriber for ApiServer {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.listener, EventSet::IN)) {
+            log::error!("api: cannot watch the listener: {e:?}");
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.listener.as_raw_fd() {
+            self.accept(ops);
+            return;
+        }
+        let hangup = events
+            .event_set()
+            .intersects(EventSet::HANG_UP | EventSet::ERROR | EventSet::READ_HANG_UP);
+        let keep = self.serve(fd) && !hangup;
+        if !keep {
+            let _ = ops.remove(Events::empty_raw(fd));
+            self.conns.remove(&fd);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use event_manager::SubscriberOps;
+    use std::io::{BufRead, BufReader};
+    use std::sync::{Arc, Mutex};
+
+    struct Fixed;
+    impl ApiHandler for Fixed {
+        fn status(&self) -> VmStatus {
+            VmStatus {
+                state: "running".into(),
+                vcpus: 2,
+                memory_bytes: 1 << 28,
+                cpu_template: "host".into(),
+                kernel: "k".into(),
+                uptime_ms: 5,
+            }
+        }
+    }
+
+    #[test]
+    fn serves_status_and_survives_garbage() {
+        let path = std::env::temp_dir().join(format!("vmm-api-test-{}.sock", std::process::id()));
+        let server = ApiServer::bind(&path, Box::new(Fixed)).unwrap();
+        let mut em =
+            event_manager::EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
+                .unwrap();
+        em.add_subscriber(Arc::new(Mutex::new(server)));
+        let client = UnixStream::connect(&path).unwrap();
+        let mut w = client.try_clone().unwrap();
+        let mut r = BufReader::new(client);
+        let mut ask = |req: &[u8], em: &mut event_manager::EventManager<_>| {
+            w.write_all(req).unwrap();
+            let mut line = String::new();
+            while line.is_empty() {
+                em.run_with_timeout(100).unwrap();
+                let _ = r.get_mut().set_nonblocking(true);
+                let _ = r.read_line(&mut line);
+            }
+            serde_json::from_str::<Response>(&line).unwrap()
+        };
+        em.run_with_timeout(100).unwrap(); // accept
+        let bad = ask(b"{nope\n", &mut em);
+        assert!(!bad.ok && bad.error.unwrap().contains("malformed"));
+        let ok = ask(b"{\"action\":\"status\"}\n", &mut em);
+        assert!(ok.ok);
+        assert_eq!(ok.status.unwrap().vcpus, 2);
+        // A stale socket is replaced; a non-socket is refused.
+        drop(em);
+        let plain = path.with_extension("txt");
+        std::fs::write(&plain, b"x").unwrap();
+        assert!(matches!(
+            ApiServer::bind(&plain, Box::new(Fixed)),
+            Err(ApiError::PathInUse(_))
+        ));
+        std::fs::remove_file(plain).unwrap();
+    }
+}

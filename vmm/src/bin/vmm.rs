@@ -1,0 +1,172 @@
+//! `vmm`: runs one microVM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+
+use vmm::config::{ByteSize, ConfigError, VmConfig, VmConfigFile};
+use vmm::machine::{self, VmmError};
+use vmm::stats::{ExitStats, STATS_PREFIX, peak_rss_kib};
+
+/// Exit code for bad input (CLI, config, images).
+const EXIT_USAGE: u8 = 2;
+/// Exit code for a VM that failed or a VMM error.
+const EXIT_FAILURE: u8 = 1;
+
+/// A KVM microVM monitor with an emulated SR-IOV network adapter.
+#[derive(Debug, Parser)]
+#[command(name = "vmm", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Boot a microVM and run it until the guest powers off, resets or fails.
+    ///
+    /// Exit status: 0 when the guest shut down, reset or reported success (or the VMM got
+    /// SIGINT/SIGTERM); 1 when the VM failed (triple fault, KVM internal error) or the VMM
+    /// did; 2 for bad input (flags, config file, kernel, initrd, sizes); 3 when the test
+    /// guest reported failure through the debug-exit port.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Kernel to boot: an ELF vmlinux or a bzImage, entered in 64-bit mode. Without it the
+    /// default test guest (guest-images/out/testguest.elf, or $VMM_GUEST_IMAGES) boots.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk, loaded at the top of RAM below 3 GiB.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line (at most 2047 bytes).
+    #[arg(long, value_name = "STRING")]
+    cmdline: Option<String>,
+    /// Number of vCPUs, 1 to 254 [default: 1].
+    #[arg(long, value_name = "N")]
+    vcpus: Option<u32>,
+    /// Guest memory, e.g. 256M or 1G; RAM above 3 GiB is placed above 4 GiB
+    /// [default: 256M].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory: Option<ByteSize>,
+    /// CPUID template: `host` (the host's features, filtered for a VM) or `nested-safe`
+    /// (without AVX/VEX, XSAVE, CX16 and the other instructions a software-assisted nested
+    /// KVM cannot emulate in guest ring 0). Default: nested-safe on PVM hosts, else host.
+    #[arg(long, value_name = "NAME")]
+    cpu_template: Option<String>,
+    /// Serve the JSON API on this unix socket (one request per line, e.g.
+    /// {"action":"status"}).
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+    /// Read settings from a JSON file (keys: kernel, initrd, cmdline, vcpus, memory,
+    /// cpu_template, api_socket); flags given on the command line win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// At exit, print one JSON line on stderr with wall time, peak RSS and guest memory
+    /// touched (for benchmarks).
+    #[arg(long)]
+    exit_stats: bool,
+}
+
+fn parse_size(s: &str) -> Result<ByteSize, String> {
+    s.parse().map_err(|e: ConfigError| e.to_string())
+}
+
+/// The error and its causes, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+fn run(args: RunArgs, started: Instant) -> Result<(i32, String), VmmError> {
+    let file = match &args.config {
+        Some(path) => VmConfigFile::load(path)?,
+        None => VmConfigFile::default(),
+    };
+    let cli = VmConfigFile {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        vcpus: args.vcpus,
+        memory: args.memory,
+        cpu_template: args.cpu_template,
+        api_socket: args.api_socket,
+    };
+    let config = VmConfig::try_from(file.merged_with(cli))?;
+    let outcome = machine::run(&config)?;
+    if args.exit_stats {
+        let stats = ExitStats {
+            wall_us: started.elapsed().as_micros() as u64,
+            peak_rss_kib: peak_rss_kib(),
+            guest_touched_kib: outcome.guest_touched_bytes / 1024,
+        };
+        if let Ok(json) = serde_json::to_string(&stats) {
+            eprintln!("{STATS_PREFIX}{json}");
+        }
+    }
+    Ok(outcome.end.exit_code_and_message())
+}
+
+fn main() -> ExitCode {
+    let started = Instant::now();
+    env_logger_init();
+    vmm::console::install_panic_hook();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Run(args) => match run(args, started) {
+            Ok((code, message)) => {
+                eprintln!("vmm: {message}");
+                ExitCode::from(code as u8)
+            }
+            Err(e) => {
+                eprintln!("vmm: error: {}", chain(&e));
+                ExitCode::from(if e.is_user_error() {
+                    EXIT_USAGE
+                } else {
+                    EXIT_FAILURE
+                })
+            }
+        },
+    }
+}
+
+/// Logs to stderr at the level in $VMM_LOG (error, warn, info, debug, trace; default warn).
+fn env_logger_init() {
+    struct StderrLogger;
+    impl log::Log for StderrLogger {
+        fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+            m.level() <= log::max_level()
+        }
+        fn log(&self, r: &log::Record<'_>) {
+            if self.enabled(r.metadata()) {
+                eprintln!("vmm: {}: {}", r.level().as_str().to_lowercase(), r.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    static LOGGER: StderrLogger = StderrLogger;
+    let level = std::env::var("VMM_LOG")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(log::LevelFilter::Warn);
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(level);
+    }
+}

@@ -1,0 +1,356 @@
+//! The microVM's configuration: the `vmm run` flags and the same settings as a JSON file.
+//! Everything the user can get wrong is checked here, before any KVM object exists.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::boot::cpuid::CpuTemplate;
+use crate::memory::layout;
+
+/// Most vCPUs a VM may have: APIC IDs are 8 bits in the MADT and 0xFF is broadcast.
+pub const MAX_VCPUS: u8 = 254;
+/// Longest kernel command line (Linux's x86 COMMAND_LINE_SIZE).
+pub const MAX_CMDLINE_LEN: usize = 2048;
+/// Default memory size.
+pub const DEFAULT_MEMORY: u64 = 256 << 20;
+
+/// Errors in the configuration: all of them are the user's to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid JSON for a VM config.
+    #[error("config file {path} is not a valid VM config")]
+    ParseFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A size that does not parse.
+    #[error("invalid size `{0}`: expected a number of bytes with an optional K, M, G or T suffix")]
+    Size(String),
+    /// Memory below the minimum.
+    #[error("memory size {0} is too small: the minimum is {min} MiB", min = layout::MIN_MEMORY >> 20)]
+    MemoryTooSmall(ByteSize),
+    /// Memory above the maximum.
+    #[error("memory size {0} is too large: the maximum is {max} GiB", max = layout::MAX_MEMORY >> 30)]
+    MemoryTooLarge(ByteSize),
+    /// Memory that is not a whole number of pages.
+    #[error("memory size {0} is not a multiple of 4 KiB")]
+    MemoryUnaligned(ByteSize),
+    /// A vCPU count out of range.
+    #[error("{0} vCPUs requested: the count must be between 1 and {MAX_VCPUS}")]
+    Vcpus(u32),
+    /// An unknown CPU template name.
+    #[error("unknown CPU template `{0}`: known templates are {known}", known = CpuTemplate::NAMES.join(", "))]
+    CpuTemplate(String),
+    /// A command line that Linux would truncate.
+    #[error("kernel command line is {0} bytes long: the maximum is {max}", max = MAX_CMDLINE_LEN - 1)]
+    CmdlineTooLong(usize),
+    /// A command line with a NUL byte.
+    #[error("kernel command line contains a NUL byte")]
+    CmdlineNul,
+}
+
+/// A size in bytes, written as `256M`, `1G`, `4096`...
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ConfigError::Size(s.to_string());
+        let t = s.trim();
+        let t = t.strip_suffix(['b', 'B']).unwrap_or(t);
+        let t = t.strip_suffix(['i']).unwrap_or(t);
+        let (digits, shift) = match t.char_indices().last() {
+            Some((i, 'k' | 'K')) => (&t[..i], 10),
+            Some((i, 'm' | 'M')) => (&t[..i], 20),
+            Some((i, 'g' | 'G')) => (&t[..i], 30),
+            Some((i, 't' | 'T')) => (&t[..i], 40),
+            _ => (t, 0),
+        };
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        n.checked_mul(1u64 << shift).map(ByteSize).ok_or_else(bad)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+            if b >= 1 << shift && b.is_multiple_of(1 << shift) {
+                return write!(f, "{} {unit}", b >> shift);
+            }
+        }
+        write!(f, "{b} bytes")
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(b) => Ok(ByteSize(b)),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// The settings of `vmm run`, as a JSON file holds them (every field optional).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfigFile {
+    /// Kernel image (ELF vmlinux or bzImage).
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: Option<String>,
+    /// Number of vCPUs.
+    pub vcpus: Option<u32>,
+    /// Guest memory size.
+    pub memory: Option<ByteSize>,
+    /// CPU template name.
+    pub cpu_template: Option<String>,
+    /// Path of the API socket.
+    pub api_socket: Option<PathBuf>,
+}
+
+impl VmConfigFile {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| ConfigError::ParseFile {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// `self` with every field that `over` sets replaced (command-line flags win over the
+    /// file).
+    pub fn merged_with(self, over: VmConfigFile) -> VmConfigFile {
+        VmConfigFile {
+            kernel: over.kernel.or(self.kernel),
+            initrd: over.initrd.or(self.initrd),
+            cmdline: over.cmdline.or(self.cmdline),
+            vcpus: over.vcpus.or(self.vcpus),
+            memory: over.memory.or(self.memory),
+            cpu_template: over.cpu_template.or(self.cpu_template),
+            api_socket: over.api_socket.or(self.api_socket),
+        }
+    }
+}
+
+/// Which kernel to boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelSource {
+    /// A kernel the user named.
+    User(PathBuf),
+    /// The default test guest (no `--kernel` given).
+    DefaultImage(PathBuf),
+}
+
+impl KernelSource {
+    /// The kernel image path.
+    pub fn path(&self) -> &Path {
+        match self {
+            KernelSource::User(p) | KernelSource::DefaultImage(p) => p,
+        }
+    }
+}
+
+/// A checked VM configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Kernel image.
+    pub kernel: KernelSource,
+    /// Initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Number of vCPUs (1..=254).
+    pub vcpus: u8,
+    /// Guest memory in bytes.
+    pub memory: u64,
+    /// The CPU template; `None` picks one for the host.
+    pub cpu_template: Option<CpuTemplate>,
+    /// Path of the API socket.
+    pub api_socket: Option<PathBuf>,
+}
+
+/// Where the project's guest images are: `$VMM_GUEST_IMAGES`, else guest-images/out of the
+/// source tree this binary was built from.
+pub fn guest_images_dir() -> PathBuf {
+    std::env::var_os("VMM_GUEST_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-images/out"))
+}
+
+/// The image booted when no kernel is given.
+pub const DEFAULT_KERNEL: &str = "testguest.elf";
+/// The command line of the default image.
+pub const DEFAULT_CMDLINE: &str = "testguest.scenario=boot,smp,timer,acpi";
+
+impl TryFrom<VmConfigFile> for VmConfig {
+    type Error = ConfigError;
+
+    fn try_from(f: VmConfigFile) -> Result<Self, ConfigError> {
+        let (kernel, default_cmdline) = match f.kernel {
+            Some(p) => (KernelSource::User(p), ""),
+            None => (
+                KernelSource::DefaultImage(guest_images_dir().join(DEFAULT_KERNEL)),
+                DEFAULT_CMDLINE,
+            ),
+        };
+        let cmdline = f.cmdline.unwrap_or_else(|| default_cmdline.to_string());
+        if cmdline.len() >= MAX_CMDLINE_LEN {
+            return Err(ConfigError::CmdlineTooLong(cmdline.len()));
+        }
+        if cmdline.contains('\0') {
+            return Err(ConfigError::CmdlineNul);
+        }
+        let vcpus = f.vcpus.unwrap_or(1);
+        let vcpus = u8::try_from(vcpus)
+            .ok()
+            .filter(|v| (1..=MAX_VCPUS).contains(v))
+            .ok_or(ConfigError::Vcpus(vcpus))?;
+        let memory = f.memory.unwrap_or(ByteSize(DEFAULT_MEMORY));
+        if memory.0 < layout::MIN_MEMORY {
+            return Err(ConfigError::MemoryTooSmall(memory));
+        }
+        if memory.0 > layout::MAX_MEMORY {
+            return Err(ConfigError::MemoryTooLarge(memory));
+        }
+        if !memory.0.is_multiple_of(4096) {
+            return Err(ConfigError::MemoryUnaligned(memory));
+        }
+        let cpu_template = f
+            .cpu_template
+            .map(|name| name.parse().map_err(|_| ConfigError::CpuTemplate(name)))
+            .transpose()?;
+        Ok(VmConfig {
+            kernel,
+            initrd: f.initrd,
+            cmdline,
+            vcpus,
+            memory: memory.0,
+            cpu_template,
+            api_socket: f.api_socket,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        let ok = [
+            ("4096", 4096),
+            ("256M", 256 << 20),
+            ("256MiB", 256 << 20),
+            ("1G", 1 << 30),
+            ("2g", 2 << 30),
+            ("64k", 64 << 10),
+            ("1T", 1 << 40),
+        ];
+        for (s, v) in ok {
+            assert_eq!(s.parse::<ByteSize>().unwrap(), ByteSize(v), "{s}");
+        }
+        for s in [
+            "",
+            "M",
+            "-1M",
+            "1.5G",
+            "12Q",
+            "99999999999999999999G",
+            "1 G",
+        ] {
+            assert!(s.parse::<ByteSize>().is_err(), "{s}");
+        }
+        assert_eq!(ByteSize(256 << 20).to_string(), "256 MiB");
+        assert_eq!(ByteSize(1000).to_string(), "1000 bytes");
+    }
+
+    fn file(json: &str) -> VmConfigFile {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn json_file_and_merge() {
+        let f = file(r#"{"kernel":"k","vcpus":2,"memory":"512M","cmdline":"a"}"#);
+        let cli = VmConfigFile {
+            vcpus: Some(4),
+            ..Default::default()
+        };
+        let c = VmConfig::try_from(f.merged_with(cli)).unwrap();
+        assert_eq!(c.vcpus, 4);
+        assert_eq!(c.memory, 512 << 20);
+        assert_eq!(c.cmdline, "a");
+        assert_eq!(c.kernel, KernelSource::User("k".into()));
+        assert_eq!(
+            file(r#"{"memory": 33554432}"#).memory,
+            Some(ByteSize(32 << 20))
+        );
+        assert!(serde_json::from_str::<VmConfigFile>(r#"{"vcpu": 1}"#).is_err());
+        assert!(serde_json::from_str::<VmConfigFile>(r#"{"memory": "lots"}"#).is_err());
+    }
+
+    #[test]
+    fn defaults_boot_the_test_guest() {
+        let c = VmConfig::try_from(VmConfigFile::default()).unwrap();
+        assert!(matches!(c.kernel, KernelSource::DefaultImage(_)));
+        assert_eq!(c.cmdline, DEFAULT_CMDLINE);
+        assert_eq!((c.vcpus, c.memory), (1, DEFAULT_MEMORY));
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let bad = [
+            r#"{"vcpus":0}"#,
+            r#"{"vcpus":255}"#,
+            r#"{"vcpus":4294967295}"#,
+            r#"{"memory":"1M"}"#,
+            r#"{"memory":"4T"}"#,
+            r#"{"memory":4097}"#,
+            r#"{"cpu_template":"nope"}"#,
+        ];
+        for json in bad {
+            assert!(VmConfig::try_from(file(json)).is_err(), "{json}");
+        }
+        let long = VmConfigFile {
+            cmdline: Some("x".repeat(MAX_CMDLINE_LEN)),
+            ..Default::default()
+        };
+        assert!(matches!(
+            VmConfig::try_from(long),
+            Err(ConfigError::CmdlineTooLong(_))
+        ));
+    }
+}

@@ -1,0 +1,113 @@
+//! The devices of a microVM and the bus that dispatches vCPU exits to them. A thin facade:
+//! the device models live in the `devices` crate; this wires them to KVM (irqfds) and to
+//! the I/O address space.
+
+use std::sync::{Arc, Mutex};
+
+use devices::interrupt::{EventFdLine, LineTrigger};
+use devices::legacy::{
+    AcpiPmDevice, DebugExitDevice, I8042, SerialDevice, acpi_pm, debug_exit, i8042, serial,
+};
+use devices::power::PowerEventSink;
+use vm_device::bus::{MmioAddress, PioAddress, PioRange};
+use vm_device::device_manager::{IoManager, MmioManager, PioManager};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::kvm::{IoBus, KvmError, Vm};
+
+/// Errors wiring devices.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// An eventfd could not be created.
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+    /// An irqfd could not be registered.
+    #[error("cannot route a device interrupt")]
+    Irq(#[source] KvmError),
+    /// Two devices claim the same addresses.
+    #[error("cannot register a device on the I/O bus")]
+    Bus(#[source] vm_device::bus::Error),
+}
+
+/// The I/O address space as vCPUs see it.
+pub struct Bus {
+    io: IoManager,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bus")
+    }
+}
+
+impl IoBus for Bus {
+    fn pio_read(&self, port: u16, data: &mut [u8]) -> bool {
+        self.io.pio_read(PioAddress(port), data).is_ok()
+    }
+    fn pio_write(&self, port: u16, data: &[u8]) -> bool {
+        self.io.pio_write(PioAddress(port), data).is_ok()
+    }
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
+        self.io.mmio_read(MmioAddress(addr), data).is_ok()
+    }
+    fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
+        self.io.mmio_write(MmioAddress(addr), data).is_ok()
+    }
+}
+
+/// The devices of a VM.
+#[derive(Debug)]
+pub struct DeviceManager {
+    /// The bus the vCPUs dispatch to.
+    pub bus: Arc<Bus>,
+    /// The console, which the VMM feeds with host input.
+    pub serial: Arc<Mutex<SerialDevice>>,
+}
+
+fn pio_range(base: u16, len: u16) -> Result<PioRange, DeviceError> {
+    PioRange::new(PioAddress(base), len).map_err(DeviceError::Bus)
+}
+
+impl DeviceManager {
+    /// Creates the legacy devices: COM1 on IRQ 4, the i8042, the ACPI PM registers and the
+    /// debug-exit port. Power events go to `power`.
+    pub fn new(
+        vm: &Vm,
+        power: Arc<dyn PowerEventSink>,
+        console: serial::SerialOut,
+    ) -> Result<Self, DeviceError> {
+        let mut io = IoManager::new();
+
+        let irq = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+        vm.register_irqfd(&irq, serial::COM1_IRQ)
+            .map_err(DeviceError::Irq)?;
+        let line = LineTrigger(Arc::new(EventFdLine::new(irq)));
+        let serial = Arc::new(Mutex::new(SerialDevice::new(line, console)));
+        io.register_pio(
+            pio_range(serial::COM1_BASE, serial::SERIAL_PORTS)?,
+            serial.clone(),
+        )
+        .map_err(DeviceError::Bus)?;
+
+        let i8042 = Arc::new(Mutex::new(I8042::new(power.clone())));
+        for port in [i8042::I8042_DATA_PORT, i8042::I8042_COMMAND_PORT] {
+            io.register_pio(pio_range(port, 1)?, i8042.clone())
+                .map_err(DeviceError::Bus)?;
+        }
+        io.register_pio(
+            pio_range(acpi_pm::PM_IO_BASE, acpi_pm::PM_IO_PORTS)?,
+            Arc::new(AcpiPmDevice::new(power.clone())),
+        )
+        .map_err(DeviceError::Bus)?;
+        io.register_pio(
+            pio_range(debug_exit::DEBUG_EXIT_PORT, debug_exit::DEBUG_EXIT_PORTS)?,
+            Arc::new(DebugExitDevice::new(power)),
+        )
+        .map_err(DeviceError::Bus)?;
+
+        Ok(Self {
+            bus: Arc::new(Bus { io }),
+            serial,
+        })
+    }
+}

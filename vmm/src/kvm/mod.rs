@@ -1,0 +1,10 @@
+//! Everything that talks to KVM: the VM (memory slots, irqchip, irqfds), vCPU threads and
+//! their state machine, and the decoding of vCPU exits.
+
+pub mod exit;
+pub mod vcpu;
+pub mod vm;
+
+pub use exit::{ExitAction, IoBus, StopReason, handle_exit};
+pub use vcpu::{VcpuEvent, VcpuHandle, VcpuState};
+pub use vm::{KvmError, Vm};

@@ -1,0 +1,336 @@
+//! vCPU threads: one thread per vCPU, driven by an explicit state machine
+//! (created -> running <-> paused -> exited). Requests change the state under a lock and
+//! kick the thread out of KVM_RUN with a signal whose handler sets `immediate_exit`, so a
+//! request that races with the entry into KVM_RUN is never lost.
+
+use std::cell::Cell;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use kvm_ioctls::VcpuFd;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
+
+use super::exit::{ExitAction, IoBus, StopReason, handle_exit};
+
+/// The life cycle of a vCPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuState {
+    /// Configured, not yet started.
+    Created,
+    /// Running guest code (or about to).
+    Running,
+    /// Parked outside KVM_RUN until resumed.
+    Paused,
+    /// Done; the thread has ended or is ending.
+    Exited,
+}
+
+/// What can be asked of a vCPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuEvent {
+    /// Start running.
+    Start,
+    /// Stop running guest code until resumed.
+    Pause,
+    /// Run again after a pause.
+    Resume,
+    /// End the thread.
+    Exit,
+}
+
+/// A request that does not apply in the current state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("vCPU cannot {event:?} while {state:?}")]
+pub struct InvalidTransition {
+    /// The state.
+    pub state: VcpuState,
+    /// The request.
+    pub event: VcpuEvent,
+}
+
+/// The state machine: the state `event` leads to from `state`.
+pub fn transition(state: VcpuState, event: VcpuEvent) -> Result<VcpuState, InvalidTransition> {
+    use VcpuEvent as E;
+    use VcpuState as S;
+    match (state, event) {
+        (S::Created, E::Start) | (S::Paused, E::Resume) => Ok(S::Running),
+        (S::Running, E::Pause) => Ok(S::Paused),
+        (_, E::Exit) => Ok(S::Exited),
+        _ => Err(InvalidTransition { state, event }),
+    }
+}
+
+/// Why a vCPU thread ended on its own, with what the user needs to diagnose it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VcpuStop {
+    /// The vCPU.
+    pub vcpu: u8,
+    /// The reason.
+    pub reason: StopReason,
+    /// Registers and instruction bytes, when they tell something.
+    pub detail: Option<String>,
+}
+
+/// Receives the stop of a vCPU thread that ended without being asked to.
+pub trait VcpuStopSink: Send + Sync {
+    /// Called once, from the vCPU thread.
+    fn vcpu_stopped(&self, stop: VcpuStop);
+}
+
+struct Shared {
+    state: Mutex<VcpuState>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, VcpuState> {
+        // A poisoned lock only means another thread panicked; the state is still valid.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The control side of a vCPU thread.
+pub struct VcpuHandle {
+    id: u8,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for VcpuHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VcpuHandle")
+            .field("id", &self.id)
+            .field("state", &*self.shared.lock())
+            .finish()
+    }
+}
+
+thread_local! {
+    /// The `immediate_exit` byte of this thread's kvm_run, for the kick signal handler.
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let ptr = IMMEDIATE_EXIT.with(Cell::get);
+    if !ptr.is_null() {
+        // SAFETY: the pointer was set by this very thread to the immediate_exit byte of its
+        // kvm_run mapping, which lives as long as the thread's VcpuFd, and is cleared before
+        // the VcpuFd is dropped.
+        unsafe { std::ptr::write_volatile(ptr, 1) };
+    }
+}
+
+/// Installs the kick signal handler (once per process).
+pub fn install_kick_handler() -> std::io::Result<()> {
+    register_signal_handler(SIGRTMIN(), kick_handler)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// Everything a vCPU thread needs.
+#[allow(missing_debug_implementations)] // VcpuFd and the trait objects have no Debug.
+pub struct VcpuContext {
+    /// The vCPU, configured.
+    pub fd: VcpuFd,
+    /// Its index (= APIC ID).
+    pub id: u8,
+    /// Port and MMIO dispatch.
+    pub bus: Arc<dyn IoBus + Send + Sync>,
+    /// Guest memory, for diagnostics.
+    pub mem: GuestMemoryMmap,
+    /// Where an unrequested stop is reported.
+    pub stop_sink: Arc<dyn VcpuStopSink>,
+}
+
+impl VcpuHandle {
+    /// Spawns the thread of `ctx`; it waits in [`VcpuState::Created`] for [`VcpuEvent::Start`].
+    pub fn spawn(ctx: VcpuContext) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(VcpuState::Created),
+            changed: Condvar::new(),
+        });
+        let id = ctx.id;
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || run_loop(ctx, &thread_shared))?;
+        Ok(Self {
+            id,
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// The vCPU index.
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
+    /// The current state.
+    pub fn state(&self) -> VcpuState {
+        *self.shared.lock()
+    }
+
+    /// Applies `event` and kicks the thread out of KVM_RUN so it sees it.
+    pub fn request(&self, event: VcpuEvent) -> Result<(), InvalidTransition> {
+        let mut state = self.shared.lock();
+        *state = transition(*state, event)?;
+        self.shared.changed.notify_all();
+        drop(state);
+        if matches!(event, VcpuEvent::Pause | VcpuEvent::Exit) {
+            self.kick();
+        }
+        Ok(())
+    }
+
+    fn kick(&self) {
+        if let Some(t) = &self.thread
+            && !t.is_finished()
+        {
+            // A failed kill means the thread is gone already, which is what we want.
+            let _ = t.kill(SIGRTMIN());
+        }
+    }
+
+    /// Asks the thread to exit and waits for it.
+    pub fn exit_and_join(&mut self) {
+        let _ = self.request(VcpuEvent::Exit);
+        if let Some(t) = self.thread.take() {
+            // The thread catches nothing; with panic=abort a join error cannot happen.
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for VcpuHandle {
+    fn drop(&mut self) {
+        self.exit_and_join();
+    }
+}
+
+/// Waits while created or paused; returns false once the vCPU must exit.
+fn wait_runnable(shared: &Shared) -> bool {
+    let mut state = shared.lock();
+    loop {
+        match *state {
+            VcpuState::Running => return true,
+            VcpuState::Exited => return false,
+            VcpuState::Created | VcpuState::Paused => {
+                state = shared
+                    .changed
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+        }
+    }
+}
+
+fn run_loop(mut ctx: VcpuContext, shared: &Shared) {
+    let run = ctx.fd.get_kvm_run();
+    let immediate_exit: *mut u8 = std::ptr::addr_of_mut!(run.immediate_exit);
+    IMMEDIATE_EXIT.with(|c| c.set(immediate_exit));
+    let stop = loop {
+        if !wait_runnable(shared) {
+            break None;
+        }
+        let action = match ctx.fd.run() {
+            Ok(exit) => handle_exit(exit, &*ctx.bus),
+            Err(e) if e.errno() == libc::EINTR => ExitAction::Interrupted,
+            Err(e) if e.errno() == libc::EAGAIN => ExitAction::Continue,
+            Err(e) => ExitAction::Stop(StopReason::Unexpected(format!("KVM_RUN failed: {e}"))),
+        };
+        match action {
+            ExitAction::Continue => {}
+            ExitAction::Interrupted => ctx.fd.set_kvm_immediate_exit(0),
+            ExitAction::Stop(reason) => break Some(reason),
+        }
+    };
+    IMMEDIATE_EXIT.with(|c| c.set(std::ptr::null_mut()));
+    let Some(reason) = stop else { return };
+    let detail = diagnose(&mut ctx, &reason);
+    *shared.lock() = VcpuState::Exited;
+    ctx.stop_sink.vcpu_stopped(VcpuStop {
+        vcpu: ctx.id,
+        reason,
+        detail,
+    });
+}
+
+/// Registers and the bytes at RIP, for the stops a user has to debug.
+fn diagnose(ctx: &mut VcpuContext, reason: &StopReason) -> Option<String> {
+    if !matches!(
+        reason,
+        StopReason::InternalError | StopReason::TripleFault | StopReason::FailEntry(_)
+    ) {
+        return None;
+    }
+    let mut out = String::new();
+    if *reason == StopReason::InternalError {
+        // SAFETY: after KVM_EXIT_INTERNAL_ERROR the `internal` member of the exit union is
+        // the one KVM filled in.
+        let internal = unsafe { ctx.fd.get_kvm_run().__bindgen_anon_1.internal };
+        out.push_str(&format!("suberror {} ", internal.suberror));
+    }
+    let Ok(regs) = ctx.fd.get_regs() else {
+        return Some(out + "(registers unavailable)");
+    };
+    out.push_str(&format!("rip={:#x} rsp={:#x}", regs.rip, regs.rsp));
+    if let Ok(sregs) = ctx.fd.get_sregs() {
+        out.push_str(&format!(
+            " cs={:#x} cr0={:#x} cr3={:#x} cr4={:#x}",
+            sregs.cs.selector, sregs.cr0, sregs.cr3, sregs.cr4
+        ));
+    }
+    let code = ctx
+        .fd
+        .translate_gva(regs.rip)
+        .ok()
+        .filter(|t| t.valid != 0)
+        .and_then(|t| {
+            let mut bytes = [0u8; 16];
+            ctx.mem
+                .read_slice(&mut bytes, GuestAddress(t.physical_address))
+                .ok()
+                .map(|()| bytes)
+        });
+    match code {
+        Some(bytes) => {
+            let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            out.push_str(&format!(" code: {}", hex.join(" ")));
+        }
+        None => out.push_str(" code: (RIP not mapped)"),
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use VcpuEvent as E;
+    use VcpuState as S;
+
+    #[test]
+    fn transitions() {
+        assert_eq!(transition(S::Created, E::Start), Ok(S::Running));
+        assert_eq!(transition(S::Running, E::Pause), Ok(S::Paused));
+        assert_eq!(transition(S::Paused, E::Resume), Ok(S::Running));
+        for s in [S::Created, S::Running, S::Paused, S::Exited] {
+            assert_eq!(transition(s, E::Exit), Ok(S::Exited));
+        }
+        for (s, e) in [
+            (S::Created, E::Pause),
+            (S::Created, E::Resume),
+            (S::Running, E::Start),
+            (S::Running, E::Resume),
+            (S::Paused, E::Pause),
+            (S::Paused, E::Start),
+            (S::Exited, E::Start),
+            (S::Exited, E::Resume),
+        ] {
+            assert_eq!(
+                transition(s, e),
+                Err(InvalidTransition { state: s, event: e })
+            );
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The KVM VM: memory slots, the in-kernel irqchip (PIC, IOAPIC, LAPICs) and PIT, irqfds,
+//! and vCPU creation with CPUID, MSRs, LAPIC and boot registers.
+
+use kvm_bindings::{
+    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, Msrs, kvm_pit_config, kvm_userspace_memory_region,
+};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::boot::cpuid::{CpuTemplate, vcpu_cpuid};
+use crate::boot::regs;
+use crate::memory::layout;
+
+/// Errors from KVM.
+#[derive(Debug, thiserror::Error)]
+pub enum KvmError {
+    /// /dev/kvm cannot be opened.
+    #[error("cannot open /dev/kvm (is KVM enabled and accessible to this user?)")]
+    Open(#[source] kvm_ioctls::Error),
+    /// The KVM API version is not 12.
+    #[error("unsupported KVM API version {0}")]
+    ApiVersion(i32),
+    /// A capability the VMM needs is missing.
+    #[error("KVM lacks a required capability: {0:?}")]
+    MissingCap(Cap),
+    /// More vCPUs than KVM supports.
+    #[error("{0} vCPUs requested but this host's KVM supports at most {1}")]
+    TooManyVcpus(u8, usize),
+    /// An ioctl failed.
+    #[error("KVM {0} failed")]
+    Ioctl(&'static str, #[source] kvm_ioctls::Error),
+}
+
+fn ioctl<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, KvmError> {
+    r.map_err(|e| KvmError::Ioctl(what, e))
+}
+
+/// A KVM VM with its irqchip.
+#[derive(Debug)]
+pub struct Vm {
+    kvm: Kvm,
+    fd: VmFd,
+}
+
+impl Vm {
+    /// Creates the VM, the in-kernel irqchip and PIT, and KVM's private pages in the hole.
+    pub fn new(num_vcpus: u8) -> Result<Self, KvmError> {
+        let kvm = Kvm::new().map_err(KvmError::Open)?;
+        let version = kvm.get_api_version();
+        if version != 12 {
+            return Err(KvmError::ApiVersion(version));
+        }
+        for cap in [
+            Cap::Irqchip,
+            Cap::Irqfd,
+            Cap::Ioeventfd,
+            Cap::UserMemory,
+            Cap::ImmediateExit,
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(KvmError::MissingCap(cap));
+            }
+        }
+        let max = kvm.get_max_vcpus();
+        if usize::from(num_vcpus) > max {
+            return Err(KvmError::TooManyVcpus(num_vcpus, max));
+        }
+        let fd = ioctl("KVM_CREATE_VM", kvm.create_vm())?;
+        ioctl(
+            "KVM_SET_TSS_ADDR",
+            fd.set_tss_address(layout::KVM_TSS_START as usize),
+        )?;
+        ioctl(
+            "KVM_SET_IDENTITY_MAP_ADDR",
+            fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_START),
+        )?;
+        ioctl("KVM_CREATE_IRQCHIP", fd.create_irq_chip())?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        ioctl("KVM_CREATE_PIT2", fd.create_pit2(pit))?;
+        Ok(Self { kvm, fd })
+    }
+
+    /// The VM file descriptor.
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    /// Registers every region of `mem` as a memory slot.
+    pub fn register_memory(&self, mem: &GuestMemoryMmap) -> Result<(), KvmError> {
+        for (slot, region) in mem.iter().enumerate() {
+            let host = mem.get_host_address(region.start_addr()).map_err(|_| {
+                KvmError::Ioctl(
+                    "KVM_SET_USER_MEMORY_REGION",
+                    kvm_ioctls::Error::new(libc::EFAULT),
+                )
+            })?;
+            let mr = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the host range is a live mapping owned by `mem`, which the caller keeps
+            // alive as long as the VM (both are owned by the same VM object), and slots do not
+            // overlap because `mem`'s regions do not.
+            ioctl("KVM_SET_USER_MEMORY_REGION", unsafe {
+                self.fd.set_user_memory_region(mr)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Routes writes to `fd` to GSI `gsi` (an ISA IRQ below 16 reaches PIC and IOAPIC).
+    pub fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), KvmError> {
+        ioctl("KVM_IRQFD", self.fd.register_irqfd(fd, gsi))
+    }
+
+    /// Creates vCPU `id` of `num_vcpus`, configured with CPUID, MSRs, FPU and LAPIC. The
+    /// boot vCPU (id 0) also gets its 64-bit entry registers; the others stay in KVM's
+    /// wait-for-SIPI state, as application processors do on hardware.
+    pub fn create_vcpu(
+        &self,
+        id: u8,
+        num_vcpus: u8,
+        template: CpuTemplate,
+        entry: GuestAddress,
+    ) -> Result<VcpuFd, KvmError> {
+        let vcpu = ioctl("KVM_CREATE_VCPU", self.fd.create_vcpu(u64::from(id)))?;
+        let supported = ioctl(
+            "KVM_GET_SUPPORTED_CPUID",
+            self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
+        )?;
+        let entries = vcpu_cpuid(supported.as_slice(), template, id, num_vcpus);
+        let cpuid = ioctl(
+            "building the CPUID table",
+            kvm_bindings::CpuId::from_entries(&entries)
+                .map_err(|_| kvm_ioctls::Error::new(libc::E2BIG)),
+        )?;
+        ioctl("KVM_SET_CPUID2", vcpu.set_cpuid2(&cpuid))?;
+        let msrs = ioctl(
+            "building the MSR list",
+            Msrs::from_entries(&regs::boot_msrs()).map_err(|_| kvm_ioctls::Error::new(libc::E2BIG)),
+        )?;
+        let set = ioctl("KVM_SET_MSRS", vcpu.set_msrs(&msrs))?;
+        if set != msrs.as_slice().len() {
+            return Err(KvmError::Ioctl(
+                "KVM_SET_MSRS",
+                kvm_ioctls::Error::new(libc::EINVAL),
+            ));
+        }
+        ioctl("KVM_SET_FPU", vcpu.set_fpu(&regs::boot_fpu()))?;
+        let mut lapic = ioctl("KVM_GET_LAPIC", vcpu.get_lapic())?;
+        regs::set_lint_pins(&mut lapic);
+        ioctl("KVM_SET_LAPIC", vcpu.set_lapic(&lapic))?;
+        if id == 0 {
+            let sregs = ioctl("KVM_GET_SREGS", vcpu.get_sregs())?;
+            ioctl("KVM_SET_SREGS", vcpu.set_sregs(&regs::boot_sregs(sregs)))?;
+            ioctl("KVM_SET_REGS", vcpu.set_regs(&regs::boot_regs(entry)))?;
+        }
+        Ok(vcpu)
+    }
+}

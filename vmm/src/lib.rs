@@ -1,0 +1,16 @@
+//! A KVM microVM monitor for x86_64 Linux hosts: direct 64-bit boot of ELF vmlinux or
+//! bzImage kernels, an in-kernel irqchip, legacy console and power devices, ACPI tables,
+//! and (in later steps) a PCIe topology with a virtual IOMMU and an SR-IOV NIC.
+//!
+//! Only this crate talks to KVM. Device models live in `devices`, IOMMU logic in `iommu`.
+
+pub mod acpi;
+pub mod api;
+pub mod boot;
+pub mod config;
+pub mod console;
+pub mod device_manager;
+pub mod kvm;
+pub mod machine;
+pub mod memory;
+pub mod stats;
