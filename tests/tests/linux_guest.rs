@@ -37,7 +37,10 @@ fn linux_early_boot_smoke() {
         return;
     };
     // Early boot only: no initrd needed. Budget: minutes, since ring 0 is emulated on PVM.
-    let cmdline = "console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1";
+    // `noxsave`: PVM shows the guest the host's CPUID bits for features its KVM does not
+    // list as supported (XSAVE among them), so the nested-safe template cannot hide XSAVE
+    // there, and PVM's emulator cannot run XRSTOR (docs/boot.md).
+    let cmdline = "console=ttyS0 earlyprintk=serial,ttyS0,115200 noxsave panic=-1";
     let mut vm = RunArgs {
         kernel,
         initrd: None,
@@ -66,7 +69,7 @@ fn linux_early_boot_smoke() {
         );
     }
     // The MADT carries both vCPUs.
-    let cpus = vm.wait_for_stdout(budget, |l| l.contains("smpboot: Allowing 2 CPUs"));
+    let cpus = vm.wait_for_stdout(budget, |l| l.contains("Allowing 2 present CPUs"));
     assert!(cpus.is_some(), "{}", vm.transcript());
     vm.kill();
 }

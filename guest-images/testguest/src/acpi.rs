@@ -279,6 +279,118 @@ pub fn fadt_dsdt_addr(fadt: &Sdt) -> u64 {
     u64::from(le_u32(fadt.bytes, DSDT))
 }
 
+/// A Generic Address Structure: where an ACPI register is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gas {
+    /// Address space: [`GAS_SYSTEM_MEMORY`], [`GAS_SYSTEM_IO`], ...
+    pub space: u8,
+    /// Register width in bits.
+    pub bit_width: u8,
+    /// The address (a port number for system I/O).
+    pub addr: u64,
+}
+
+/// GAS address space: memory.
+pub const GAS_SYSTEM_MEMORY: u8 = 0;
+/// GAS address space: I/O ports.
+pub const GAS_SYSTEM_IO: u8 = 1;
+
+impl fmt::Display for Gas {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let space = match self.space {
+            GAS_SYSTEM_MEMORY => "memory",
+            GAS_SYSTEM_IO => "port",
+            _ => "space?",
+        };
+        write!(f, "{space} {:#x} ({} bits)", self.addr, self.bit_width)
+    }
+}
+
+/// The registers of the FADT that power management needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Fadt(pub Sdt);
+
+impl Fadt {
+    const FLAGS: usize = 112;
+    const FLAG_RESET_REG_SUP: u32 = 1 << 10;
+    const FLAG_HW_REDUCED: u32 = 1 << 20;
+    const RESET_REG: usize = 116;
+    const RESET_VALUE: usize = 128;
+    const PM1A_CNT_BLK: usize = 64;
+    const SLEEP_CONTROL_REG: usize = 244;
+
+    fn gas(&self, off: usize) -> Option<Gas> {
+        let b = self.0.bytes.get(off..off + 12)?;
+        let gas = Gas {
+            space: b[0],
+            bit_width: b[1],
+            addr: le_u64(b, 4),
+        };
+        (gas.addr != 0).then_some(gas)
+    }
+
+    fn flags(&self) -> u32 {
+        self.0
+            .bytes
+            .get(Self::FLAGS..Self::FLAGS + 4)
+            .map_or(0, |b| le_u32(b, 0))
+    }
+
+    /// Hardware-reduced ACPI: sleep through SLEEP_CONTROL_REG, not PM1 blocks.
+    pub fn hw_reduced(&self) -> bool {
+        self.flags() & Self::FLAG_HW_REDUCED != 0
+    }
+
+    /// The reset register and the value to write, when the FADT offers one.
+    pub fn reset_reg(&self) -> Option<(Gas, u8)> {
+        if self.flags() & Self::FLAG_RESET_REG_SUP == 0 {
+            return None;
+        }
+        let value = *self.0.bytes.get(Self::RESET_VALUE)?;
+        Some((self.gas(Self::RESET_REG)?, value))
+    }
+
+    /// SLEEP_CONTROL_REG (hardware-reduced ACPI).
+    pub fn sleep_control_reg(&self) -> Option<Gas> {
+        self.gas(Self::SLEEP_CONTROL_REG)
+    }
+
+    /// PM1a_CNT_BLK, an I/O port (fixed-hardware ACPI), 0 if none.
+    pub fn pm1a_cnt_blk(&self) -> u32 {
+        self.0
+            .bytes
+            .get(Self::PM1A_CNT_BLK..Self::PM1A_CNT_BLK + 4)
+            .map_or(0, |b| le_u32(b, 0))
+    }
+}
+
+/// SLP_TYPa of `\_S5_` in a DSDT: the first element of the package the name is bound to
+/// (`Name (_S5_, Package () { SLP_TYPa, ... })`). A byte-level search, not an AML
+/// interpreter: enough for a static package of constants.
+pub fn s5_slp_typ(dsdt: &Sdt) -> Option<u8> {
+    const NAME_OP: u8 = 0x08;
+    const PACKAGE_OP: u8 = 0x12;
+    let body = &dsdt.bytes[HEADER_LEN..];
+    let at = body.windows(4).position(|w| w == b"_S5_")?;
+    // NameOp, optionally a root prefix, then the name.
+    let named = (at >= 1 && body[at - 1] == NAME_OP)
+        || (at >= 2 && body[at - 1] == b'\\' && body[at - 2] == NAME_OP);
+    let rest = body.get(at + 4..)?;
+    if !named || *rest.first()? != PACKAGE_OP {
+        return None;
+    }
+    // PkgLength: bits 7:6 of the lead byte count the bytes that follow it.
+    let pkg_len_bytes = 1 + usize::from(rest.get(1)? >> 6);
+    // Then NumElements (one byte), then the first element.
+    let element = rest.get(1 + pkg_len_bytes + 1..)?;
+    match *element.first()? {
+        0x00 => Some(0),                 // ZeroOp
+        0x01 => Some(1),                 // OneOp
+        0x0a => element.get(1).copied(), // BytePrefix
+        _ => None,
+    }
+}
+
 /// MADT Local APIC flags: the processor is enabled.
 pub const MADT_ENABLED: u32 = 1;
 

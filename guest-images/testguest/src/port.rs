@@ -68,7 +68,6 @@ pub fn outb(port: u16, value: u8) {
 }
 
 /// Writes a word to `port`.
-#[allow(dead_code)] // For device drivers to come.
 pub fn outw(port: u16, value: u16) {
     // SAFETY: as for outb.
     unsafe {

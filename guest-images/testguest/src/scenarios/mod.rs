@@ -13,6 +13,7 @@ use crate::cmdline::Cmdline;
 
 mod acpi;
 mod boot;
+mod lifecycle;
 mod smp;
 mod timer;
 
@@ -42,6 +43,18 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "acpi",
         run: acpi::run,
+    },
+    Scenario {
+        name: "idle",
+        run: lifecycle::idle,
+    },
+    Scenario {
+        name: "reset",
+        run: lifecycle::reset,
+    },
+    Scenario {
+        name: "poweroff",
+        run: lifecycle::poweroff,
     },
 ];
 
