@@ -10,6 +10,7 @@ pub mod vm;
 
 pub use vm::{Output, RunArgs, VmProcess};
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Why a test cannot run.
@@ -31,7 +32,8 @@ pub fn skip(kind: SkipKind, reason: &str) {
     if kind == SkipKind::Missing && strict() {
         panic!("VMM_TESTS_STRICT=1 and this test cannot run: {reason}");
     }
-    println!("SKIP: {reason}");
+    // Straight to the process's stderr, past libtest's capture, so skips show in CI logs.
+    let _ = writeln!(std::io::stderr(), "SKIP: {reason}");
 }
 
 /// The repository root.

@@ -122,15 +122,15 @@ fn guest_reset_ends_the_vm() {
     if !require_kvm() {
         return;
     }
-    for scenario in ["reset", "poweroff"] {
+    for scenario in ["reset", "reset-i8042", "poweroff"] {
         let mut vm = RunArgs::testguest(scenario, 1, "64M").spawn();
         let status = vm.wait_exit(DEADLINE).expect("exits");
         let t = vm.transcript();
         assert_eq!(status.code(), Some(0), "{scenario}: {t}");
-        let want = if scenario == "reset" {
-            "reset"
-        } else {
+        let want = if scenario == "poweroff" {
             "powered off"
+        } else {
+            "reset"
         };
         assert!(
             vm.stderr.iter().any(|l| l.contains(want)),

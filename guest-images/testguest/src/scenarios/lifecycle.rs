@@ -4,7 +4,7 @@
 //! - `idle`: prints `TESTGUEST INFO idle: ...` and halts the BSP for good, so the VM runs
 //!   until the VMM is told to stop it (API, signals).
 //! - `reset`: resets the machine through the FADT's reset register, or the i8042 when the
-//!   FADT offers none.
+//!   FADT offers none; `reset-i8042` always uses the i8042.
 //! - `poweroff`: enters S5 through the FADT's sleep control register (hardware-reduced
 //!   ACPI) or PM1a control block, with SLP_TYP from the DSDT's `\_S5_`.
 //!
@@ -47,6 +47,13 @@ pub fn reset(ctx: &Ctx) -> Result<(), Fail> {
         }
     }
     still_alive("reset")
+}
+
+/// `reset-i8042`: the keyboard controller's reset command, whatever the FADT offers.
+pub fn reset_i8042(ctx: &Ctx) -> Result<(), Fail> {
+    info!(ctx, "i8042 reset command");
+    port::outb(I8042_COMMAND, I8042_RESET);
+    still_alive("i8042 reset")
 }
 
 /// `poweroff`: see the module documentation.

@@ -53,6 +53,10 @@ pub static SCENARIOS: &[Scenario] = &[
         run: lifecycle::reset,
     },
     Scenario {
+        name: "reset-i8042",
+        run: lifecycle::reset_i8042,
+    },
+    Scenario {
         name: "poweroff",
         run: lifecycle::poweroff,
     },
