@@ -26,6 +26,9 @@ pub enum ApiError {
     Bind(PathBuf, #[source] std::io::Error),
 }
 
+/// Most clients served at once; more are refused (closed at once).
+const MAX_CLIENTS: usize = 32;
+
 /// Answers a request; implemented by the VM.
 pub trait ApiHandler: Send {
     /// The VM's status.
@@ -92,6 +95,10 @@ impl ApiServer {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
+                    if self.conns.len() >= MAX_CLIENTS {
+                        warn_ratelimited!("api: more than {MAX_CLIENTS} clients: refusing one");
+                        continue;
+                    }
                     if stream.set_nonblocking(true).is_err() {
                         continue;
                     }
@@ -115,24 +122,21 @@ impl ApiServer {
         }
     }
 
-    /// Reads what a client sent and answers every complete line; false to drop it.
+    /// Reads one chunk of what a client sent (epoll is level-triggered: more comes on the
+    /// next round, so one client cannot hold the loop) and answers every complete line;
+    /// false to drop the client.
     fn serve(&mut self, fd: i32) -> bool {
         let Some(mut conn) = self.conns.remove(&fd) else {
             return false;
         };
         let mut chunk = [0u8; 4096];
-        let keep = loop {
-            match conn.stream.read(&mut chunk) {
-                Ok(0) => break false,
-                Ok(n) => conn.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break true,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => break false,
+        let alive = match conn.stream.read(&mut chunk) {
+            Ok(0) => false,
+            Ok(n) => {
+                conn.buf.extend_from_slice(&chunk[..n]);
+                true
             }
-            if conn.buf.len() > MAX_REQUEST_LEN && !conn.buf.contains(&b'\n') {
-                let _ = reply(&mut conn.stream, &Response::error("request too long"));
-                return false;
-            }
+            Err(e) => matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted),
         };
         while let Some(pos) = conn.buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = conn.buf.drain(..=pos).collect();
@@ -145,10 +149,14 @@ impl ApiServer {
                 return false;
             }
         }
-        if keep {
+        if conn.buf.len() > MAX_REQUEST_LEN {
+            let _ = reply(&mut conn.stream, &Response::error("request too long"));
+            return false;
+        }
+        if alive {
             self.conns.insert(fd, conn);
         }
-        keep
+        alive
     }
 }
 
@@ -241,6 +249,9 @@ mod tests {
         let ok = ask(b"{\"action\":\"status\"}\n", &mut em);
         assert!(ok.ok);
         assert_eq!(ok.status.unwrap().vcpus, 2);
+        let long = vec![b'a'; MAX_REQUEST_LEN + 4096];
+        let too_long = ask(&long, &mut em);
+        assert_eq!(too_long.error.as_deref(), Some("request too long"));
         // A stale socket is replaced; a non-socket is refused.
         drop(em);
         let plain = path.with_extension("txt");
