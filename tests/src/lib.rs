@@ -54,9 +54,10 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// The `vmm` binary built alongside these tests.
-pub fn vmm_binary() -> PathBuf {
-    let p = bin_dir().join("vmm");
+/// A binary of the workspace built alongside these tests (`cargo test --workspace`
+/// builds every member's binaries before running any test).
+fn built(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
     assert!(
         p.exists(),
         "{} is missing: run the tests with `cargo test --workspace` so it is built",
@@ -65,15 +66,14 @@ pub fn vmm_binary() -> PathBuf {
     p
 }
 
+/// The `vmm` binary built alongside these tests.
+pub fn vmm_binary() -> PathBuf {
+    built("vmm")
+}
+
 /// The test guest ELF built alongside these tests (the workspace member `testguest`).
 pub fn testguest_elf() -> PathBuf {
-    let p = bin_dir().join("testguest");
-    assert!(
-        p.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` so it is built",
-        p.display()
-    );
-    p
+    built("testguest")
 }
 
 /// Where guest-images/build.sh puts the Linux images.
