@@ -12,6 +12,8 @@ pub use vm::{Output, RunArgs, VmProcess};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
 
 /// Why a test cannot run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,15 +56,46 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// A binary of the workspace built alongside these tests (`cargo test --workspace`
-/// builds every member's binaries before running any test).
+/// Builds the workspace binaries the tests run (`vmm`, `testguest`) with the profile and
+/// target directory of this test binary, once per test process. `cargo test` builds only
+/// test targets, so without this a fresh checkout would have no `vmm`, and an edited tree
+/// a stale one. Cargo holds no build lock while tests run, and a build that is up to date
+/// is a no-op.
+fn ensure_built() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = BUILT.get_or_init(|| {
+        let dir = bin_dir();
+        let profile = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug")
+            .to_string();
+        let target_dir = dir.parent().unwrap_or(&dir).to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(repo_root())
+            .args(["build", "--quiet", "-p", "vmm", "--bin", "vmm", "-p", "testguest"])
+            .args(["--profile", if profile == "debug" { "dev" } else { &profile }])
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .status()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("cargo build of vmm and testguest failed: {status}"))
+        }
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// A binary of the workspace, built for these tests.
 fn built(name: &str) -> PathBuf {
+    ensure_built();
     let p = bin_dir().join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` so it is built",
-        p.display()
-    );
+    assert!(p.exists(), "{} is missing after building it", p.display());
     p
 }
 
