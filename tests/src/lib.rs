@@ -74,8 +74,20 @@ fn ensure_built() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(repo_root())
-            .args(["build", "--quiet", "-p", "vmm", "--bin", "vmm", "-p", "testguest"])
-            .args(["--profile", if profile == "debug" { "dev" } else { &profile }])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "vmm",
+                "--bin",
+                "vmm",
+                "-p",
+                "testguest",
+            ])
+            .args([
+                "--profile",
+                if profile == "debug" { "dev" } else { &profile },
+            ])
             .arg("--target-dir")
             .arg(&target_dir)
             .status()
