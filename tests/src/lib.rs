@@ -74,16 +74,8 @@ fn ensure_built() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(repo_root())
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "vmm",
-                "--bin",
-                "vmm",
-                "-p",
-                "testguest",
-            ])
+            // `--bins`, not `--bin vmm`: a target filter applies to every package given.
+            .args(["build", "--quiet", "-p", "vmm", "-p", "testguest", "--bins"])
             .args([
                 "--profile",
                 if profile == "debug" { "dev" } else { &profile },
