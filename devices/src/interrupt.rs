@@ -74,3 +74,32 @@ pub(crate) mod test_utils {
         }
     }
 }
+
+/// Delivers message-signalled interrupts (the VMM: KVM_SIGNAL_MSI or an irqfd route).
+pub trait MsiSink: Send + Sync {
+    /// Sends one MSI with the address and data the guest programmed.
+    fn send_msi(&self, address: u64, data: u32) -> io::Result<()>;
+}
+
+#[cfg(test)]
+pub(crate) mod msi_test_utils {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records every MSI.
+    #[derive(Debug, Default)]
+    pub struct RecordingMsi(pub Mutex<Vec<(u64, u32)>>);
+
+    impl RecordingMsi {
+        pub fn count(&self) -> usize {
+            self.0.lock().unwrap().len()
+        }
+    }
+
+    impl MsiSink for RecordingMsi {
+        fn send_msi(&self, address: u64, data: u32) -> io::Result<()> {
+            self.0.lock().unwrap().push((address, data));
+            Ok(())
+        }
+    }
+}

@@ -3,5 +3,6 @@
 
 pub mod interrupt;
 pub mod legacy;
+pub mod pci;
 pub mod power;
 pub mod ratelimit;

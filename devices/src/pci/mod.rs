@@ -1,0 +1,22 @@
+//! PCI and PCI Express: configuration space with masks and capability chains, BARs,
+//! capabilities (PCIe, MSI, MSI-X, ARI, ACS), the host bridge, root ports with native
+//! hotplug slots, and the root complex that decodes ECAM and 0xCF8/0xCFC config cycles.
+
+pub mod bar;
+pub mod capability;
+pub mod config_space;
+pub mod device;
+pub mod host_bridge;
+pub mod regs;
+pub mod root_complex;
+pub mod root_port;
+
+pub use bar::{Bar, BarKind};
+pub use config_space::{ConfigError, ConfigSpace, HeaderType, PciId};
+pub use device::PciDevice;
+pub use host_bridge::HostBridge;
+pub use root_complex::{EcamLayout, RootComplex};
+pub use root_port::{HotplugEvent, RootPort, RootPortConfig};
+
+/// Red Hat's PCI vendor ID, registered for virtual devices.
+pub const VENDOR_REDHAT: u16 = 0x1b36;

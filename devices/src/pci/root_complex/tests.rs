@@ -1,0 +1,139 @@
+//! Config cycles through ECAM and 0xCF8/0xCFC.
+
+use super::*;
+use crate::interrupt::msi_test_utils::RecordingMsi;
+use crate::pci::regs::*;
+use crate::pci::{RootPort, RootPortConfig};
+use std::sync::Arc;
+
+fn complex(ports: u8) -> RootComplex {
+    let msi = Arc::new(RecordingMsi::default());
+    let ports = (1..=ports)
+        .map(|i| {
+            RootPort::new(
+                RootPortConfig {
+                    port_number: i,
+                    bus: i,
+                    mem_window: (
+                        0xc000_0000 + (u32::from(i) << 20),
+                        0xc00f_ffff + (u32::from(i) << 20),
+                    ),
+                    pref_window: (0x80_0000_0000, 0x80_0fff_ffff),
+                },
+                msi.clone(),
+            )
+        })
+        .collect();
+    RootComplex::new(
+        EcamLayout {
+            base: 0xe000_0000,
+            last_bus: 255,
+        },
+        ports,
+    )
+}
+
+fn ecam32(rc: &mut RootComplex, bus: u8, dev: u8, func: u8, reg: u64) -> u32 {
+    let off = (u64::from(bus) << 20) | (u64::from(dev) << 15) | (u64::from(func) << 12) | reg;
+    let mut b = [0u8; 4];
+    rc.ecam_read(off, &mut b);
+    u32::from_le_bytes(b)
+}
+
+fn cf8_read32(rc: &mut RootComplex, bus: u8, dev: u8, func: u8, reg: u8) -> u32 {
+    let addr = 0x8000_0000
+        | (u32::from(bus) << 16)
+        | (u32::from(dev) << 11)
+        | (u32::from(func) << 8)
+        | u32::from(reg);
+    rc.pio_write(0, &addr.to_le_bytes());
+    let mut b = [0u8; 4];
+    rc.pio_read(4, &mut b);
+    u32::from_le_bytes(b)
+}
+
+#[test]
+fn enumerates_bus_0() {
+    let mut rc = complex(2);
+    assert_eq!(ecam32(&mut rc, 0, 0, 0, 0), 0x0008_1b36, "host bridge");
+    assert_eq!(ecam32(&mut rc, 0, 0, 0, 8) >> 8, 0x06_0000);
+    assert_eq!(ecam32(&mut rc, 0, 1, 0, 0), 0x000c_1b36, "root port");
+    assert_eq!(ecam32(&mut rc, 0, 2, 0, 0), 0x000c_1b36);
+    assert_eq!(ecam32(&mut rc, 0, 3, 0, 0), 0xffff_ffff, "no device 3");
+    assert_eq!(ecam32(&mut rc, 0, 1, 1, 0), 0xffff_ffff, "single function");
+    // Empty slot behind port 1.
+    assert_eq!(ecam32(&mut rc, 1, 0, 0, 0), 0xffff_ffff);
+    // Extended config reachable through ECAM: ACS header of the root port.
+    assert_eq!(
+        ecam32(&mut rc, 0, 1, 0, 0x100) & 0xffff,
+        u32::from(EXT_CAP_ID_ACS)
+    );
+}
+
+#[test]
+fn legacy_and_ecam_are_coherent() {
+    let mut rc = complex(1);
+    assert_eq!(cf8_read32(&mut rc, 0, 1, 0, 0), 0x000c_1b36);
+    // Write the root port's COMMAND through 0xCFC (byte access at 0xCFC+0), read via ECAM.
+    let addr: u32 = 0x8000_0000 | (1 << 11) | COMMAND as u32;
+    rc.pio_write(0, &addr.to_le_bytes());
+    rc.pio_write(4, &[0x06]);
+    assert_eq!(ecam32(&mut rc, 0, 1, 0, COMMAND as u64) & 0xffff, 0x6);
+    // A 16-bit access at 0xCFE reaches offset + 2 (STATUS).
+    let mut st = [0u8; 2];
+    rc.pio_read(6, &mut st);
+    assert_eq!(u16::from_le_bytes(st) & STATUS_CAP_LIST, STATUS_CAP_LIST);
+    // The address register reads back without its reserved bits.
+    rc.pio_write(0, &0xffff_ffffu32.to_le_bytes());
+    let mut a = [0u8; 4];
+    rc.pio_read(0, &mut a);
+    assert_eq!(u32::from_le_bytes(a), 0x80ff_fffc);
+    // Disabled: data reads all ones.
+    rc.pio_write(0, &0u32.to_le_bytes());
+    rc.pio_read(4, &mut a);
+    assert_eq!(a, [0xff; 4]);
+}
+
+#[test]
+fn slot_device_and_bus_routing() {
+    let mut rc = complex(2);
+    rc.ports_mut()[1]
+        .plug_cold(Box::new(crate::pci::HostBridge::new()))
+        .unwrap();
+    assert_eq!(
+        ecam32(&mut rc, 2, 0, 0, 0),
+        0x0008_1b36,
+        "device behind port 2"
+    );
+    assert_eq!(
+        ecam32(&mut rc, 2, 1, 0, 0),
+        0xffff_ffff,
+        "device 1 on a link"
+    );
+    assert_eq!(ecam32(&mut rc, 1, 0, 0, 0), 0xffff_ffff, "port 1 is empty");
+    // The guest renumbers port 2's secondary bus to 5.
+    let off = (2u64 << 15) | SECONDARY_BUS as u64;
+    rc.ecam_write(off, &[5]);
+    rc.ecam_write((2u64 << 15) | SUBORDINATE_BUS as u64, &[5]);
+    assert_eq!(ecam32(&mut rc, 5, 0, 0, 0), 0x0008_1b36);
+    assert_eq!(ecam32(&mut rc, 2, 0, 0, 0), 0xffff_ffff);
+}
+
+#[test]
+fn malformed_accesses() {
+    let mut rc = complex(1);
+    let mut b = [0u8; 8];
+    rc.ecam_read(0, &mut b);
+    assert_eq!(b, [0xff; 8]);
+    let mut b = [0u8; 4];
+    rc.ecam_read(256 << 20, &mut b);
+    assert_eq!(b, [0xff; 4]);
+    rc.ecam_write(u64::MAX, &[1]);
+    rc.ecam_write(0, &[1, 2, 3]);
+    // 0xCFF with a 4-byte access crosses the data port: all ones.
+    rc.pio_write(0, &0x8000_0000u32.to_le_bytes());
+    rc.pio_read(7, &mut b);
+    assert_eq!(b, [0xff; 4]);
+    rc.pio_read(1, &mut b);
+    assert_eq!(b, [0xff; 4]);
+}
