@@ -62,6 +62,9 @@ pub enum ConfigError {
     /// A command line with a NUL byte.
     #[error("kernel command line contains a NUL byte")]
     CmdlineNul,
+    /// Too many root ports.
+    #[error("{0} PCIe root ports requested: at most {MAX_ROOT_PORTS} fit on bus 0")]
+    RootPorts(u32),
 }
 
 /// A size in bytes, written as `256M`, `1G`, `4096`...
@@ -136,6 +139,8 @@ pub struct VmConfigFile {
     pub cpu_template: Option<String>,
     /// Path of the API socket.
     pub api_socket: Option<PathBuf>,
+    /// Number of PCIe root ports (each a hotplug slot).
+    pub pcie_root_ports: Option<u32>,
 }
 
 impl VmConfigFile {
@@ -162,6 +167,7 @@ impl VmConfigFile {
             memory: over.memory.or(self.memory),
             cpu_template: over.cpu_template.or(self.cpu_template),
             api_socket: over.api_socket.or(self.api_socket),
+            pcie_root_ports: over.pcie_root_ports.or(self.pcie_root_ports),
         }
     }
 }
@@ -201,7 +207,14 @@ pub struct VmConfig {
     pub cpu_template: Option<CpuTemplate>,
     /// Path of the API socket.
     pub api_socket: Option<PathBuf>,
+    /// Number of PCIe root ports.
+    pub pcie_root_ports: u8,
 }
+
+/// Default number of PCIe root ports.
+pub const DEFAULT_ROOT_PORTS: u8 = 4;
+/// Most PCIe root ports (devices 1..=31 on bus 0).
+pub const MAX_ROOT_PORTS: u8 = 31;
 
 /// Where the project's guest images are: `$VMM_GUEST_IMAGES`, else guest-images/out of the
 /// source tree this binary was built from.
@@ -253,6 +266,11 @@ impl TryFrom<VmConfigFile> for VmConfig {
             .cpu_template
             .map(|name| name.parse().map_err(|_| ConfigError::CpuTemplate(name)))
             .transpose()?;
+        let ports = f.pcie_root_ports.unwrap_or(u32::from(DEFAULT_ROOT_PORTS));
+        let pcie_root_ports = u8::try_from(ports)
+            .ok()
+            .filter(|p| *p <= MAX_ROOT_PORTS)
+            .ok_or(ConfigError::RootPorts(ports))?;
         Ok(VmConfig {
             kernel,
             initrd: f.initrd,
@@ -261,6 +279,7 @@ impl TryFrom<VmConfigFile> for VmConfig {
             memory: memory.0,
             cpu_template,
             api_socket: f.api_socket,
+            pcie_root_ports,
         })
     }
 }
@@ -340,6 +359,7 @@ mod tests {
             r#"{"memory":"4T"}"#,
             r#"{"memory":4097}"#,
             r#"{"cpu_template":"nope"}"#,
+            r#"{"pcie_root_ports":32}"#,
         ];
         for json in bad {
             assert!(VmConfig::try_from(file(json)).is_err(), "{json}");

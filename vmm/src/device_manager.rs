@@ -1,4 +1,5 @@
-//! The devices of a microVM and the bus that dispatches vCPU exits to them. A thin facade:
+//! The devices of a microVM and the bus that dispatches vCPU exits to them: legacy devices
+//! and the PCIe root complex with its root ports. A thin facade:
 //! the device models live in the `devices` crate; this wires them to KVM (irqfds) and to
 //! the I/O address space.
 
@@ -8,12 +9,16 @@ use devices::interrupt::{EventFdLine, LineTrigger};
 use devices::legacy::{
     AcpiPmDevice, DebugExitDevice, I8042, SerialDevice, acpi_pm, debug_exit, i8042, serial,
 };
+use devices::pci::io::{ConfigPorts, EcamWindow, SharedRootComplex};
+use devices::pci::root_complex::CONFIG_ADDRESS_PORT;
+use devices::pci::{EcamLayout, RootComplex, RootPort, RootPortConfig};
 use devices::power::PowerEventSink;
-use vm_device::bus::{MmioAddress, PioAddress, PioRange};
+use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::kvm::{IoBus, KvmError, Vm};
+use crate::memory::layout;
 
 /// Errors wiring devices.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +67,42 @@ pub struct DeviceManager {
     pub bus: Arc<Bus>,
     /// The console, which the VMM feeds with host input.
     pub serial: Arc<Mutex<SerialDevice>>,
+    /// The PCIe root complex.
+    pub pci: SharedRootComplex,
 }
+
+/// Size of each root port's 32-bit window.
+const PORT_MEM32_SIZE: u64 = 16 << 20;
+/// Size of each root port's 64-bit prefetchable window.
+const PORT_MEM64_SIZE: u64 = 2 << 30;
+use crate::config::MAX_ROOT_PORTS;
+
+/// The settings of root port `index` (0-based): port and bus number index + 1, and its
+/// slices of the 32-bit and 64-bit PCI windows, pre-programmed as firmware would, large
+/// enough for an SR-IOV adapter's VF BARs.
+pub fn root_port_config(index: u8) -> RootPortConfig {
+    let i = u64::from(index);
+    let mem32 = layout::PCI_MMIO32_START + i * PORT_MEM32_SIZE;
+    let mem64 = layout::PCI_MMIO64_START + i * PORT_MEM64_SIZE;
+    RootPortConfig {
+        port_number: index + 1,
+        bus: index + 1,
+        mem_window: (mem32 as u32, (mem32 + PORT_MEM32_SIZE - 1) as u32),
+        pref_window: (mem64, mem64 + PORT_MEM64_SIZE - 1),
+    }
+}
+
+// Every port's windows fit the machine's windows.
+const _: () = {
+    assert!(
+        layout::PCI_MMIO32_START + MAX_ROOT_PORTS as u64 * PORT_MEM32_SIZE
+            <= layout::PCI_MMIO32_END
+    );
+    assert!(
+        layout::PCI_MMIO64_START + MAX_ROOT_PORTS as u64 * PORT_MEM64_SIZE
+            <= layout::PCI_MMIO64_END
+    );
+};
 
 fn pio_range(base: u16, len: u16) -> Result<PioRange, DeviceError> {
     PioRange::new(PioAddress(base), len).map_err(DeviceError::Bus)
@@ -75,8 +115,29 @@ impl DeviceManager {
         vm: &Vm,
         power: Arc<dyn PowerEventSink>,
         console: serial::SerialOut,
+        root_ports: u8,
     ) -> Result<Self, DeviceError> {
         let mut io = IoManager::new();
+
+        let msi = vm.msi_sink();
+        let ports = (0..root_ports.min(MAX_ROOT_PORTS))
+            .map(|i| RootPort::new(root_port_config(i), msi.clone()))
+            .collect();
+        let ecam = EcamLayout {
+            base: layout::ECAM_START,
+            last_bus: layout::ECAM_LAST_BUS,
+        };
+        let pci = Arc::new(Mutex::new(RootComplex::new(ecam, ports)));
+        io.register_mmio(
+            MmioRange::new(MmioAddress(ecam.base), ecam.size()).map_err(DeviceError::Bus)?,
+            Arc::new(EcamWindow(pci.clone())),
+        )
+        .map_err(DeviceError::Bus)?;
+        io.register_pio(
+            pio_range(CONFIG_ADDRESS_PORT, 8)?,
+            Arc::new(ConfigPorts(pci.clone())),
+        )
+        .map_err(DeviceError::Bus)?;
 
         let irq = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
         vm.register_irqfd(&irq, serial::COM1_IRQ)
@@ -108,6 +169,7 @@ impl DeviceManager {
         Ok(Self {
             bus: Arc::new(Bus { io }),
             serial,
+            pci,
         })
     }
 }

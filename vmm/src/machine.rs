@@ -12,7 +12,7 @@ use vm_memory::GuestAddress;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::acpi::{self, AcpiConfig};
+use crate::acpi::{self, AcpiConfig, PciAcpi};
 use crate::api::{ApiError, ApiServer, VmStatus, server::ApiHandler};
 use crate::boot::cpuid::CpuTemplate;
 use crate::boot::params::{BootInfo, build_boot_params, write_boot_params};
@@ -251,6 +251,15 @@ fn load_guest(config: &VmConfig, ram: &GuestRam) -> Result<GuestAddress, VmmErro
             pm_io_base: devices::legacy::acpi_pm::PM_IO_BASE,
             rsdp_addr: GuestAddress(layout::RSDP_START),
             tables_end: GuestAddress(layout::ACPI_END),
+            pci: Some(PciAcpi {
+                ecam_base: layout::ECAM_START,
+                last_bus: layout::ECAM_LAST_BUS,
+                mem32: (
+                    layout::PCI_MMIO32_START as u32,
+                    (layout::PCI_MMIO32_END - 1) as u32,
+                ),
+                mem64: (layout::PCI_MMIO64_START, layout::PCI_MMIO64_END - 1),
+            }),
         },
     )
     .map_err(VmmError::Acpi)?;
@@ -293,7 +302,12 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
     vm.register_memory(ram.memory())?;
 
     let monitor = Arc::new(ExitMonitor::new()?);
-    let devices = DeviceManager::new(&vm, monitor.clone(), Box::new(Stdout::new()))?;
+    let devices = DeviceManager::new(
+        &vm,
+        monitor.clone(),
+        Box::new(Stdout::new()),
+        config.pcie_root_ports,
+    )?;
 
     let mut em = EventManager::<Subscriber>::new()
         .map_err(|e| VmmError::Runtime(format!("event manager: {e:?}")))?;

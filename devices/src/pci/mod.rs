@@ -7,6 +7,7 @@ pub mod capability;
 pub mod config_space;
 pub mod device;
 pub mod host_bridge;
+pub mod io;
 pub mod regs;
 pub mod root_complex;
 pub mod root_port;

@@ -4,7 +4,7 @@
 use acpi_tables::sdt::Sdt;
 use acpi_tables::{Aml, aml};
 
-use super::{OEM_ID, OEM_REVISION, OEM_TABLE_ID};
+use super::{OEM_ID, OEM_REVISION, OEM_TABLE_ID, RawAml};
 
 /// The DSDT revision (2: 64-bit integers).
 const DSDT_REVISION: u8 = 2;
@@ -24,15 +24,6 @@ fn legacy_device(name: &str, hid: &str, uid: u8, resources: Vec<&dyn Aml>) -> Ve
     )
     .to_aml_bytes(&mut out);
     out
-}
-
-/// Raw AML bytes as an AML object.
-struct RawAml(Vec<u8>);
-
-impl Aml for RawAml {
-    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
-        sink.vec(&self.0);
-    }
 }
 
 /// Builds the DSDT with `devices` added to `\_SB` after the legacy ones.

@@ -6,6 +6,9 @@
 //! 1 MiB), each 8-byte aligned, and checked to fit.
 
 pub mod dsdt;
+pub mod pci;
+
+pub use pci::PciAcpi;
 
 use acpi_tables::Aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -54,6 +57,8 @@ pub struct AcpiConfig {
     pub rsdp_addr: GuestAddress,
     /// End of the area the tables may use (exclusive).
     pub tables_end: GuestAddress,
+    /// The PCIe root complex, if the machine has one.
+    pub pci: Option<PciAcpi>,
 }
 
 /// What was written.
@@ -82,6 +87,16 @@ pub enum AcpiError {
     /// A vCPU count the MADT cannot describe.
     #[error("{0} vCPUs cannot be described (1 to 254)")]
     Vcpus(u8),
+}
+
+/// Raw AML bytes as an AML object.
+#[derive(Debug, Clone)]
+pub struct RawAml(pub Vec<u8>);
+
+impl Aml for RawAml {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        sink.vec(&self.0);
+    }
 }
 
 fn bytes_of(table: &dyn Aml) -> Vec<u8> {
@@ -176,27 +191,43 @@ pub fn create_acpi_tables<M: GuestMemoryBackend>(
         start: cfg.rsdp_addr.0,
     };
     let rsdp_addr = at.place(Rsdp::len())?;
-    let dsdt = dsdt::dsdt(&[]);
+    let pci_devices = cfg
+        .pci
+        .map(|p| [pci::host_bridge(&p), pci::ecam_reservation(&p)]);
+    let dsdt_devices: Vec<&dyn Aml> = pci_devices
+        .iter()
+        .flatten()
+        .map(|d| d as &dyn Aml)
+        .collect();
+    let dsdt = dsdt::dsdt(&dsdt_devices);
     let dsdt_addr = at.place(dsdt.len())?;
     let fadt = fadt(cfg, dsdt_addr.0);
     let fadt_addr = at.place(fadt.len())?;
     let madt = madt(cfg);
     let madt_addr = at.place(madt.len())?;
+    let mcfg = cfg.pci.as_ref().map(pci::mcfg);
+    let mcfg_addr = mcfg.as_ref().map(|m| at.place(m.len())).transpose()?;
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt_addr.0);
     xsdt.add_entry(madt_addr.0);
+    if let Some(addr) = mcfg_addr {
+        xsdt.add_entry(addr.0);
+    }
     let xsdt = bytes_of(&xsdt);
     let xsdt_addr = at.place(xsdt.len())?;
     let rsdp = bytes_of(&Rsdp::new(OEM_ID, xsdt_addr.0));
 
-    let tables = [
+    let mut tables = vec![
         ("RSDP", rsdp_addr, &rsdp),
         ("DSDT", dsdt_addr, &dsdt),
         ("FACP", fadt_addr, &fadt),
         ("APIC", madt_addr, &madt),
         ("XSDT", xsdt_addr, &xsdt),
     ];
-    for (sig, addr, bytes) in tables {
+    if let (Some(addr), Some(bytes)) = (mcfg_addr, mcfg.as_ref()) {
+        tables.push(("MCFG", addr, bytes));
+    }
+    for &(sig, addr, bytes) in &tables {
         mem.write_slice(bytes, addr)
             .map_err(|e| AcpiError::Write(sig, e))?;
     }

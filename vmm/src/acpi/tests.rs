@@ -16,6 +16,12 @@ fn config(num_vcpus: u8) -> AcpiConfig {
         pm_io_base: 0x600,
         rsdp_addr: GuestAddress(0xe_0000),
         tables_end: GuestAddress(0x10_0000),
+        pci: Some(PciAcpi {
+            ecam_base: 0xe000_0000,
+            last_bus: 255,
+            mem32: (0xc000_0000, 0xdfff_ffff),
+            mem64: (0x80_0000_0000, 0x8f_ffff_ffff),
+        }),
     }
 }
 
@@ -81,7 +87,7 @@ fn tables_are_reachable_and_checksummed() {
         let t = create_acpi_tables(&m, &config(n)).unwrap();
         assert_eq!(t.rsdp, GuestAddress(0xe_0000));
         let all = walk(&m, t.rsdp.0);
-        for sig in ["XSDT", "FACP", "APIC", "DSDT"] {
+        for sig in ["XSDT", "FACP", "APIC", "DSDT", "MCFG"] {
             assert!(all.iter().any(|(s, _)| s == sig), "{sig} with {n} vCPUs");
         }
         for (_, addr, len) in &t.tables {
@@ -113,6 +119,12 @@ fn tables_are_reachable_and_checksummed() {
         }
         assert_eq!(lapics, (0..n).collect::<Vec<_>>());
         assert_eq!(ioapics, 1);
+
+        // MCFG: one entry, base, segment 0, buses 0..=255.
+        let mcfg = find(&all, "MCFG");
+        assert_eq!(mcfg.len(), 36 + 8 + 16);
+        assert_eq!(u64_at(mcfg, 44), 0xe000_0000);
+        assert_eq!((mcfg[52], mcfg[53], mcfg[54], mcfg[55]), (0, 0, 0, 255));
 
         let fadt = find(&all, "FACP");
         let flags = u32_at(fadt, 112);
@@ -207,7 +219,19 @@ fn iasl_decompiles_cleanly() {
         }
         let dsl = std::fs::read_to_string(file.with_extension("dsl")).unwrap();
         if sig == "DSDT" {
-            assert!(dsl.contains("_S5_") && dsl.contains("PNP0501"), "{dsl}");
+            for needle in [
+                "_S5_",
+                "PNP0501",
+                "PNP0A08",
+                "PNP0C02",
+                "_OSC",
+                "33db4d5b-1ff7-401c-9657-7441c03dd766",
+                "0xDFFFFFFF",
+                "0x0000008FFFFFFFFF",
+                "0x10000000", // ECAM length in MBRD
+            ] {
+                assert!(dsl.contains(needle), "{needle} missing from:\n{dsl}");
+            }
         }
     }
     std::fs::remove_dir_all(dir).unwrap();

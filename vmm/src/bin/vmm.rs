@@ -62,8 +62,12 @@ struct RunArgs {
     /// {"action":"status"}).
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
+    /// Number of PCIe root ports, 0 to 31, each a native-hotplug slot with its own bus
+    /// [default: 4].
+    #[arg(long, value_name = "N")]
+    pcie_root_ports: Option<u32>,
     /// Read settings from a JSON file (keys: kernel, initrd, cmdline, vcpus, memory,
-    /// cpu_template, api_socket); flags given on the command line win.
+    /// cpu_template, api_socket, pcie_root_ports); flags given on the command line win.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// At exit, print one JSON line on stderr with wall time, peak RSS and guest memory
@@ -101,6 +105,7 @@ fn run(args: RunArgs, started: Instant) -> Result<(i32, String), VmmError> {
         memory: args.memory,
         cpu_template: args.cpu_template,
         api_socket: args.api_socket,
+        pcie_root_ports: args.pcie_root_ports,
     };
     let config = VmConfig::try_from(file.merged_with(cli))?;
     let outcome = machine::run(&config)?;

@@ -8,6 +8,11 @@ use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
+use std::sync::Arc;
+
+use devices::interrupt::MsiSink;
+use kvm_bindings::kvm_msi;
+
 use crate::boot::cpuid::{CpuTemplate, vcpu_cpuid};
 use crate::boot::regs;
 use crate::memory::layout;
@@ -40,7 +45,7 @@ fn ioctl<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, Kv
 #[derive(Debug)]
 pub struct Vm {
     kvm: Kvm,
-    fd: VmFd,
+    fd: Arc<VmFd>,
 }
 
 impl Vm {
@@ -81,12 +86,20 @@ impl Vm {
             ..Default::default()
         };
         ioctl("KVM_CREATE_PIT2", fd.create_pit2(pit))?;
-        Ok(Self { kvm, fd })
+        Ok(Self {
+            kvm,
+            fd: Arc::new(fd),
+        })
     }
 
     /// The VM file descriptor.
     pub fn fd(&self) -> &VmFd {
         &self.fd
+    }
+
+    /// An MSI sink that injects through KVM_SIGNAL_MSI.
+    pub fn msi_sink(&self) -> Arc<KvmMsi> {
+        Arc::new(KvmMsi(self.fd.clone()))
     }
 
     /// Registers every region of `mem` as a memory slot.
@@ -163,5 +176,25 @@ impl Vm {
             ioctl("KVM_SET_REGS", vcpu.set_regs(&regs::boot_regs(entry)))?;
         }
         Ok(vcpu)
+    }
+}
+
+/// Delivers MSIs with KVM_SIGNAL_MSI: the address and data the guest programmed go to the
+/// in-kernel LAPICs as they are.
+#[derive(Debug)]
+pub struct KvmMsi(Arc<VmFd>);
+
+impl MsiSink for KvmMsi {
+    fn send_msi(&self, address: u64, data: u32) -> std::io::Result<()> {
+        let msi = kvm_msi {
+            address_lo: address as u32,
+            address_hi: (address >> 32) as u32,
+            data,
+            ..Default::default()
+        };
+        self.0
+            .signal_msi(msi)
+            .map(|_| ())
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
     }
 }

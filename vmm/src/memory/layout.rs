@@ -43,6 +43,20 @@ pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_HOLE_START: u64 = 3 * GIB;
 /// End of the 32-bit MMIO hole (exclusive) and start of high RAM.
 pub const MMIO_HOLE_END: u64 = 4 * GIB;
+/// The 32-bit PCI MMIO window (BARs and root-port windows), 512 MiB.
+pub const PCI_MMIO32_START: u64 = MMIO_HOLE_START;
+/// End of the 32-bit PCI MMIO window (exclusive).
+pub const PCI_MMIO32_END: u64 = 0xe000_0000;
+/// The ECAM window: 1 MiB per bus, buses 0..=255.
+pub const ECAM_START: u64 = 0xe000_0000;
+/// Last bus ECAM decodes.
+pub const ECAM_LAST_BUS: u8 = 255;
+/// Size of the ECAM window.
+pub const ECAM_SIZE: u64 = (ECAM_LAST_BUS as u64 + 1) << 20;
+/// The 64-bit PCI MMIO window, above any RAM: 512 GiB, 64 GiB long.
+pub const PCI_MMIO64_START: u64 = 512 * GIB;
+/// End of the 64-bit PCI MMIO window (exclusive).
+pub const PCI_MMIO64_END: u64 = PCI_MMIO64_START + 64 * GIB;
 /// The IOAPIC.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// The local APIC.
@@ -54,8 +68,8 @@ pub const KVM_IDENTITY_MAP_START: u64 = 0xfffb_c000;
 
 /// Smallest guest memory: room for the boot structures and a small kernel.
 pub const MIN_MEMORY: u64 = 16 * MIB;
-/// Largest guest memory.
-pub const MAX_MEMORY: u64 = 1 << 40;
+/// Largest guest memory: high RAM must stay below the 64-bit PCI window.
+pub const MAX_MEMORY: u64 = 256 * GIB;
 
 /// Largest initrd address for an ELF kernel without a setup header (Linux's default
 /// initrd_addr_max).
@@ -73,6 +87,8 @@ const _: () = {
     assert!(KVM_IDENTITY_MAP_START + 0x1000 == KVM_TSS_START);
     assert!(LAPIC_START < KVM_IDENTITY_MAP_START && IOAPIC_START < LAPIC_START);
     assert!(MMIO_HOLE_START < IOAPIC_START);
+    assert!(PCI_MMIO32_END <= ECAM_START && ECAM_START + ECAM_SIZE <= IOAPIC_START);
+    assert!(MMIO_HOLE_END + (MAX_MEMORY - MMIO_HOLE_START) <= PCI_MMIO64_START);
 };
 
 /// E820 entry types.
@@ -126,8 +142,8 @@ pub struct E820Entry {
 }
 
 /// The E820 map of a guest with `size` bytes of RAM: usable RAM below the EBDA, the EBDA
-/// and BIOS area (ACPI tables live there) reserved, RAM from 1 MiB to the hole, RAM above
-/// 4 GiB.
+/// and BIOS area (ACPI tables live there) reserved, RAM from 1 MiB to the hole, the ECAM
+/// window reserved (Linux checks MCFG against E820), RAM above 4 GiB.
 pub fn e820_map(size: u64) -> Vec<E820Entry> {
     let mut map = vec![
         E820Entry {
@@ -151,6 +167,12 @@ pub fn e820_map(size: u64) -> Vec<E820Entry> {
             });
         }
     }
+    map.push(E820Entry {
+        addr: ECAM_START,
+        size: ECAM_SIZE,
+        kind: E820_RESERVED,
+    });
+    map.sort_by_key(|e| e.addr);
     map
 }
 
@@ -168,7 +190,15 @@ mod tests {
             }]
         );
         let map = e820_map(256 * MIB);
-        assert_eq!(map.len(), 3);
+        assert_eq!(map.len(), 4);
+        assert_eq!(
+            map[3],
+            E820Entry {
+                addr: ECAM_START,
+                size: ECAM_SIZE,
+                kind: E820_RESERVED
+            }
+        );
         assert_eq!(
             map[0],
             E820Entry {
@@ -205,13 +235,13 @@ mod tests {
         assert_eq!(map.last().unwrap().addr, 4 * GIB);
         for e in &map {
             let overlaps_hole = e.addr < MMIO_HOLE_END && e.addr + e.size > MMIO_HOLE_START;
-            assert!(!overlaps_hole, "{e:?}");
+            assert!(!overlaps_hole || e.kind == E820_RESERVED, "{e:?}");
         }
     }
 
     #[test]
     fn e820_is_sorted_and_disjoint() {
-        for size in [MIN_MEMORY, 3 * GIB, 3 * GIB + 4096, 64 * GIB] {
+        for size in [MIN_MEMORY, 3 * GIB, 3 * GIB + 4096, 64 * GIB, MAX_MEMORY] {
             let map = e820_map(size);
             for w in map.windows(2) {
                 assert!(w[0].addr + w[0].size <= w[1].addr, "{size}: {w:?}");

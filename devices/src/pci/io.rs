@@ -1,0 +1,45 @@
+//! The root complex on the VMM's I/O buses: the ECAM window on the MMIO bus and the
+//! 0xCF8..0xCFF ports on the PIO bus, both reaching the same [`RootComplex`].
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vm_device::bus::{MmioAddress, MmioAddressOffset, PioAddress, PioAddressOffset};
+use vm_device::{DeviceMmio, DevicePio};
+
+use super::RootComplex;
+
+/// A shared root complex.
+pub type SharedRootComplex = Arc<Mutex<RootComplex>>;
+
+fn lock(rc: &SharedRootComplex) -> MutexGuard<'_, RootComplex> {
+    // A poisoned lock means a panic elsewhere; the registers are still consistent.
+    rc.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The ECAM window, registered on the MMIO bus at the window's base.
+#[derive(Debug, Clone)]
+pub struct EcamWindow(pub SharedRootComplex);
+
+impl DeviceMmio for EcamWindow {
+    fn mmio_read(&self, _base: MmioAddress, offset: MmioAddressOffset, data: &mut [u8]) {
+        lock(&self.0).ecam_read(offset, data);
+    }
+
+    fn mmio_write(&self, _base: MmioAddress, offset: MmioAddressOffset, data: &[u8]) {
+        lock(&self.0).ecam_write(offset, data);
+    }
+}
+
+/// The legacy configuration ports, registered on the PIO bus at 0xCF8 for 8 ports.
+#[derive(Debug, Clone)]
+pub struct ConfigPorts(pub SharedRootComplex);
+
+impl DevicePio for ConfigPorts {
+    fn pio_read(&self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
+        lock(&self.0).pio_read(offset, data);
+    }
+
+    fn pio_write(&self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
+        lock(&self.0).pio_write(offset, data);
+    }
+}
