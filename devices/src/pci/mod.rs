@@ -8,6 +8,7 @@ pub mod config_space;
 pub mod device;
 pub mod host_bridge;
 pub mod io;
+pub mod msix;
 pub mod regs;
 pub mod root_complex;
 pub mod root_port;

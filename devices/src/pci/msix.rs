@@ -1,0 +1,330 @@
+//! MSI-X: the vector table and pending-bit array a function exposes in a BAR, the
+//! per-vector and function masks, and delivery through an [`MsiSink`].
+//!
+//! A vector fires only when MSI-X is enabled, the function is not masked and the vector is
+//! not masked; otherwise its pending bit is set, and it is delivered when the mask that
+//! held it back is cleared (PCI 3.0, 6.8.2.9).
+
+use std::sync::Arc;
+
+use crate::interrupt::MsiSink;
+use crate::{debug_ratelimited, warn_ratelimited};
+
+/// Bytes per table entry.
+pub const MSIX_ENTRY_SIZE: u64 = 16;
+/// Vector control: masked.
+const VECTOR_MASKED: u32 = 1;
+
+/// One table entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsixEntry {
+    /// Message address, low.
+    pub addr_lo: u32,
+    /// Message address, high.
+    pub addr_hi: u32,
+    /// Message data.
+    pub data: u32,
+    /// Vector control (bit 0: masked).
+    pub control: u32,
+}
+
+impl Default for MsixEntry {
+    fn default() -> Self {
+        // Vectors come out of reset masked.
+        Self {
+            addr_lo: 0,
+            addr_hi: 0,
+            data: 0,
+            control: VECTOR_MASKED,
+        }
+    }
+}
+
+impl MsixEntry {
+    /// The message address.
+    pub fn address(&self) -> u64 {
+        u64::from(self.addr_lo) | (u64::from(self.addr_hi) << 32)
+    }
+
+    fn masked(&self) -> bool {
+        self.control & VECTOR_MASKED != 0
+    }
+}
+
+/// The MSI-X state of a function.
+pub struct Msix {
+    table: Vec<MsixEntry>,
+    pending: Vec<u64>,
+    enabled: bool,
+    function_masked: bool,
+    sink: Arc<dyn MsiSink>,
+}
+
+impl std::fmt::Debug for Msix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Msix")
+            .field("vectors", &self.table.len())
+            .field("enabled", &self.enabled)
+            .field("function_masked", &self.function_masked)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Msix {
+    /// `vectors` vectors (1..=2048), all masked, delivered to `sink`.
+    pub fn new(vectors: u16, sink: Arc<dyn MsiSink>) -> Self {
+        let n = usize::from(vectors.clamp(1, 2048));
+        Self {
+            table: vec![MsixEntry::default(); n],
+            pending: vec![0; n.div_ceil(64)],
+            enabled: false,
+            function_masked: false,
+            sink,
+        }
+    }
+
+    /// Number of vectors.
+    pub fn vectors(&self) -> u16 {
+        self.table.len() as u16
+    }
+
+    /// Size of the table in bytes.
+    pub fn table_size(&self) -> u64 {
+        self.table.len() as u64 * MSIX_ENTRY_SIZE
+    }
+
+    /// Size of the PBA in bytes.
+    pub fn pba_size(&self) -> u64 {
+        self.pending.len() as u64 * 8
+    }
+
+    /// The entry of `vector`.
+    pub fn entry(&self, vector: u16) -> Option<MsixEntry> {
+        self.table.get(usize::from(vector)).copied()
+    }
+
+    /// Whether MSI-X is enabled in the capability.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    fn is_pending(&self, v: usize) -> bool {
+        self.pending[v / 64] & (1 << (v % 64)) != 0
+    }
+
+    fn set_pending(&mut self, v: usize, on: bool) {
+        if on {
+            self.pending[v / 64] |= 1 << (v % 64);
+        } else {
+            self.pending[v / 64] &= !(1 << (v % 64));
+        }
+    }
+
+    /// The capability's Message Control was written: `enable` and `function_mask` bits.
+    pub fn set_control(&mut self, enable: bool, function_mask: bool) {
+        self.enabled = enable;
+        self.function_masked = function_mask;
+        self.deliver_unmasked_pending();
+    }
+
+    fn deliverable(&self, v: usize) -> bool {
+        self.enabled && !self.function_masked && !self.table[v].masked()
+    }
+
+    fn deliver_unmasked_pending(&mut self) {
+        for v in 0..self.table.len() {
+            if self.is_pending(v) && self.deliverable(v) {
+                self.set_pending(v, false);
+                self.send(v);
+            }
+        }
+    }
+
+    fn send(&self, v: usize) {
+        let e = self.table[v];
+        if let Err(err) = self.sink.send_msi(e.address(), e.data) {
+            warn_ratelimited!("msix: vector {v}: {err}");
+        }
+    }
+
+    /// The device raises `vector`: delivered now, or left pending while masked. A vector
+    /// out of range is ignored.
+    pub fn notify(&mut self, vector: u16) {
+        let v = usize::from(vector);
+        if v >= self.table.len() {
+            debug_ratelimited!("msix: vector {v} out of range");
+            return;
+        }
+        if self.deliverable(v) {
+            self.send(v);
+        } else {
+            self.set_pending(v, true);
+        }
+    }
+
+    /// A guest read of the table (`offset` into it; 4- or 8-byte aligned accesses).
+    pub fn table_read(&self, offset: u64, data: &mut [u8]) {
+        let Some((v, field)) = self.table_slot(offset, data.len()) else {
+            data.fill(0xff);
+            return;
+        };
+        let e = &self.table[v];
+        let words = [e.addr_lo, e.addr_hi, e.data, e.control];
+        let mut bytes = [0u8; 16];
+        for (i, w) in words.iter().enumerate() {
+            bytes[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        data.copy_from_slice(&bytes[field..field + data.len()]);
+    }
+
+    /// A guest write of the table.
+    pub fn table_write(&mut self, offset: u64, data: &[u8]) {
+        let Some((v, field)) = self.table_slot(offset, data.len()) else {
+            debug_ratelimited!("msix: bad table write at {offset:#x}, {} bytes", data.len());
+            return;
+        };
+        let mut bytes = [0u8; 16];
+        let e = self.table[v];
+        for (i, w) in [e.addr_lo, e.addr_hi, e.data, e.control].iter().enumerate() {
+            bytes[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        bytes[field..field + data.len()].copy_from_slice(data);
+        let word = |i: usize| {
+            u32::from_le_bytes([
+                bytes[4 * i],
+                bytes[4 * i + 1],
+                bytes[4 * i + 2],
+                bytes[4 * i + 3],
+            ])
+        };
+        self.table[v] = MsixEntry {
+            addr_lo: word(0),
+            addr_hi: word(1),
+            data: word(2),
+            // Only the mask bit of vector control is writable.
+            control: word(3) & VECTOR_MASKED,
+        };
+        if e.masked() && !self.table[v].masked() && self.is_pending(v) && self.deliverable(v) {
+            self.set_pending(v, false);
+            self.send(v);
+        }
+    }
+
+    /// The vector and byte offset in its entry of an access, if well formed (4 or 8 bytes,
+    /// naturally aligned, inside the table).
+    fn table_slot(&self, offset: u64, len: usize) -> Option<(usize, usize)> {
+        if !matches!(len, 4 | 8)
+            || !offset.is_multiple_of(len as u64)
+            || offset >= self.table_size()
+        {
+            return None;
+        }
+        let v = (offset / MSIX_ENTRY_SIZE) as usize;
+        Some((v, (offset % MSIX_ENTRY_SIZE) as usize))
+    }
+
+    /// A guest read of the PBA (read-only; writes are ignored).
+    pub fn pba_read(&self, offset: u64, data: &mut [u8]) {
+        if !matches!(data.len(), 4 | 8)
+            || !offset.is_multiple_of(data.len() as u64)
+            || offset >= self.pba_size()
+        {
+            data.fill(0xff);
+            return;
+        }
+        let word = self.pending[(offset / 8) as usize].to_le_bytes();
+        let start = (offset % 8) as usize;
+        data.copy_from_slice(&word[start..start + data.len()]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interrupt::msi_test_utils::RecordingMsi;
+
+    fn msix(n: u16) -> (Msix, Arc<RecordingMsi>) {
+        let sink = Arc::new(RecordingMsi::default());
+        (Msix::new(n, sink.clone()), sink)
+    }
+
+    fn program(m: &mut Msix, v: u64, addr: u64, data: u32, masked: bool) {
+        let base = v * MSIX_ENTRY_SIZE;
+        m.table_write(base, &(addr as u32).to_le_bytes());
+        m.table_write(base + 4, &((addr >> 32) as u32).to_le_bytes());
+        m.table_write(base + 8, &data.to_le_bytes());
+        m.table_write(base + 12, &u32::from(masked).to_le_bytes());
+    }
+
+    fn pba(m: &Msix) -> u64 {
+        let mut b = [0u8; 8];
+        m.pba_read(0, &mut b);
+        u64::from_le_bytes(b)
+    }
+
+    #[test]
+    fn reset_state_is_masked() {
+        let (m, _) = msix(3);
+        let mut b = [0u8; 4];
+        m.table_read(12, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 1);
+        assert_eq!((m.table_size(), m.pba_size()), (48, 8));
+    }
+
+    #[test]
+    fn delivery_and_masks() {
+        let (mut m, sink) = msix(4);
+        program(&mut m, 1, 0xfee0_0000, 0x4021, false);
+        // Not enabled yet: pending.
+        m.notify(1);
+        assert_eq!(sink.count(), 0);
+        assert_eq!(pba(&m), 0b10);
+        // Enabling delivers the pending vector.
+        m.set_control(true, false);
+        assert_eq!(sink.count(), 1);
+        assert_eq!(pba(&m), 0);
+        m.notify(1);
+        assert_eq!(
+            *sink.0.lock().unwrap().last().unwrap(),
+            (0xfee0_0000, 0x4021)
+        );
+        // Function mask holds it back.
+        m.set_control(true, true);
+        m.notify(1);
+        assert_eq!((sink.count(), pba(&m)), (2, 0b10));
+        m.set_control(true, false);
+        assert_eq!((sink.count(), pba(&m)), (3, 0));
+        // Vector mask, then unmask by a table write.
+        m.table_write(16 + 12, &1u32.to_le_bytes());
+        m.notify(1);
+        assert_eq!(pba(&m), 0b10);
+        m.table_write(16 + 12, &0u32.to_le_bytes());
+        assert_eq!((sink.count(), pba(&m)), (4, 0));
+    }
+
+    #[test]
+    fn table_accesses() {
+        let (mut m, _) = msix(2);
+        // 8-byte write of the address.
+        m.table_write(16, &0x0000_0001_fee0_1000u64.to_le_bytes());
+        assert_eq!(m.entry(1).unwrap().address(), 0x1_fee0_1000);
+        let mut q = [0u8; 8];
+        m.table_read(16, &mut q);
+        assert_eq!(u64::from_le_bytes(q), 0x1_fee0_1000);
+        // Reserved vector-control bits stay 0.
+        m.table_write(12, &0xffff_fffeu32.to_le_bytes());
+        assert_eq!(m.entry(0).unwrap().control, 0);
+        // Malformed accesses: ignored / all ones, never a panic.
+        let mut b = [0u8; 4];
+        m.table_read(32, &mut b);
+        assert_eq!(b, [0xff; 4]);
+        m.table_read(2, &mut b);
+        assert_eq!(b, [0xff; 4]);
+        m.table_write(u64::MAX - 3, &[1, 2, 3, 4]);
+        m.table_write(1, &[1, 2, 3, 4]);
+        m.table_write(0, &[1, 2]);
+        m.notify(7);
+        m.pba_read(8, &mut b);
+        assert_eq!(b, [0xff; 4]);
+    }
+}
