@@ -6,3 +6,4 @@ pub mod legacy;
 pub mod pci;
 pub mod power;
 pub mod ratelimit;
+pub mod virtio;
