@@ -1,0 +1,219 @@
+//! Where a virtio-net device's frames go: a unix seqpacket socket (one frame per message;
+//! the synthetic path to nicd, and tests) or a TAP device.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+/// A packet backend. Both calls are non-blocking.
+pub trait NetBackend: Send + Sync + std::fmt::Debug {
+    /// Sends one frame.
+    fn send(&self, frame: &[u8]) -> io::Result<()>;
+    /// Receives one frame into `buf`; `WouldBlock` when none is waiting.
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// The descriptor to poll for readability.
+    fn fd(&self) -> RawFd;
+}
+
+/// A connected unix seqpacket socket.
+#[derive(Debug)]
+pub struct SeqpacketBackend {
+    fd: OwnedFd,
+}
+
+fn cvt(rc: isize) -> io::Result<usize> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as usize)
+    }
+}
+
+impl SeqpacketBackend {
+    /// Connects to the seqpacket socket listening at `path`.
+    pub fn connect(path: &Path) -> io::Result<Self> {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = path.as_os_str().as_bytes();
+        // SAFETY: sockaddr_un is plain data; zeroed is a valid initial value.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        if bytes.len() >= addr.sun_path.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "socket path too long",
+            ));
+        }
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+            *d = *s as libc::c_char;
+        }
+        // SAFETY: plain socket(2) call; the result is checked.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                0,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        // SAFETY: `addr` is a valid sockaddr_un of `len` bytes; `fd` is a socket.
+        let rc = unsafe { libc::connect(fd.as_raw_fd(), (&raw const addr).cast(), len) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { fd })
+    }
+
+    /// Wraps an already connected seqpacket socket (tests use socketpair).
+    pub fn from_fd(fd: OwnedFd) -> Self {
+        Self { fd }
+    }
+}
+
+impl NetBackend for SeqpacketBackend {
+    fn send(&self, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: `frame` is valid for reads of its length; the socket is ours.
+        let n = cvt(unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                libc::MSG_DONTWAIT,
+            )
+        })?;
+        if n != frame.len() {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "short send"));
+        }
+        Ok(())
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is valid for writes of its length; MSG_TRUNC makes the return the
+        // full message length so a truncated frame is detected.
+        let n = cvt(unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+            )
+        })?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "peer closed",
+            ));
+        }
+        if n > buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "oversized frame dropped",
+            ));
+        }
+        Ok(n)
+    }
+
+    fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// A TAP device (IFF_TAP | IFF_NO_PI, non-blocking).
+#[derive(Debug)]
+pub struct TapBackend {
+    file: File,
+    name: String,
+}
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+
+#[repr(C)]
+struct IfReq {
+    name: [u8; 16],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+impl TapBackend {
+    /// Opens (creating if needed) the TAP device `name`.
+    pub fn open(name: &str) -> io::Result<Self> {
+        if name.is_empty() || name.len() >= 16 || name.contains('\0') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "invalid interface name",
+            ));
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")?;
+        let mut req = IfReq {
+            name: [0; 16],
+            flags: IFF_TAP | IFF_NO_PI,
+            _pad: [0; 22],
+        };
+        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        // SAFETY: TUNSETIFF reads and writes an ifreq, which IfReq lays out (name, flags,
+        // padding to the union's size); the fd is the open tun device.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            file,
+            name: name.to_string(),
+        })
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+impl NetBackend for TapBackend {
+    fn send(&self, frame: &[u8]) -> io::Result<()> {
+        (&self.file).write_all(frame)
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        (&self.file).read(buf)
+    }
+
+    fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+/// A connected pair of seqpacket sockets, for tests and in-process peers.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, UnixStream)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors socketpair writes.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor is fresh and owned by nothing else.
+    let a = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+    // SAFETY: likewise.
+    let b = unsafe { UnixStream::from_raw_fd(fds[1]) };
+    Ok((a, b))
+}

@@ -1,0 +1,319 @@
+//! The virtio-net data path: one thread moving frames between the queues and the backend.
+
+use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestMemoryMmap};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{MAX_FRAME, NET_HDR_LEN, NetBackend, RX_QUEUE, TX_QUEUE};
+use crate::virtio::{ActivateContext, VirtioInterrupt};
+use crate::{debug_ratelimited, warn_ratelimited};
+
+const EV_TX: u64 = 0;
+const EV_RX: u64 = 1;
+const EV_BACKEND: u64 = 2;
+const EV_STOP: u64 = 3;
+
+/// Frames and errors counted by the worker.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NetCounters {
+    /// Frames sent to the backend.
+    pub tx_frames: u64,
+    /// Frames given to the guest.
+    pub rx_frames: u64,
+    /// TX chains dropped (malformed, too large, backend error).
+    pub tx_dropped: u64,
+    /// Backend frames dropped (too large, truncated).
+    pub rx_dropped: u64,
+}
+
+pub(super) struct Worker {
+    mem: GuestMemoryMmap,
+    rx: Queue,
+    tx: Queue,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    backend: Arc<dyn NetBackend>,
+    kicks: [Arc<EventFd>; 2],
+    stop: Arc<EventFd>,
+    /// A frame read from the backend that did not fit the buffers available yet.
+    pending: Option<Vec<u8>>,
+    backend_watched: bool,
+    counters: NetCounters,
+}
+
+/// The virtio_net_hdr of a received frame: no offloads, `num_buffers` buffers.
+fn rx_header(num_buffers: u16) -> [u8; NET_HDR_LEN] {
+    let mut h = [0u8; NET_HDR_LEN];
+    h[10..12].copy_from_slice(&num_buffers.to_le_bytes());
+    h
+}
+
+impl Worker {
+    pub(super) fn new(
+        mut ctx: ActivateContext,
+        backend: Arc<dyn NetBackend>,
+        kicks: [Arc<EventFd>; 2],
+        stop: Arc<EventFd>,
+    ) -> Self {
+        let tx = ctx.queues.remove(usize::from(TX_QUEUE));
+        let rx = ctx.queues.remove(usize::from(RX_QUEUE));
+        Self {
+            mem: ctx.mem,
+            rx,
+            tx,
+            interrupt: ctx.interrupt,
+            backend,
+            kicks,
+            stop,
+            pending: None,
+            backend_watched: false,
+            counters: NetCounters::default(),
+        }
+    }
+
+    /// Runs until stopped; gives the backend back.
+    pub(super) fn run(mut self) -> Arc<dyn NetBackend> {
+        let epoll = match Epoll::new() {
+            Ok(e) => e,
+            Err(e) => {
+                warn_ratelimited!("virtio-net: epoll: {e}");
+                return self.backend;
+            }
+        };
+        let add = |fd: i32, data: u64| {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, data),
+            )
+        };
+        let registered = add(self.kicks[0].as_raw_fd(), EV_RX)
+            .and_then(|()| add(self.kicks[1].as_raw_fd(), EV_TX))
+            .and_then(|()| add(self.stop.as_raw_fd(), EV_STOP));
+        if let Err(e) = registered {
+            warn_ratelimited!("virtio-net: epoll setup: {e}");
+            return self.backend;
+        }
+        // Whatever the driver queued before the first notification.
+        self.process_tx();
+        self.process_rx(&epoll);
+        let mut events = vec![EpollEvent::default(); 8];
+        loop {
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    warn_ratelimited!("virtio-net: epoll wait: {e}");
+                    break;
+                }
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    EV_STOP => return self.backend,
+                    EV_TX => {
+                        let _ = self.kicks[1].read();
+                        self.process_tx();
+                    }
+                    EV_RX => {
+                        let _ = self.kicks[0].read();
+                        self.process_rx(&epoll);
+                    }
+                    EV_BACKEND => self.process_rx(&epoll),
+                    _ => {}
+                }
+            }
+        }
+        self.backend
+    }
+
+    /// Sends every frame the guest queued.
+    fn process_tx(&mut self) {
+        let mem = self.mem.clone();
+        let mut used = false;
+        let mut frame = Vec::with_capacity(2048);
+        while let Some(chain) = self.tx.pop_descriptor_chain(&mem) {
+            let head = chain.head_index();
+            frame.clear();
+            let mut ok = true;
+            let mut cut_short = false;
+            for desc in chain {
+                // The chain iterator stops after a queue's worth of descriptors: a last one
+                // that still points onwards means a loop or an overlong chain.
+                cut_short = desc.has_next();
+                if desc.is_write_only()
+                    || frame.len() + desc.len() as usize > NET_HDR_LEN + MAX_FRAME
+                {
+                    ok = false;
+                    break;
+                }
+                let start = frame.len();
+                frame.resize(start + desc.len() as usize, 0);
+                if mem.read_slice(&mut frame[start..], desc.addr()).is_err() {
+                    ok = false;
+                    break;
+                }
+            }
+            if ok && !cut_short && frame.len() > NET_HDR_LEN {
+                match self.backend.send(&frame[NET_HDR_LEN..]) {
+                    Ok(()) => self.counters.tx_frames += 1,
+                    Err(e) => {
+                        self.counters.tx_dropped += 1;
+                        debug_ratelimited!("virtio-net: backend send: {e}");
+                    }
+                }
+            } else {
+                self.counters.tx_dropped += 1;
+                warn_ratelimited!("virtio-net: malformed TX chain {head} dropped");
+            }
+            if self.tx.add_used(&mem, head, 0).is_err() {
+                warn_ratelimited!("virtio-net: cannot return TX chain {head}");
+            }
+            used = true;
+        }
+        if used {
+            self.interrupt.signal_queue(TX_QUEUE);
+        }
+    }
+
+    /// Moves frames from the backend into receive buffers while both exist; watches the
+    /// backend only while buffers are available.
+    fn process_rx(&mut self, epoll: &Epoll) {
+        let mem = self.mem.clone();
+        let mut delivered = false;
+        let mut buf = vec![0u8; MAX_FRAME];
+        loop {
+            let frame = match self.pending.take() {
+                Some(f) => f,
+                None => match self.backend.recv(&mut buf) {
+                    Ok(n) => buf[..n].to_vec(),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::InvalidData => {
+                        self.counters.rx_dropped += 1;
+                        continue;
+                    }
+                    Err(e) => {
+                        warn_ratelimited!("virtio-net: backend receive: {e}");
+                        self.set_backend_watch(epoll, false);
+                        return;
+                    }
+                },
+            };
+            match self.deliver(&mem, &frame) {
+                Ok(()) => {
+                    delivered = true;
+                    self.counters.rx_frames += 1;
+                }
+                Err(NoBuffers) => {
+                    self.pending = Some(frame);
+                    break;
+                }
+            }
+        }
+        if delivered {
+            self.interrupt.signal_queue(RX_QUEUE);
+        }
+        // Watch the backend while the guest has buffers; otherwise wait for a kick.
+        let have_buffers = self.pending.is_none() && self.rx_available(&mem);
+        self.set_backend_watch(epoll, have_buffers);
+    }
+
+    fn rx_available(&mut self, mem: &GuestMemoryMmap) -> bool {
+        match (
+            self.rx.avail_idx(mem, std::sync::atomic::Ordering::Acquire),
+            self.rx.next_avail(),
+        ) {
+            (Ok(avail), next) => avail.0 != next,
+            (Err(_), _) => false,
+        }
+    }
+
+    fn set_backend_watch(&mut self, epoll: &Epoll, on: bool) {
+        if on == self.backend_watched {
+            return;
+        }
+        let op = if on {
+            ControlOperation::Add
+        } else {
+            ControlOperation::Delete
+        };
+        let r = epoll.ctl(
+            op,
+            self.backend.fd(),
+            EpollEvent::new(EventSet::IN, EV_BACKEND),
+        );
+        match r {
+            Ok(()) => self.backend_watched = on,
+            Err(e) => warn_ratelimited!("virtio-net: watch backend: {e}"),
+        }
+    }
+
+    /// Writes header + frame into as many receive chains as it takes (mergeable buffers).
+    fn deliver(&mut self, mem: &GuestMemoryMmap, frame: &[u8]) -> Result<(), NoBuffers> {
+        let mut stream = Vec::with_capacity(NET_HDR_LEN + frame.len());
+        stream.extend_from_slice(&rx_header(1));
+        stream.extend_from_slice(frame);
+        let mut used: Vec<(u16, u32)> = Vec::new();
+        let mut written = 0usize;
+        // Where num_buffers (stream bytes 10 and 11) landed, to fix it up at the end.
+        let mut num_buffers_at = Vec::with_capacity(2);
+        while written < stream.len() {
+            let Some(chain) = self.rx.pop_descriptor_chain(mem) else {
+                // Not enough buffers: give back what was taken and keep the frame.
+                for _ in &used {
+                    self.rx.go_to_previous_position();
+                }
+                return Err(NoBuffers);
+            };
+            let head = chain.head_index();
+            let mut chain_len = 0u32;
+            for desc in chain {
+                if !desc.is_write_only() {
+                    break;
+                }
+                let take = (desc.len() as usize).min(stream.len() - written);
+                if mem
+                    .write_slice(&stream[written..written + take], desc.addr())
+                    .is_err()
+                {
+                    warn_ratelimited!("virtio-net: RX buffer outside guest memory");
+                    break;
+                }
+                for off in [10usize, 11] {
+                    if (written..written + take).contains(&off) {
+                        num_buffers_at.push((desc.addr().0 + (off - written) as u64, off));
+                    }
+                }
+                written += take;
+                chain_len += take as u32;
+                if written == stream.len() {
+                    break;
+                }
+            }
+            used.push((head, chain_len));
+            if chain_len == 0 {
+                // A chain that takes nothing (read-only or bad): the frame is dropped.
+                debug_ratelimited!("virtio-net: unusable RX chain {head}");
+                self.counters.rx_dropped += 1;
+                break;
+            }
+        }
+        let count = (used.len() as u16).to_le_bytes();
+        for (addr, off) in num_buffers_at {
+            let _ = mem.write_slice(&count[off - 10..off - 9], vm_memory::GuestAddress(addr));
+        }
+        for (head, len) in used {
+            if self.rx.add_used(mem, head, len).is_err() {
+                warn_ratelimited!("virtio-net: cannot return RX chain {head}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The guest has not posted enough receive buffers.
+#[derive(Debug)]
+struct NoBuffers;
