@@ -65,6 +65,20 @@ pub enum ConfigError {
     /// Too many root ports.
     #[error("{0} PCIe root ports requested: at most {MAX_ROOT_PORTS} fit on bus 0")]
     RootPorts(u32),
+    /// A malformed --net.
+    #[error("invalid --net: {0}")]
+    Net(String),
+    /// A malformed MAC address.
+    #[error("invalid MAC address `{0}`: expected six hex bytes like 52:54:00:12:34:56, unicast")]
+    Mac(String),
+    /// More PCI devices than root ports.
+    #[error("{devices} PCI devices need as many root ports, but the VM has {ports}")]
+    NotEnoughPorts {
+        /// Devices.
+        devices: usize,
+        /// Ports.
+        ports: u8,
+    },
 }
 
 /// A size in bytes, written as `256M`, `1G`, `4096`...
@@ -141,6 +155,106 @@ pub struct VmConfigFile {
     pub api_socket: Option<PathBuf>,
     /// Number of PCIe root ports (each a hotplug slot).
     pub pcie_root_ports: Option<u32>,
+    /// virtio-net devices.
+    pub net: Option<Vec<NetSpec>>,
+}
+
+/// A virtio-net device as the CLI (`socket=PATH,mac=MAC` or `tap=NAME,mac=MAC`) or the
+/// config file (`{"socket": PATH, "mac": MAC}`) gives it.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NetSpec {
+    /// A unix seqpacket socket to connect to.
+    pub socket: Option<PathBuf>,
+    /// A TAP device to open.
+    pub tap: Option<String>,
+    /// The MAC address, `xx:xx:xx:xx:xx:xx`.
+    pub mac: Option<String>,
+}
+
+impl FromStr for NetSpec {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let mut spec = NetSpec::default();
+        for part in s.split(',') {
+            let bad = || ConfigError::Net(format!("`{part}` in `{s}`"));
+            let (key, value) = part.split_once('=').ok_or_else(bad)?;
+            if value.is_empty() {
+                return Err(bad());
+            }
+            match key {
+                "socket" => spec.socket = Some(PathBuf::from(value)),
+                "tap" => spec.tap = Some(value.to_string()),
+                "mac" => spec.mac = Some(value.to_string()),
+                _ => return Err(bad()),
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// A MAC address.
+pub type Mac = [u8; 6];
+
+/// Parses `xx:xx:xx:xx:xx:xx`; rejects multicast addresses (a NIC's own address is
+/// unicast).
+pub fn parse_mac(s: &str) -> Result<Mac, ConfigError> {
+    let bad = || ConfigError::Mac(s.to_string());
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if mac[0] & 1 != 0 {
+        return Err(bad());
+    }
+    Ok(mac)
+}
+
+/// Where a virtio-net device's frames go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetBackendConfig {
+    /// A unix seqpacket socket.
+    Socket(PathBuf),
+    /// A TAP device.
+    Tap(String),
+}
+
+/// A checked virtio-net device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The backend.
+    pub backend: NetBackendConfig,
+    /// The MAC address.
+    pub mac: Mac,
+}
+
+impl NetSpec {
+    fn check(self, index: usize) -> Result<NetConfig, ConfigError> {
+        let backend = match (self.socket, self.tap) {
+            (Some(p), None) => NetBackendConfig::Socket(p),
+            (None, Some(t)) if !t.is_empty() && t.len() < 16 => NetBackendConfig::Tap(t),
+            (None, Some(t)) => return Err(ConfigError::Net(format!("bad TAP name `{t}`"))),
+            _ => {
+                return Err(ConfigError::Net(
+                    "give exactly one of socket=PATH or tap=NAME".into(),
+                ));
+            }
+        };
+        // Default: a locally administered address numbered after the device.
+        let mac = match self.mac {
+            Some(m) => parse_mac(&m)?,
+            None => [0x52, 0x54, 0x00, 0x00, 0x00, index as u8 + 1],
+        };
+        Ok(NetConfig { backend, mac })
+    }
 }
 
 impl VmConfigFile {
@@ -168,6 +282,7 @@ impl VmConfigFile {
             cpu_template: over.cpu_template.or(self.cpu_template),
             api_socket: over.api_socket.or(self.api_socket),
             pcie_root_ports: over.pcie_root_ports.or(self.pcie_root_ports),
+            net: over.net.or(self.net),
         }
     }
 }
@@ -209,6 +324,8 @@ pub struct VmConfig {
     pub api_socket: Option<PathBuf>,
     /// Number of PCIe root ports.
     pub pcie_root_ports: u8,
+    /// virtio-net devices, each in its own root port.
+    pub net: Vec<NetConfig>,
 }
 
 /// Default number of PCIe root ports.
@@ -271,6 +388,19 @@ impl TryFrom<VmConfigFile> for VmConfig {
             .ok()
             .filter(|p| *p <= MAX_ROOT_PORTS)
             .ok_or(ConfigError::RootPorts(ports))?;
+        let net = f
+            .net
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| n.check(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        if net.len() > usize::from(pcie_root_ports) {
+            return Err(ConfigError::NotEnoughPorts {
+                devices: net.len(),
+                ports: pcie_root_ports,
+            });
+        }
         Ok(VmConfig {
             kernel,
             initrd: f.initrd,
@@ -280,6 +410,7 @@ impl TryFrom<VmConfigFile> for VmConfig {
             cpu_template,
             api_socket: f.api_socket,
             pcie_root_ports,
+            net,
         })
     }
 }
@@ -342,6 +473,29 @@ mod tests {
     }
 
     #[test]
+    fn net_specs() {
+        let n: NetSpec = "socket=/tmp/s,mac=52:54:00:ab:cd:ef".parse().unwrap();
+        let c = n.check(0).unwrap();
+        assert_eq!(c.backend, NetBackendConfig::Socket("/tmp/s".into()));
+        assert_eq!(c.mac, [0x52, 0x54, 0, 0xab, 0xcd, 0xef]);
+        let t: NetSpec = "tap=tap0".parse().unwrap();
+        assert_eq!(t.check(2).unwrap().mac, [0x52, 0x54, 0, 0, 0, 3]);
+        for bad in ["", "socket", "socket=", "mac=1", "tap=a,color=red"] {
+            assert!(bad.parse::<NetSpec>().is_err(), "{bad}");
+        }
+        for bad in [
+            "52:54:00:00:00",
+            "52-54-00-00-00-01",
+            "zz:54:00:00:00:01",
+            "03:00:00:00:00:00",
+        ] {
+            assert!(parse_mac(bad).is_err(), "{bad}");
+        }
+        let long: NetSpec = "tap=abcdefghijklmnopq".parse().unwrap();
+        assert!(long.check(0).is_err());
+    }
+
+    #[test]
     fn defaults_boot_the_test_guest() {
         let c = VmConfig::try_from(VmConfigFile::default()).unwrap();
         assert!(matches!(c.kernel, KernelSource::DefaultImage(_)));
@@ -360,6 +514,10 @@ mod tests {
             r#"{"memory":4097}"#,
             r#"{"cpu_template":"nope"}"#,
             r#"{"pcie_root_ports":32}"#,
+            r#"{"net":[{"mac":"52:54:00:00:00:01"}]}"#,
+            r#"{"net":[{"socket":"/s","tap":"t"}]}"#,
+            r#"{"net":[{"socket":"/s","mac":"01:00:00:00:00:01"}]}"#,
+            r#"{"net":[{"socket":"/s"}],"pcie_root_ports":0}"#,
         ];
         for json in bad {
             assert!(VmConfig::try_from(file(json)).is_err(), "{json}");

@@ -9,14 +9,19 @@ use devices::interrupt::{EventFdLine, LineTrigger};
 use devices::legacy::{
     AcpiPmDevice, DebugExitDevice, I8042, SerialDevice, acpi_pm, debug_exit, i8042, serial,
 };
-use devices::pci::io::{ConfigPorts, EcamWindow, SharedRootComplex};
+use devices::pci::PlugError;
+use devices::pci::io::{ConfigPorts, EcamWindow, MemoryWindow, SharedRootComplex};
 use devices::pci::root_complex::CONFIG_ADDRESS_PORT;
 use devices::pci::{EcamLayout, RootComplex, RootPort, RootPortConfig};
 use devices::power::PowerEventSink;
+use devices::virtio::net::{NetBackend, SeqpacketBackend, TapBackend, VirtioNet};
+use devices::virtio::transport::VirtioPciDevice;
 use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use crate::config::{NetBackendConfig, NetConfig};
 use crate::kvm::{IoBus, KvmError, Vm};
 use crate::memory::layout;
 
@@ -32,6 +37,12 @@ pub enum DeviceError {
     /// Two devices claim the same addresses.
     #[error("cannot register a device on the I/O bus")]
     Bus(#[source] vm_device::bus::Error),
+    /// A network backend cannot be opened.
+    #[error("cannot open network backend {0}")]
+    NetBackend(String, #[source] std::io::Error),
+    /// A device cannot be put in a slot.
+    #[error("cannot plug a device")]
+    Plug(#[source] PlugError),
 }
 
 /// The I/O address space as vCPUs see it.
@@ -116,6 +127,8 @@ impl DeviceManager {
         power: Arc<dyn PowerEventSink>,
         console: serial::SerialOut,
         root_ports: u8,
+        mem: &GuestMemoryMmap,
+        net: &[NetConfig],
     ) -> Result<Self, DeviceError> {
         let mut io = IoManager::new();
 
@@ -138,6 +151,40 @@ impl DeviceManager {
             Arc::new(ConfigPorts(pci.clone())),
         )
         .map_err(DeviceError::Bus)?;
+        for (start, end) in [
+            (layout::PCI_MMIO32_START, layout::PCI_MMIO32_END),
+            (layout::PCI_MMIO64_START, layout::PCI_MMIO64_END),
+        ] {
+            io.register_mmio(
+                MmioRange::new(MmioAddress(start), end - start).map_err(DeviceError::Bus)?,
+                Arc::new(MemoryWindow(pci.clone())),
+            )
+            .map_err(DeviceError::Bus)?;
+        }
+        for n in net {
+            let backend: Arc<dyn NetBackend> = match &n.backend {
+                NetBackendConfig::Socket(path) => {
+                    Arc::new(SeqpacketBackend::connect(path).map_err(|e| {
+                        DeviceError::NetBackend(format!("socket {}", path.display()), e)
+                    })?)
+                }
+                NetBackendConfig::Tap(name) => Arc::new(
+                    TapBackend::open(name)
+                        .map_err(|e| DeviceError::NetBackend(format!("tap {name}"), e))?,
+                ),
+            };
+            let device = VirtioNet::new(n.mac, backend)
+                .map_err(|e| DeviceError::NetBackend("virtio-net".into(), e))?;
+            let pci_dev = VirtioPciDevice::new(Box::new(device), mem.clone(), msi.clone());
+            let mut rc = pci.lock().unwrap_or_else(|e| e.into_inner());
+            let port = rc
+                .free_port()
+                .ok_or(DeviceError::Plug(PlugError::NoSuchPort(usize::from(
+                    root_ports,
+                ))))?;
+            rc.plug_cold(port, Box::new(pci_dev))
+                .map_err(DeviceError::Plug)?;
+        }
 
         let irq = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
         vm.register_irqfd(&irq, serial::COM1_IRQ)

@@ -62,6 +62,7 @@ impl VmmError {
                 | VmmError::Boot(_)
                 | VmmError::Api(ApiError::PathInUse(_) | ApiError::Bind(..))
                 | VmmError::Kvm(KvmError::TooManyVcpus(..))
+                | VmmError::Device(DeviceError::NetBackend(..))
         )
     }
 }
@@ -307,6 +308,8 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         monitor.clone(),
         Box::new(Stdout::new()),
         config.pcie_root_ports,
+        ram.memory(),
+        &config.net,
     )?;
 
     let mut em = EventManager::<Subscriber>::new()

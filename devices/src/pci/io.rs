@@ -43,3 +43,25 @@ impl DevicePio for ConfigPorts {
         lock(&self.0).pio_write(offset, data);
     }
 }
+
+/// The PCI memory windows (32- and 64-bit), registered on the MMIO bus: accesses reach the
+/// BAR that decodes them.
+#[derive(Debug, Clone)]
+pub struct MemoryWindow(pub SharedRootComplex);
+
+impl DeviceMmio for MemoryWindow {
+    fn mmio_read(&self, base: MmioAddress, offset: MmioAddressOffset, data: &mut [u8]) {
+        let addr = base.0.wrapping_add(offset);
+        if !lock(&self.0).mmio_read(addr, data) {
+            crate::debug_ratelimited!("pci: unclaimed read at {addr:#x}");
+            data.fill(0xff);
+        }
+    }
+
+    fn mmio_write(&self, base: MmioAddress, offset: MmioAddressOffset, data: &[u8]) {
+        let addr = base.0.wrapping_add(offset);
+        if !lock(&self.0).mmio_write(addr, data) {
+            crate::debug_ratelimited!("pci: unclaimed write at {addr:#x}");
+        }
+    }
+}

@@ -17,7 +17,7 @@ pub use bar::{Bar, BarKind};
 pub use config_space::{ConfigError, ConfigSpace, HeaderType, PciId};
 pub use device::PciDevice;
 pub use host_bridge::HostBridge;
-pub use root_complex::{EcamLayout, RootComplex};
+pub use root_complex::{EcamLayout, PlugError, RootComplex};
 pub use root_port::{HotplugEvent, RootPort, RootPortConfig};
 
 /// Red Hat's PCI vendor ID, registered for virtual devices.

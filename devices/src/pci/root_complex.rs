@@ -61,6 +61,23 @@ impl ConfigAddress {
     }
 }
 
+/// Why a device cannot be plugged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlugError {
+    /// No root port with this index.
+    #[error("there is no root port {0}")]
+    NoSuchPort(usize),
+    /// The slot holds a device already.
+    #[error("the slot of root port {0} is occupied")]
+    Occupied(usize),
+    /// The device's BARs do not fit the port's windows.
+    #[error("the device's BARs do not fit the windows of root port {0}")]
+    WindowFull(usize),
+    /// I/O BARs are not supported behind root ports (they have no I/O window).
+    #[error("devices with I/O BARs are not supported")]
+    IoBar,
+}
+
 /// The root complex.
 #[derive(Debug)]
 pub struct RootComplex {
@@ -147,6 +164,109 @@ impl RootComplex {
                 addr.devfn & 7
             ),
         }
+    }
+
+    /// The BAR of a device behind a root port that decodes `[addr, addr + len)`: the port
+    /// must forward memory (COMMAND.MEM, address in one of its windows) and the device must
+    /// decode it (COMMAND.MEM).
+    fn bar_target(&mut self, addr: u64, len: usize) -> Option<(&mut dyn PciDevice, usize, u64)> {
+        let end = addr.checked_add(len as u64)?;
+        for port in &mut self.ports {
+            if !port.config().memory_enabled() || !port.forwards(addr) {
+                continue;
+            }
+            let Some(dev) = port.device_mut() else {
+                continue;
+            };
+            let cfg = dev.config();
+            if !cfg.memory_enabled() {
+                return None;
+            }
+            let hit = (0..6).find_map(|i| {
+                let bar = cfg.bar(i)?;
+                let base = cfg.bar_address(i)?;
+                let inside = bar.kind != super::BarKind::Io
+                    && base != 0
+                    && addr >= base
+                    && end <= base.checked_add(bar.size)?;
+                inside.then(|| (i, addr - base))
+            });
+            return hit.map(|(i, off)| (&mut **dev as &mut dyn PciDevice, i, off));
+        }
+        None
+    }
+
+    /// An access to the PCI memory windows: true if a BAR claimed it.
+    pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> bool {
+        match self.bar_target(addr, data.len()) {
+            Some((dev, bar, off)) => {
+                dev.bar_read(bar, off, data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// An access to the PCI memory windows: true if a BAR claimed it.
+    pub fn mmio_write(&mut self, addr: u64, data: &[u8]) -> bool {
+        match self.bar_target(addr, data.len()) {
+            Some((dev, bar, off)) => {
+                dev.bar_write(bar, off, data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Puts `device` in the slot of root port `index` as firmware finds it at power-on:
+    /// its BARs assigned inside the port's windows (64-bit prefetchable ones in the
+    /// prefetchable window, the others in the 32-bit window) and memory decoding enabled.
+    pub fn plug_cold(
+        &mut self,
+        index: usize,
+        mut device: Box<dyn PciDevice>,
+    ) -> Result<(), PlugError> {
+        let port = self
+            .ports
+            .get_mut(index)
+            .ok_or(PlugError::NoSuchPort(index))?;
+        if port.occupied() {
+            return Err(PlugError::Occupied(index));
+        }
+        let cfg = port.port_config();
+        let mut next32 = u64::from(cfg.mem_window.0);
+        let mut next64 = cfg.pref_window.0;
+        for i in 0..6 {
+            let Some(bar) = device.config().bar(i) else {
+                continue;
+            };
+            let (next, limit) = if bar.kind == super::BarKind::Memory64 && bar.prefetchable {
+                (&mut next64, cfg.pref_window.1)
+            } else if bar.kind == super::BarKind::Io {
+                return Err(PlugError::IoBar);
+            } else {
+                (&mut next32, u64::from(cfg.mem_window.1))
+            };
+            let base = next.next_multiple_of(bar.size);
+            if base + bar.size - 1 > limit {
+                return Err(PlugError::WindowFull(index));
+            }
+            *next = base + bar.size;
+            let reg = super::regs::BAR0 + 4 * i;
+            device.config_write(reg, &(base as u32).to_le_bytes());
+            if bar.kind == super::BarKind::Memory64 {
+                device.config_write(reg + 4, &((base >> 32) as u32).to_le_bytes());
+            }
+        }
+        let cmd = device.config().read_u16(super::regs::COMMAND) | super::regs::CMD_MEMORY;
+        device.config_write(super::regs::COMMAND, &cmd.to_le_bytes());
+        port.plug_cold(device)
+            .map_err(|_| PlugError::Occupied(index))
+    }
+
+    /// The first root port with an empty slot.
+    pub fn free_port(&self) -> Option<usize> {
+        self.ports.iter().position(|p| !p.occupied())
     }
 
     /// A read at `offset` in the ECAM window.

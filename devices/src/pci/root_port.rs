@@ -148,6 +148,20 @@ impl RootPort {
         )
     }
 
+    /// Whether `addr` lies in one of the memory windows the guest programmed.
+    pub fn forwards(&self, addr: u64) -> bool {
+        let c = &self.config;
+        let mem_base = u64::from(c.read_u16(MEMORY_BASE) & 0xfff0) << 16;
+        let mem_limit = (u64::from(c.read_u16(MEMORY_LIMIT) & 0xfff0) << 16) | 0xf_ffff;
+        let pref_base = (u64::from(c.read_u16(PREF_MEMORY_BASE) & 0xfff0) << 16)
+            | (u64::from(c.read_u32(PREF_BASE_UPPER32)) << 32);
+        let pref_limit = (u64::from(c.read_u16(PREF_MEMORY_LIMIT) & 0xfff0) << 16)
+            | (u64::from(c.read_u32(PREF_LIMIT_UPPER32)) << 32)
+            | 0xf_ffff;
+        (mem_base <= mem_limit && (mem_base..=mem_limit).contains(&addr))
+            || (pref_base <= pref_limit && (pref_base..=pref_limit).contains(&addr))
+    }
+
     /// Whether ARI forwarding is enabled (then any devfn on the secondary bus reaches the
     /// device's functions).
     pub fn ari_forwarding(&self) -> bool {

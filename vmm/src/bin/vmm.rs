@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 
-use vmm::config::{ByteSize, ConfigError, VmConfig, VmConfigFile};
+use vmm::config::{ByteSize, ConfigError, NetSpec, VmConfig, VmConfigFile};
 use vmm::machine::{self, VmmError};
 use vmm::stats::{ExitStats, STATS_PREFIX, peak_rss_kib};
 
@@ -62,18 +62,28 @@ struct RunArgs {
     /// {"action":"status"}).
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
+    /// A virtio-net device in the next free root port: `socket=PATH[,mac=MAC]` (connect to
+    /// a unix seqpacket socket, one frame per message) or `tap=NAME[,mac=MAC]` (a TAP
+    /// device). Repeatable.
+    #[arg(long, value_name = "SPEC", value_parser = parse_net)]
+    net: Vec<NetSpec>,
     /// Number of PCIe root ports, 0 to 31, each a native-hotplug slot with its own bus
     /// [default: 4].
     #[arg(long, value_name = "N")]
     pcie_root_ports: Option<u32>,
     /// Read settings from a JSON file (keys: kernel, initrd, cmdline, vcpus, memory,
-    /// cpu_template, api_socket, pcie_root_ports); flags given on the command line win.
+    /// cpu_template, api_socket, pcie_root_ports, net); flags given on the command line
+    /// win.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// At exit, print one JSON line on stderr with wall time, peak RSS and guest memory
     /// touched (for benchmarks).
     #[arg(long)]
     exit_stats: bool,
+}
+
+fn parse_net(s: &str) -> Result<NetSpec, String> {
+    s.parse().map_err(|e: ConfigError| e.to_string())
 }
 
 fn parse_size(s: &str) -> Result<ByteSize, String> {
@@ -106,6 +116,7 @@ fn run(args: RunArgs, started: Instant) -> Result<(i32, String), VmmError> {
         cpu_template: args.cpu_template,
         api_socket: args.api_socket,
         pcie_root_ports: args.pcie_root_ports,
+        net: (!args.net.is_empty()).then_some(args.net),
     };
     let config = VmConfig::try_from(file.merged_with(cli))?;
     let outcome = machine::run(&config)?;

@@ -137,3 +137,101 @@ fn malformed_accesses() {
     rc.pio_read(1, &mut b);
     assert_eq!(b, [0xff; 4]);
 }
+
+/// An endpoint with a 32-bit and a 64-bit prefetchable BAR that echoes offsets.
+#[derive(Debug)]
+struct BarDevice {
+    config: crate::pci::ConfigSpace,
+    writes: Vec<(usize, u64, Vec<u8>)>,
+}
+
+impl BarDevice {
+    fn new() -> Self {
+        let mut config = crate::pci::ConfigSpace::new(
+            crate::pci::HeaderType::Endpoint,
+            crate::pci::PciId {
+                vendor: 0x1af4,
+                device: 0x1041,
+                class: [2, 0, 0],
+                revision: 1,
+                subsystem_vendor: 0,
+                subsystem: 0,
+            },
+        );
+        config.add_bar(0, crate::pci::Bar::mem32(0x1000)).unwrap();
+        config
+            .add_bar(2, crate::pci::Bar::mem64(0x4000, true))
+            .unwrap();
+        Self {
+            config,
+            writes: Vec::new(),
+        }
+    }
+}
+
+impl crate::pci::PciDevice for BarDevice {
+    fn config(&self) -> &crate::pci::ConfigSpace {
+        &self.config
+    }
+    fn config_write(&mut self, offset: usize, data: &[u8]) {
+        self.config.write(offset, data);
+    }
+    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        data[0] = bar as u8;
+        data[1] = offset as u8;
+    }
+    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        self.writes.push((bar, offset, data.to_vec()));
+    }
+}
+
+#[test]
+fn cold_plug_assigns_bars_and_routes_mmio() {
+    let mut rc = complex(2);
+    assert_eq!(rc.free_port(), Some(0));
+    rc.plug_cold(1, Box::new(BarDevice::new())).unwrap();
+    assert_eq!(rc.free_port(), Some(0));
+    assert_eq!(
+        rc.plug_cold(1, Box::new(BarDevice::new())),
+        Err(PlugError::Occupied(1))
+    );
+    assert_eq!(
+        rc.plug_cold(9, Box::new(BarDevice::new())),
+        Err(PlugError::NoSuchPort(9))
+    );
+    // Port 2's windows: 32-bit at 0xc020_0000, prefetchable at 0x80_0000_0000.
+    let bar0 = ecam32(&mut rc, 2, 0, 0, BAR0 as u64);
+    assert_eq!(bar0, 0xc020_0000);
+    let bar2 = u64::from(ecam32(&mut rc, 2, 0, 0, BAR0 as u64 + 8) & !0xf)
+        | (u64::from(ecam32(&mut rc, 2, 0, 0, BAR0 as u64 + 12)) << 32);
+    assert_eq!(bar2, 0x80_0000_0000);
+    assert_ne!(
+        ecam32(&mut rc, 2, 0, 0, COMMAND as u64) & u32::from(CMD_MEMORY),
+        0
+    );
+    let mut b = [0u8; 4];
+    assert!(rc.mmio_read(0xc020_0010, &mut b));
+    assert_eq!(&b[..2], &[0, 0x10]);
+    assert!(rc.mmio_read(0x80_0000_3ffc, &mut b));
+    assert_eq!(&b[..2], &[2, 0xfc]);
+    assert!(!rc.mmio_read(0xc020_1000, &mut b), "past BAR 0");
+    assert!(
+        !rc.mmio_read(0x80_0000_3ffe, &mut b),
+        "straddles the end of BAR 2"
+    );
+    assert!(
+        !rc.mmio_read(0xc010_0000, &mut b),
+        "port 1's window, empty slot"
+    );
+    // Memory decoding off in the device: nothing claims it.
+    let cmd_off = (2u64 << 20) | COMMAND as u64;
+    rc.ecam_write(cmd_off, &0u16.to_le_bytes());
+    assert!(!rc.mmio_read(0xc020_0010, &mut b));
+    rc.ecam_write(cmd_off, &CMD_MEMORY.to_le_bytes());
+    assert!(rc.mmio_write(0xc020_0004, &[7]));
+    // The port stops forwarding when its window is moved away.
+    let mem_base = (2u64 << 15) | MEMORY_BASE as u64;
+    rc.ecam_write(mem_base, &0xd000u16.to_le_bytes());
+    assert!(!rc.mmio_read(0xc020_0010, &mut b));
+}
