@@ -480,9 +480,12 @@ mod tests {
         assert_eq!(c.mac, [0x52, 0x54, 0, 0xab, 0xcd, 0xef]);
         let t: NetSpec = "tap=tap0".parse().unwrap();
         assert_eq!(t.check(2).unwrap().mac, [0x52, 0x54, 0, 0, 0, 3]);
-        for bad in ["", "socket", "socket=", "mac=1", "tap=a,color=red"] {
+        for bad in ["", "socket", "socket=", "tap=a,color=red"] {
             assert!(bad.parse::<NetSpec>().is_err(), "{bad}");
         }
+        // Parses, but names no backend and a bad MAC.
+        let no_backend: NetSpec = "mac=1".parse().unwrap();
+        assert!(no_backend.check(0).is_err());
         for bad in [
             "52:54:00:00:00",
             "52-54-00-00-00-01",
