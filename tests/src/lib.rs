@@ -108,6 +108,11 @@ pub fn vmm_binary() -> PathBuf {
     built("vmm")
 }
 
+/// The `vmctl` binary built alongside these tests.
+pub fn vmctl_binary() -> PathBuf {
+    built("vmctl")
+}
+
 /// The test guest ELF built alongside these tests (the workspace member `testguest`).
 pub fn testguest_elf() -> PathBuf {
     built("testguest")

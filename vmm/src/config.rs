@@ -161,14 +161,17 @@ pub struct VmConfigFile {
 
 /// A virtio-net device as the CLI (`socket=PATH,mac=MAC` or `tap=NAME,mac=MAC`) or the
 /// config file (`{"socket": PATH, "mac": MAC}`) gives it.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NetSpec {
     /// A unix seqpacket socket to connect to.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub socket: Option<PathBuf>,
     /// A TAP device to open.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub tap: Option<String>,
     /// The MAC address, `xx:xx:xx:xx:xx:xx`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub mac: Option<String>,
 }
 
@@ -237,7 +240,8 @@ pub struct NetConfig {
 }
 
 impl NetSpec {
-    fn check(self, index: usize) -> Result<NetConfig, ConfigError> {
+    /// Checks the spec; `index` numbers the default MAC.
+    pub fn check(self, index: usize) -> Result<NetConfig, ConfigError> {
         let backend = match (self.socket, self.tap) {
             (Some(p), None) => NetBackendConfig::Socket(p),
             (None, Some(t)) if !t.is_empty() && t.len() < 16 => NetBackendConfig::Tap(t),

@@ -9,19 +9,17 @@ use devices::interrupt::{EventFdLine, LineTrigger};
 use devices::legacy::{
     AcpiPmDevice, DebugExitDevice, I8042, SerialDevice, acpi_pm, debug_exit, i8042, serial,
 };
-use devices::pci::PlugError;
 use devices::pci::io::{ConfigPorts, EcamWindow, MemoryWindow, SharedRootComplex};
 use devices::pci::root_complex::CONFIG_ADDRESS_PORT;
 use devices::pci::{EcamLayout, RootComplex, RootPort, RootPortConfig};
 use devices::power::PowerEventSink;
-use devices::virtio::net::{NetBackend, SeqpacketBackend, TapBackend, VirtioNet};
-use devices::virtio::transport::VirtioPciDevice;
 use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::config::{NetBackendConfig, NetConfig};
+use crate::config::NetConfig;
+use crate::hotplug::{HotplugError, PciHotplug, SharedHotplug};
 use crate::kvm::{IoBus, KvmError, Vm};
 use crate::memory::layout;
 
@@ -37,12 +35,9 @@ pub enum DeviceError {
     /// Two devices claim the same addresses.
     #[error("cannot register a device on the I/O bus")]
     Bus(#[source] vm_device::bus::Error),
-    /// A network backend cannot be opened.
-    #[error("cannot open network backend {0}")]
-    NetBackend(String, #[source] std::io::Error),
-    /// A device cannot be put in a slot.
-    #[error("cannot plug a device")]
-    Plug(#[source] PlugError),
+    /// A device cannot be created or put in its slot.
+    #[error("cannot add a device")]
+    Hotplug(#[source] HotplugError),
 }
 
 /// The I/O address space as vCPUs see it.
@@ -80,6 +75,8 @@ pub struct DeviceManager {
     pub serial: Arc<Mutex<SerialDevice>>,
     /// The PCIe root complex.
     pub pci: SharedRootComplex,
+    /// The devices in root-port slots.
+    pub hotplug: SharedHotplug,
 }
 
 /// Size of each root port's 32-bit window.
@@ -161,29 +158,15 @@ impl DeviceManager {
             )
             .map_err(DeviceError::Bus)?;
         }
+        let hotplug =
+            PciHotplug::new(pci.clone(), mem.clone(), msi.clone()).map_err(DeviceError::EventFd)?;
+        let hotplug = Arc::new(Mutex::new(hotplug));
         for n in net {
-            let backend: Arc<dyn NetBackend> = match &n.backend {
-                NetBackendConfig::Socket(path) => {
-                    Arc::new(SeqpacketBackend::connect(path).map_err(|e| {
-                        DeviceError::NetBackend(format!("socket {}", path.display()), e)
-                    })?)
-                }
-                NetBackendConfig::Tap(name) => Arc::new(
-                    TapBackend::open(name)
-                        .map_err(|e| DeviceError::NetBackend(format!("tap {name}"), e))?,
-                ),
-            };
-            let device = VirtioNet::new(n.mac, backend)
-                .map_err(|e| DeviceError::NetBackend("virtio-net".into(), e))?;
-            let pci_dev = VirtioPciDevice::new(Box::new(device), mem.clone(), msi.clone());
-            let mut rc = pci.lock().unwrap_or_else(|e| e.into_inner());
-            let port = rc
-                .free_port()
-                .ok_or(DeviceError::Plug(PlugError::NoSuchPort(usize::from(
-                    root_ports,
-                ))))?;
-            rc.plug_cold(port, Box::new(pci_dev))
-                .map_err(DeviceError::Plug)?;
+            hotplug
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .add_net(n, None, true)
+                .map_err(DeviceError::Hotplug)?;
         }
 
         let irq = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
@@ -217,6 +200,7 @@ impl DeviceManager {
             bus: Arc::new(Bus { io }),
             serial,
             pci,
+            hotplug,
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod boot;
 pub mod config;
 pub mod console;
 pub mod device_manager;
+pub mod hotplug;
 pub mod kvm;
 pub mod machine;
 pub mod memory;

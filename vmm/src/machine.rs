@@ -13,13 +13,14 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::acpi::{self, AcpiConfig, PciAcpi};
-use crate::api::{ApiError, ApiServer, VmStatus, server::ApiHandler};
+use crate::api::{ApiError, ApiHandler, ApiServer, Reply, Request, Response, VmStatus};
 use crate::boot::cpuid::CpuTemplate;
 use crate::boot::params::{BootInfo, build_boot_params, write_boot_params};
 use crate::boot::{self, BootError, regs};
 use crate::config::{ConfigError, KernelSource, MAX_CMDLINE_LEN, VmConfig};
 use crate::console::{StdinForwarder, Stdout, TerminalMode};
 use crate::device_manager::{DeviceError, DeviceManager};
+use crate::hotplug::{PciHotplug, SharedHotplug};
 use crate::kvm::vcpu::{VcpuContext, VcpuStop, VcpuStopSink, install_kick_handler};
 use crate::kvm::{KvmError, StopReason, VcpuEvent, VcpuHandle, Vm};
 use crate::memory::{GuestRam, MemoryError, layout};
@@ -62,7 +63,7 @@ impl VmmError {
                 | VmmError::Boot(_)
                 | VmmError::Api(ApiError::PathInUse(_) | ApiError::Bind(..))
                 | VmmError::Kvm(KvmError::TooManyVcpus(..))
-                | VmmError::Device(DeviceError::NetBackend(..))
+                | VmmError::Device(DeviceError::Hotplug(..))
         )
     }
 }
@@ -208,7 +209,55 @@ struct StatusSource {
     started: Instant,
 }
 
-impl ApiHandler for StatusSource {
+/// The VM as the API sees it.
+struct VmApi {
+    status: StatusSource,
+    hotplug: SharedHotplug,
+    next_ticket: u64,
+}
+
+impl VmApi {
+    fn hotplug(&self) -> std::sync::MutexGuard<'_, PciHotplug> {
+        self.hotplug.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl ApiHandler for VmApi {
+    fn status(&self) -> VmStatus {
+        self.status.status()
+    }
+
+    fn handle(&mut self, request: Request) -> Reply {
+        let r = match request {
+            Request::Status => Response::status(self.status.status()),
+            Request::DeviceList => Response::slots(self.hotplug().list()),
+            Request::DeviceAdd { net, port } => match self.hotplug().add_spec(net, port) {
+                Ok(info) => Response::device(info),
+                Err(e) => Response::error(e.to_string()),
+            },
+            Request::DeviceRemove { id, surprise } => {
+                self.next_ticket += 1;
+                let ticket = self.next_ticket;
+                match self.hotplug().remove(&id, surprise, ticket) {
+                    Ok(Some(info)) => Response::device(info),
+                    Ok(None) => return Reply::Later(ticket),
+                    Err(e) => Response::error(e.to_string()),
+                }
+            }
+        };
+        Reply::Now(Box::new(r))
+    }
+
+    fn completion_fd(&self) -> Option<i32> {
+        Some(std::os::fd::AsRawFd::as_raw_fd(self.hotplug().event_fd()))
+    }
+
+    fn completed(&mut self) -> Vec<(u64, Response)> {
+        self.hotplug().poll()
+    }
+}
+
+impl StatusSource {
     fn status(&self) -> VmStatus {
         VmStatus {
             state: "running".into(),
@@ -333,12 +382,16 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
     if let Some(path) = &config.api_socket {
         let server = ApiServer::bind(
             path,
-            Box::new(StatusSource {
-                vcpus: config.vcpus,
-                memory: config.memory,
-                template,
-                kernel: config.kernel.path().display().to_string(),
-                started,
+            Box::new(VmApi {
+                status: StatusSource {
+                    vcpus: config.vcpus,
+                    memory: config.memory,
+                    template,
+                    kernel: config.kernel.path().display().to_string(),
+                    started,
+                },
+                hotplug: devices.hotplug.clone(),
+                next_ticket: 0,
             }),
         )?;
         em.add_subscriber(Arc::new(Mutex::new(server)));

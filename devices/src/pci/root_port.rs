@@ -18,6 +18,7 @@ use super::regs::*;
 use super::{ConfigSpace, HeaderType, PciDevice, PciId, VENDOR_REDHAT};
 use crate::interrupt::MsiSink;
 use crate::warn_ratelimited;
+use vmm_sys_util::eventfd::EventFd;
 
 /// QEMU's pcie-root-port device ID, under Red Hat's vendor ID.
 pub const ROOT_PORT_DEVICE_ID: u16 = 0x000c;
@@ -59,6 +60,7 @@ pub struct RootPort {
     /// Attention button pressed and not yet answered by a power-off.
     eject_requested: bool,
     events: Vec<HotplugEvent>,
+    notifier: Option<Arc<EventFd>>,
 }
 
 impl std::fmt::Debug for RootPort {
@@ -132,7 +134,13 @@ impl RootPort {
             device: None,
             eject_requested: false,
             events: Vec::new(),
+            notifier: None,
         }
+    }
+
+    /// Written whenever an event is queued for [`RootPort::take_events`].
+    pub fn set_notifier(&mut self, evt: Arc<EventFd>) {
+        self.notifier = Some(evt);
     }
 
     /// The port's settings.
@@ -317,6 +325,9 @@ impl RootPort {
             self.device = None;
             self.eject_requested = false;
             self.events.push(HotplugEvent::Ejected);
+            if let Some(n) = &self.notifier {
+                let _ = n.write(1);
+            }
             self.unplugged();
         }
         // Every Slot Control write completes at once.

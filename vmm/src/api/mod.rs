@@ -4,5 +4,5 @@
 pub mod protocol;
 pub mod server;
 
-pub use protocol::{Request, Response, VmStatus};
-pub use server::{ApiError, ApiServer};
+pub use protocol::{DeviceInfo, Request, Response, SlotInfo, VmStatus};
+pub use server::{ApiError, ApiHandler, ApiServer, Reply};

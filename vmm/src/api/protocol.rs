@@ -13,6 +13,54 @@ pub const MAX_REQUEST_LEN: usize = 64 * 1024;
 pub enum Request {
     /// The VM's status.
     Status,
+    /// The root ports and the devices in their slots.
+    DeviceList,
+    /// Hot-add a device in the next free slot (or the one named).
+    DeviceAdd {
+        /// A virtio-net device.
+        net: crate::config::NetSpec,
+        /// The root port (1-based port number) to use.
+        #[serde(default)]
+        port: Option<u8>,
+    },
+    /// Remove a device: orderly (attention button, the guest powers the slot off) or by
+    /// surprise. Answered once the device is gone.
+    DeviceRemove {
+        /// The device ID from `device-list`.
+        id: String,
+        /// Yank it without asking the guest.
+        #[serde(default)]
+        surprise: bool,
+    },
+}
+
+/// A device in a slot.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct DeviceInfo {
+    /// Its ID.
+    pub id: String,
+    /// What it is, e.g. "virtio-net".
+    pub kind: String,
+    /// Root port number (= physical slot number).
+    pub port: u8,
+    /// The bus behind the port.
+    pub bus: u8,
+    /// Its MAC address, for network devices.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub mac: Option<String>,
+    /// Where its frames go.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub backend: Option<String>,
+}
+
+/// A root port.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct SlotInfo {
+    /// Port number (= physical slot number).
+    pub port: u8,
+    /// The device in it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub device: Option<DeviceInfo>,
 }
 
 /// The VM's status.
@@ -40,27 +88,59 @@ pub struct Response {
     /// The status, for `status`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub status: Option<VmStatus>,
+    /// The slots, for `device-list`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub slots: Option<Vec<SlotInfo>>,
+    /// The device added or removed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub device: Option<DeviceInfo>,
     /// What went wrong.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
 }
 
 impl Response {
+    /// A success with nothing else to say.
+    pub fn ok() -> Self {
+        Self {
+            ok: true,
+            status: None,
+            slots: None,
+            device: None,
+            error: None,
+        }
+    }
+
     /// A failure with `message`.
     pub fn error(message: impl Into<String>) -> Self {
         Self {
             ok: false,
-            status: None,
             error: Some(message.into()),
+            ..Self::ok()
         }
     }
 
     /// A status answer.
     pub fn status(status: VmStatus) -> Self {
         Self {
-            ok: true,
             status: Some(status),
-            error: None,
+            ..Self::ok()
+        }
+    }
+
+    /// A slot list.
+    pub fn slots(slots: Vec<SlotInfo>) -> Self {
+        Self {
+            slots: Some(slots),
+            ..Self::ok()
+        }
+    }
+
+    /// A device that was added or removed.
+    pub fn device(device: DeviceInfo) -> Self {
+        Self {
+            device: Some(device),
+            ..Self::ok()
         }
     }
 }
@@ -71,9 +151,14 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))?;
     // serde ignores unknown fields next to the tag of a unit variant: reject them here, so
     // a misspelt parameter is an error rather than silently dropped.
-    if let Some(extra) = value
-        .as_object()
-        .and_then(|o| o.keys().find(|k| k.as_str() != "action"))
+    let unit = matches!(
+        value.get("action").and_then(|a| a.as_str()),
+        Some("status" | "device-list")
+    );
+    if unit
+        && let Some(extra) = value
+            .as_object()
+            .and_then(|o| o.keys().find(|k| k.as_str() != "action"))
     {
         return Err(format!("malformed request: unknown field `{extra}`"));
     }

@@ -14,6 +14,7 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::protocol::{self, MAX_REQUEST_LEN, Request, Response, VmStatus};
 use devices::warn_ratelimited;
+use vmm_sys_util::timerfd::TimerFd;
 
 /// Errors setting up the API socket.
 #[derive(Debug, thiserror::Error)]
@@ -29,10 +30,29 @@ pub enum ApiError {
 /// Most clients served at once; more are refused (closed at once).
 const MAX_CLIENTS: usize = 32;
 
-/// Answers a request; implemented by the VM.
+/// The answer to a request: now, or once the step it started has completed.
+#[derive(Debug)]
+pub enum Reply {
+    /// Answer now.
+    Now(Box<Response>),
+    /// The handler answers later through [`ApiHandler::completed`], under this ticket.
+    Later(u64),
+}
+
+/// Answers requests; implemented by the VM.
 pub trait ApiHandler: Send {
     /// The VM's status.
     fn status(&self) -> VmStatus;
+    /// Any other request.
+    fn handle(&mut self, request: Request) -> Reply;
+    /// A descriptor that becomes readable when deferred replies may be ready.
+    fn completion_fd(&self) -> Option<i32> {
+        None
+    }
+    /// Deferred replies that are ready, by ticket (drains the completion fd).
+    fn completed(&mut self) -> Vec<(u64, Response)> {
+        Vec::new()
+    }
 }
 
 struct Conn {
@@ -46,6 +66,10 @@ pub struct ApiServer {
     listener: UnixListener,
     conns: HashMap<i32, Conn>,
     handler: Box<dyn ApiHandler>,
+    /// Deferred replies: ticket -> client.
+    waiting: HashMap<u64, i32>,
+    /// Ticks while replies are deferred, so handlers can time steps out.
+    tick: Option<TimerFd>,
 }
 
 impl std::fmt::Debug for ApiServer {
@@ -81,13 +105,44 @@ impl ApiServer {
             listener,
             conns: HashMap::new(),
             handler,
+            waiting: HashMap::new(),
+            tick: TimerFd::new().ok(),
         })
     }
 
-    fn answer(&self, line: &[u8]) -> Response {
+    fn answer(&mut self, line: &[u8]) -> Reply {
         match protocol::parse_request(line) {
-            Ok(Request::Status) => Response::status(self.handler.status()),
-            Err(e) => Response::error(e),
+            Ok(Request::Status) => Reply::Now(Box::new(Response::status(self.handler.status()))),
+            Ok(request) => self.handler.handle(request),
+            Err(e) => Reply::Now(Box::new(Response::error(e))),
+        }
+    }
+
+    /// Sends the deferred replies that are ready.
+    fn deliver_completed(&mut self) {
+        for (ticket, response) in self.handler.completed() {
+            if let Some(fd) = self.waiting.remove(&ticket)
+                && let Some(conn) = self.conns.get_mut(&fd)
+            {
+                let _ = reply(&mut conn.stream, &response);
+            }
+        }
+        self.arm_tick();
+    }
+
+    fn arm_tick(&mut self) {
+        if let Some(t) = &mut self.tick {
+            let r = if self.waiting.is_empty() {
+                t.clear()
+            } else {
+                t.reset(
+                    std::time::Duration::from_millis(250),
+                    Some(std::time::Duration::from_millis(250)),
+                )
+            };
+            if let Err(e) = r {
+                warn_ratelimited!("api: tick timer: {e}");
+            }
         }
     }
 
@@ -126,9 +181,17 @@ impl ApiServer {
     /// next round, so one client cannot hold the loop) and answers every complete line;
     /// false to drop the client.
     fn serve(&mut self, fd: i32) -> bool {
+        // The connection stays in the map whatever happens: the caller removes it from epoll
+        // before dropping it (epoll cannot forget a descriptor that is already closed).
         let Some(mut conn) = self.conns.remove(&fd) else {
             return false;
         };
+        let alive = self.serve_conn(fd, &mut conn);
+        self.conns.insert(fd, conn);
+        alive
+    }
+
+    fn serve_conn(&mut self, fd: i32, conn: &mut Conn) -> bool {
         let mut chunk = [0u8; 4096];
         let alive = match conn.stream.read(&mut chunk) {
             Ok(0) => false,
@@ -144,18 +207,23 @@ impl ApiServer {
             if line.is_empty() {
                 continue;
             }
-            let response = self.answer(line);
-            if reply(&mut conn.stream, &response).is_err() {
-                return false;
+            match self.answer(line) {
+                Reply::Now(response) => {
+                    if reply(&mut conn.stream, &response).is_err() {
+                        return false;
+                    }
+                }
+                Reply::Later(ticket) => {
+                    self.waiting.insert(ticket, fd);
+                    self.arm_tick();
+                }
             }
         }
         if conn.buf.len() > MAX_REQUEST_LEN {
             let _ = reply(&mut conn.stream, &Response::error("request too long"));
             return false;
         }
-        if alive {
-            self.conns.insert(fd, conn);
-        }
+        // A client that closes its side (even half) is dropped with any deferred reply.
         alive
     }
 }
@@ -182,6 +250,16 @@ impl MutEventSubscriber for ApiServer {
         if let Err(e) = ops.add(Events::new(&self.listener, EventSet::IN)) {
             log::error!("api: cannot watch the listener: {e:?}");
         }
+        if let Some(fd) = self.handler.completion_fd()
+            && let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN))
+        {
+            log::error!("api: cannot watch completions: {e:?}");
+        }
+        if let Some(t) = &self.tick
+            && let Err(e) = ops.add(Events::new(t, EventSet::IN))
+        {
+            log::error!("api: cannot watch the tick timer: {e:?}");
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -190,13 +268,25 @@ impl MutEventSubscriber for ApiServer {
             self.accept(ops);
             return;
         }
+        if Some(fd) == self.handler.completion_fd() {
+            self.deliver_completed();
+            return;
+        }
+        if let Some(t) = &mut self.tick
+            && fd == t.as_raw_fd()
+        {
+            let _ = t.wait();
+            self.deliver_completed();
+            return;
+        }
         let hangup = events
             .event_set()
-            .intersects(EventSet::HANG_UP | EventSet::ERROR | EventSet::READ_HANG_UP);
+            .intersects(EventSet::HANG_UP | EventSet::ERROR);
         let keep = self.serve(fd) && !hangup;
         if !keep {
             let _ = ops.remove(Events::empty_raw(fd));
             self.conns.remove(&fd);
+            self.waiting.retain(|_, c| *c != fd);
         }
     }
 }
@@ -210,6 +300,9 @@ mod tests {
 
     struct Fixed;
     impl ApiHandler for Fixed {
+        fn handle(&mut self, _request: Request) -> Reply {
+            Reply::Now(Box::new(Response::error("not here")))
+        }
         fn status(&self) -> VmStatus {
             VmStatus {
                 state: "running".into(),

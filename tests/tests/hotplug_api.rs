@@ -1,0 +1,153 @@
+//! The device API with a running VM: hot-add of virtio-net devices, listing, surprise
+//! removal and malformed requests, driven through the real `vmctl`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use tests::{RunArgs, require_kvm, vmctl_binary};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn vmctl(sock: &Path, args: &[&str]) -> (i32, serde_json::Value) {
+    let out = Command::new(vmctl_binary())
+        .arg("--socket")
+        .arg(sock)
+        .args(args)
+        .output()
+        .expect("run vmctl");
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), v)
+}
+
+/// A seqpacket listener standing for nicd's host port (accepts and holds connections).
+fn peer(path: &Path) -> std::thread::JoinHandle<()> {
+    let _ = std::fs::remove_file(path);
+    // std has no seqpacket listener (a stream listener refuses SOCK_SEQPACKET connects).
+    let fd = seqpacket_listen(path);
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        loop {
+            // SAFETY: accept(2) on our listening socket; the result is checked.
+            let c = unsafe { libc::accept(fd, std::ptr::null_mut(), std::ptr::null_mut()) };
+            if c < 0 {
+                break;
+            }
+            held.push(c);
+        }
+    })
+}
+
+fn seqpacket_listen(path: &Path) -> i32 {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: plain socket(2) call; checked below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0);
+    // SAFETY: sockaddr_un is plain data; all zeros is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes; `fd` is our socket.
+    assert_eq!(unsafe { libc::bind(fd, (&raw const addr).cast(), len) }, 0);
+    // SAFETY: listen(2) on our bound socket.
+    assert_eq!(unsafe { libc::listen(fd, 8) }, 0);
+    fd
+}
+
+fn temp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("vmm-hp-{}-{name}", std::process::id()))
+}
+
+#[test]
+fn hot_add_list_and_surprise_remove() {
+    if !require_kvm() {
+        return;
+    }
+    let api = temp("api.sock");
+    let host = temp("host.sock");
+    let _peer = peer(&host);
+    let mut vm = RunArgs::testguest("idle", 1, "256M")
+        .with(&[
+            "--api-socket".as_ref(),
+            api.as_os_str(),
+            "--pcie-root-ports".as_ref(),
+            "2".as_ref(),
+        ])
+        .spawn();
+    assert!(
+        vm.wait_for_stdout(DEADLINE, |l| l.starts_with("TESTGUEST INFO idle"))
+            .is_some(),
+        "{}",
+        vm.transcript()
+    );
+    let spec = format!("socket={},mac=52:54:00:00:00:42", host.display());
+    let (code, added) = vmctl(&api, &["device", "add", "net", &spec]);
+    assert_eq!(code, 0, "{added}");
+    assert_eq!(added["device"]["id"], "net0");
+    assert_eq!(added["device"]["port"], 1);
+    assert_eq!(added["device"]["mac"], "52:54:00:00:00:42");
+
+    let (_, list) = vmctl(&api, &["device", "list"]);
+    let slots = list["slots"].as_array().unwrap();
+    assert_eq!(slots.len(), 2);
+    assert_eq!(slots[0]["device"]["id"], "net0");
+    assert!(slots[1].get("device").is_none());
+
+    // Errors: an occupied port, a bad MAC, an unreachable backend, an unknown device.
+    let (code, e) = vmctl(&api, &["device", "add", "net", &spec, "--port", "1"]);
+    assert_eq!(code, 1, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("occupied"));
+    let bad_mac = format!("socket={},mac=01:00:5e:00:00:01", host.display());
+    let (code, _) = vmctl(&api, &["device", "add", "net", &bad_mac]);
+    assert_eq!(code, 1);
+    let (code, e) = vmctl(&api, &["device", "add", "net", "socket=/nonexistent.sock"]);
+    assert_eq!(code, 1);
+    assert!(
+        e["error"].as_str().unwrap().contains("/nonexistent.sock"),
+        "{e}"
+    );
+    let (code, _) = vmctl(&api, &["device", "remove", "net7"]);
+    assert_eq!(code, 1);
+
+    // The second slot takes another device; then both go by surprise.
+    let (code, second) = vmctl(
+        &api,
+        &[
+            "device",
+            "add",
+            "net",
+            &format!("socket={}", host.display()),
+        ],
+    );
+    assert_eq!(code, 0, "{second}");
+    assert_eq!(second["device"]["port"], 2);
+    let (code, full) = vmctl(
+        &api,
+        &[
+            "device",
+            "add",
+            "net",
+            &format!("socket={}", host.display()),
+        ],
+    );
+    assert_eq!(code, 1, "{full}");
+    for id in ["net0", "net1"] {
+        let (code, r) = vmctl(&api, &["device", "remove", id, "--surprise"]);
+        assert_eq!(code, 0, "{r}");
+        assert_eq!(r["device"]["id"], id);
+    }
+    let (_, list) = vmctl(&api, &["device", "list"]);
+    assert!(
+        list["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s.get("device").is_none())
+    );
+    vm.signal(libc::SIGTERM);
+    assert_eq!(vm.wait_exit(DEADLINE).and_then(|s| s.code()), Some(0));
+    let _ = std::fs::remove_file(&host);
+}
