@@ -75,6 +75,15 @@ pub(crate) mod test_utils {
     }
 }
 
+/// Places doorbells: a guest write to `addr` signals the eventfd without leaving the
+/// kernel (the VMM: a KVM ioeventfd). Tests and VMMs without one simply do not provide it.
+pub trait DoorbellRegistry: Send + Sync {
+    /// Routes writes to `addr` (any length) to `evt`.
+    fn register(&self, addr: u64, evt: &EventFd) -> io::Result<()>;
+    /// Undoes [`DoorbellRegistry::register`].
+    fn unregister(&self, addr: u64, evt: &EventFd) -> io::Result<()>;
+}
+
 /// Delivers message-signalled interrupts (the VMM: KVM_SIGNAL_MSI or an irqfd route).
 pub trait MsiSink: Send + Sync {
     /// Sends one MSI with the address and data the guest programmed.

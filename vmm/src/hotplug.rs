@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use devices::interrupt::MsiSink;
+use devices::interrupt::{DoorbellRegistry, MsiSink};
 use devices::pci::io::SharedRootComplex;
 use devices::pci::root_port::HotplugEvent;
 use devices::virtio::net::{NetBackend, SeqpacketBackend, TapBackend, VirtioNet};
@@ -56,6 +56,7 @@ pub struct PciHotplug {
     pci: SharedRootComplex,
     mem: GuestMemoryMmap,
     msi: Arc<dyn MsiSink>,
+    doorbells: Arc<dyn DoorbellRegistry>,
     devices: Vec<Entry>,
     pending: Vec<Pending>,
     next_net: usize,
@@ -88,6 +89,7 @@ impl PciHotplug {
         pci: SharedRootComplex,
         mem: GuestMemoryMmap,
         msi: Arc<dyn MsiSink>,
+        doorbells: Arc<dyn DoorbellRegistry>,
     ) -> std::io::Result<Self> {
         let events = Arc::new(EventFd::new(EFD_NONBLOCK)?);
         for port in lock(&pci).ports_mut() {
@@ -97,6 +99,7 @@ impl PciHotplug {
             pci,
             mem,
             msi,
+            doorbells,
             devices: Vec::new(),
             pending: Vec::new(),
             next_net: 0,
@@ -174,6 +177,7 @@ impl PciHotplug {
             Box::new(device),
             self.mem.clone(),
             self.msi.clone(),
+            Some(self.doorbells.clone()),
         ));
         let port_cfg = rc.ports()[index].port_config();
         if cold {

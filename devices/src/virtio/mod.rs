@@ -88,6 +88,11 @@ pub trait VirtioDevice: Send + fmt::Debug {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// The driver notified `queue`.
     fn queue_notify(&mut self, queue: u16);
+    /// One eventfd per queue that the device's worker waits on for notifications: the
+    /// transport makes them doorbells when it can. Empty if the device has none.
+    fn queue_events(&self) -> Vec<Arc<vmm_sys_util::eventfd::EventFd>> {
+        Vec::new()
+    }
     /// The driver reset the device: drop the queues and return to the initial state.
     fn reset(&mut self);
 }

@@ -15,7 +15,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::{ActivateContext, NO_VECTOR, VirtioDevice, VirtioInterrupt, features, status};
-use crate::interrupt::MsiSink;
+use crate::interrupt::{DoorbellRegistry, MsiSink};
 use crate::pci::capability::{self, MsixLocation};
 use crate::pci::msix::Msix;
 use crate::pci::regs::*;
@@ -96,7 +96,6 @@ impl VirtioInterrupt for Signals {
 }
 
 /// A virtio device on the PCI transport.
-#[derive(Debug)]
 pub struct VirtioPciDevice {
     config: ConfigSpace,
     msix_cap: usize,
@@ -105,11 +104,30 @@ pub struct VirtioPciDevice {
     signals: Arc<Signals>,
     mem: GuestMemoryMmap,
     activated: bool,
+    doorbells: Option<Arc<dyn DoorbellRegistry>>,
+    /// BAR 0's base while the doorbells are registered there.
+    doorbell_base: Option<u64>,
+}
+
+impl std::fmt::Debug for VirtioPciDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtioPciDevice")
+            .field("device", &self.device)
+            .field("activated", &self.activated)
+            .field("doorbell_base", &self.doorbell_base)
+            .finish_non_exhaustive()
+    }
 }
 
 impl VirtioPciDevice {
-    /// Wraps `device`; its DMA uses `mem`, its interrupts go to `msi`.
-    pub fn new(device: Box<dyn VirtioDevice>, mem: GuestMemoryMmap, msi: Arc<dyn MsiSink>) -> Self {
+    /// Wraps `device`; its DMA uses `mem`, its interrupts go to `msi`; with `doorbells`,
+    /// queue notifications become doorbells wherever the guest maps BAR 0.
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        msi: Arc<dyn MsiSink>,
+        doorbells: Option<Arc<dyn DoorbellRegistry>>,
+    ) -> Self {
         let dtype = device.device_type();
         let class = match dtype {
             1 => [0x02, 0x00, 0x00],
@@ -189,6 +207,41 @@ impl VirtioPciDevice {
             device,
             mem,
             activated: false,
+            doorbells,
+            doorbell_base: None,
+        }
+    }
+
+    /// Moves the doorbells to where BAR 0 decodes now (or removes them).
+    fn update_doorbells(&mut self) {
+        let Some(registry) = self.doorbells.clone() else {
+            return;
+        };
+        let base = self
+            .config
+            .bar_address(0)
+            .filter(|b| *b != 0 && self.config.memory_enabled());
+        if base == self.doorbell_base {
+            return;
+        }
+        let events = self.device.queue_events();
+        let addr =
+            |base: u64, q: usize| base + NOTIFY_OFFSET + q as u64 * u64::from(NOTIFY_MULTIPLIER);
+        if let Some(old) = self.doorbell_base.take() {
+            for (q, evt) in events.iter().enumerate() {
+                if let Err(e) = registry.unregister(addr(old, q), evt) {
+                    warn_ratelimited!("virtio: cannot remove doorbell {q}: {e}");
+                }
+            }
+        }
+        if let Some(new) = base {
+            for (q, evt) in events.iter().enumerate() {
+                if let Err(e) = registry.register(addr(new, q), evt) {
+                    // The trapped path in bar_write still delivers the notification.
+                    warn_ratelimited!("virtio: cannot place doorbell {q}: {e}");
+                }
+            }
+            self.doorbell_base = Some(new);
         }
     }
 
@@ -432,9 +485,12 @@ impl PciDevice for VirtioPciDevice {
         if !self.config.write(offset, data) {
             return;
         }
-        let flags = self.msix_cap + MSIX_FLAGS;
-        if offset < flags + 2 && flags < offset + data.len() {
+        let touches = |reg: usize, len: usize| offset < reg + len && reg < offset + data.len();
+        if touches(self.msix_cap + MSIX_FLAGS, 2) {
             self.msix_control_written();
+        }
+        if touches(COMMAND, 2) || touches(BAR0, 4) {
+            self.update_doorbells();
         }
     }
 
@@ -482,6 +538,14 @@ impl PciDevice for VirtioPciDevice {
             }
             _ => debug_ratelimited!("virtio: BAR write at {offset:#x} ignored"),
         }
+    }
+}
+
+impl Drop for VirtioPciDevice {
+    fn drop(&mut self) {
+        // A removed device leaves no doorbells behind.
+        self.config.set_u16(COMMAND, 0);
+        self.update_doorbells();
     }
 }
 

@@ -10,8 +10,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use std::sync::Arc;
 
-use devices::interrupt::MsiSink;
+use devices::interrupt::{DoorbellRegistry, MsiSink};
 use kvm_bindings::kvm_msi;
+use kvm_ioctls::{IoEventAddress, NoDatamatch};
 
 use crate::boot::cpuid::{CpuTemplate, vcpu_cpuid};
 use crate::boot::regs;
@@ -95,6 +96,11 @@ impl Vm {
     /// The VM file descriptor.
     pub fn fd(&self) -> &VmFd {
         &self.fd
+    }
+
+    /// A doorbell registry backed by KVM ioeventfds.
+    pub fn doorbells(&self) -> Arc<KvmDoorbells> {
+        Arc::new(KvmDoorbells(self.fd.clone()))
     }
 
     /// An MSI sink that injects through KVM_SIGNAL_MSI.
@@ -195,6 +201,25 @@ impl MsiSink for KvmMsi {
         self.0
             .signal_msi(msi)
             .map(|_| ())
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+}
+
+/// Doorbells as KVM ioeventfds: a guest write to the address (any length) signals the
+/// eventfd in the kernel, without an exit to this process.
+#[derive(Debug)]
+pub struct KvmDoorbells(Arc<VmFd>);
+
+impl DoorbellRegistry for KvmDoorbells {
+    fn register(&self, addr: u64, evt: &EventFd) -> std::io::Result<()> {
+        self.0
+            .register_ioevent(evt, &IoEventAddress::Mmio(addr), NoDatamatch)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+
+    fn unregister(&self, addr: u64, evt: &EventFd) -> std::io::Result<()> {
+        self.0
+            .unregister_ioevent(evt, &IoEventAddress::Mmio(addr), NoDatamatch)
             .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
     }
 }

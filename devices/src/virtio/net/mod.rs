@@ -142,6 +142,10 @@ impl VirtioDevice for VirtioNet {
         }
     }
 
+    fn queue_events(&self) -> Vec<Arc<EventFd>> {
+        self.kicks.to_vec()
+    }
+
     fn reset(&mut self) {
         self.stop_worker();
     }

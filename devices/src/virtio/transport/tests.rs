@@ -11,6 +11,7 @@ struct Fixture {
     ctx: Option<ActivateContext>,
     notified: Vec<u16>,
     resets: usize,
+    events: Vec<Arc<vmm_sys_util::eventfd::EventFd>>,
 }
 
 impl VirtioDevice for Fixture {
@@ -44,10 +45,70 @@ impl VirtioDevice for Fixture {
         }
         ctx.interrupt.signal_queue(queue);
     }
+    fn queue_events(&self) -> Vec<Arc<vmm_sys_util::eventfd::EventFd>> {
+        self.events.clone()
+    }
     fn reset(&mut self) {
         self.ctx = None;
         self.resets += 1;
     }
+}
+
+/// Records doorbell placements.
+#[derive(Debug, Default)]
+struct Doorbells(std::sync::Mutex<Vec<(bool, u64)>>);
+
+impl crate::interrupt::DoorbellRegistry for Doorbells {
+    fn register(&self, addr: u64, _evt: &vmm_sys_util::eventfd::EventFd) -> std::io::Result<()> {
+        self.0.lock().unwrap().push((true, addr));
+        Ok(())
+    }
+    fn unregister(&self, addr: u64, _evt: &vmm_sys_util::eventfd::EventFd) -> std::io::Result<()> {
+        self.0.lock().unwrap().push((false, addr));
+        Ok(())
+    }
+}
+
+#[test]
+fn doorbells_follow_bar_0() {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let evt = || Arc::new(vmm_sys_util::eventfd::EventFd::new(0).unwrap());
+    let fixture = Fixture {
+        events: vec![evt(), evt()],
+        ..Default::default()
+    };
+    let bells = Arc::new(Doorbells::default());
+    let mut dev = VirtioPciDevice::new(
+        Box::new(fixture),
+        mem,
+        Arc::new(RecordingMsi::default()),
+        Some(bells.clone()),
+    );
+    dev.config_write(BAR0, &0xc000_0000u32.to_le_bytes());
+    assert!(
+        bells.0.lock().unwrap().is_empty(),
+        "memory decoding still off"
+    );
+    dev.config_write(COMMAND, &CMD_MEMORY.to_le_bytes());
+    assert_eq!(
+        *bells.0.lock().unwrap(),
+        vec![(true, 0xc000_3000), (true, 0xc000_3004)]
+    );
+    // Moving the BAR moves the doorbells.
+    dev.config_write(BAR0, &0xc001_0000u32.to_le_bytes());
+    assert_eq!(
+        bells.0.lock().unwrap()[2..],
+        [
+            (false, 0xc000_3000),
+            (false, 0xc000_3004),
+            (true, 0xc001_3000),
+            (true, 0xc001_3004)
+        ]
+    );
+    // Dropping the device removes them.
+    drop(dev);
+    let log = bells.0.lock().unwrap();
+    assert_eq!(log[6..], [(false, 0xc001_3000), (false, 0xc001_3004)]);
 }
 
 struct Setup {
@@ -59,7 +120,7 @@ struct Setup {
 fn setup() -> Setup {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
     let msi = Arc::new(RecordingMsi::default());
-    let dev = VirtioPciDevice::new(Box::new(Fixture::default()), mem.clone(), msi.clone());
+    let dev = VirtioPciDevice::new(Box::new(Fixture::default()), mem.clone(), msi.clone(), None);
     Setup { dev, msi, mem }
 }
 
