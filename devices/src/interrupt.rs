@@ -84,6 +84,34 @@ pub trait DoorbellRegistry: Send + Sync {
     fn unregister(&self, addr: u64, evt: &EventFd) -> io::Result<()>;
 }
 
+/// Per-vector MSI routes: the VMM binds every MSI-X vector of a function to an irqfd whose
+/// GSI route follows what the guest programs in the table, so raising a vector is one
+/// eventfd write (from any thread, or from another process such as nicd).
+pub trait MsiRoutes: Send + Sync {
+    /// The guest programmed `vector` with this message.
+    fn set_route(&self, vector: u16, address: u64, data: u32) -> io::Result<()>;
+    /// Raises `vector` through its route.
+    fn trigger(&self, vector: u16) -> io::Result<()>;
+}
+
+/// How an MSI-X function delivers its vectors.
+#[derive(Clone)]
+pub enum MsixDelivery {
+    /// Inject each message as it is sent (KVM_SIGNAL_MSI).
+    Signal(Arc<dyn MsiSink>),
+    /// Through per-vector routes (irqfds).
+    Routed(Arc<dyn MsiRoutes>),
+}
+
+impl std::fmt::Debug for MsixDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MsixDelivery::Signal(_) => "Signal",
+            MsixDelivery::Routed(_) => "Routed",
+        })
+    }
+}
+
 /// Delivers message-signalled interrupts (the VMM: KVM_SIGNAL_MSI or an irqfd route).
 pub trait MsiSink: Send + Sync {
     /// Sends one MSI with the address and data the guest programmed.

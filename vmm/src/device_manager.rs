@@ -158,7 +158,8 @@ impl DeviceManager {
             )
             .map_err(DeviceError::Bus)?;
         }
-        let hotplug = PciHotplug::new(pci.clone(), mem.clone(), msi.clone(), vm.doorbells())
+        let router = vm.gsi_router().map_err(DeviceError::EventFd)?;
+        let hotplug = PciHotplug::new(pci.clone(), mem.clone(), router, vm.doorbells())
             .map_err(DeviceError::EventFd)?;
         let hotplug = Arc::new(Mutex::new(hotplug));
         for n in net {

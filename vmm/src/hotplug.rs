@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use devices::interrupt::{DoorbellRegistry, MsiSink};
+use devices::interrupt::{DoorbellRegistry, MsixDelivery};
 use devices::pci::io::SharedRootComplex;
 use devices::pci::root_port::HotplugEvent;
 use devices::virtio::net::{NetBackend, SeqpacketBackend, TapBackend, VirtioNet};
@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::api::{DeviceInfo, Response, SlotInfo};
 use crate::config::{NetBackendConfig, NetConfig, NetSpec};
+use crate::kvm::irq_routing::{KvmMsixRoutes, SharedRouter};
 
 /// How long the guest has to power a slot off after the attention button (Linux waits 5 s
 /// for a second press, then removes the driver).
@@ -55,7 +56,7 @@ struct Pending {
 pub struct PciHotplug {
     pci: SharedRootComplex,
     mem: GuestMemoryMmap,
-    msi: Arc<dyn MsiSink>,
+    router: SharedRouter,
     doorbells: Arc<dyn DoorbellRegistry>,
     devices: Vec<Entry>,
     pending: Vec<Pending>,
@@ -88,7 +89,7 @@ impl PciHotplug {
     pub fn new(
         pci: SharedRootComplex,
         mem: GuestMemoryMmap,
-        msi: Arc<dyn MsiSink>,
+        router: SharedRouter,
         doorbells: Arc<dyn DoorbellRegistry>,
     ) -> std::io::Result<Self> {
         let events = Arc::new(EventFd::new(EFD_NONBLOCK)?);
@@ -98,7 +99,7 @@ impl PciHotplug {
         Ok(Self {
             pci,
             mem,
-            msi,
+            router,
             doorbells,
             devices: Vec::new(),
             pending: Vec::new(),
@@ -173,10 +174,12 @@ impl PciHotplug {
         };
         let device = VirtioNet::new(net.mac, backend)
             .map_err(|e| HotplugError::Backend(format!("virtio-net: {e}")))?;
+        let routes = KvmMsixRoutes::new(self.router.clone(), VirtioPciDevice::vectors_for(&device))
+            .map_err(|e| HotplugError::Backend(format!("MSI-X routes: {e}")))?;
         let pci_dev = Box::new(VirtioPciDevice::new(
             Box::new(device),
             self.mem.clone(),
-            self.msi.clone(),
+            MsixDelivery::Routed(Arc::new(routes)),
             Some(self.doorbells.clone()),
         ));
         let port_cfg = rc.ports()[index].port_config();

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::interrupt::MsiSink;
+use crate::interrupt::{MsiSink, MsixDelivery};
 use crate::{debug_ratelimited, warn_ratelimited};
 
 /// Bytes per table entry.
@@ -57,7 +57,7 @@ pub struct Msix {
     pending: Vec<u64>,
     enabled: bool,
     function_masked: bool,
-    sink: Arc<dyn MsiSink>,
+    delivery: MsixDelivery,
 }
 
 impl std::fmt::Debug for Msix {
@@ -71,15 +71,20 @@ impl std::fmt::Debug for Msix {
 }
 
 impl Msix {
-    /// `vectors` vectors (1..=2048), all masked, delivered to `sink`.
+    /// `vectors` vectors (1..=2048), all masked, injected through `sink`.
     pub fn new(vectors: u16, sink: Arc<dyn MsiSink>) -> Self {
+        Self::with_delivery(vectors, MsixDelivery::Signal(sink))
+    }
+
+    /// `vectors` vectors (1..=2048), all masked, delivered by `delivery`.
+    pub fn with_delivery(vectors: u16, delivery: MsixDelivery) -> Self {
         let n = usize::from(vectors.clamp(1, 2048));
         Self {
             table: vec![MsixEntry::default(); n],
             pending: vec![0; n.div_ceil(64)],
             enabled: false,
             function_masked: false,
-            sink,
+            delivery,
         }
     }
 
@@ -142,7 +147,11 @@ impl Msix {
 
     fn send(&self, v: usize) {
         let e = self.table[v];
-        if let Err(err) = self.sink.send_msi(e.address(), e.data) {
+        let r = match &self.delivery {
+            MsixDelivery::Signal(sink) => sink.send_msi(e.address(), e.data),
+            MsixDelivery::Routed(routes) => routes.trigger(v as u16),
+        };
+        if let Err(err) = r {
             warn_ratelimited!("msix: vector {v}: {err}");
         }
     }
@@ -204,6 +213,13 @@ impl Msix {
             // Only the mask bit of vector control is writable.
             control: word(3) & VECTOR_MASKED,
         };
+        let now = self.table[v];
+        if let MsixDelivery::Routed(routes) = &self.delivery
+            && (now.address(), now.data) != (e.address(), e.data)
+            && let Err(err) = routes.set_route(v as u16, now.address(), now.data)
+        {
+            warn_ratelimited!("msix: route of vector {v}: {err}");
+        }
         if e.masked() && !self.table[v].masked() && self.is_pending(v) && self.deliverable(v) {
             self.set_pending(v, false);
             self.send(v);
@@ -300,6 +316,41 @@ mod tests {
         assert_eq!(pba(&m), 0b10);
         m.table_write(16 + 12, &0u32.to_le_bytes());
         assert_eq!((sink.count(), pba(&m)), (4, 0));
+    }
+
+    #[derive(Default)]
+    struct Routes(std::sync::Mutex<Vec<String>>);
+    impl crate::interrupt::MsiRoutes for Routes {
+        fn set_route(&self, vector: u16, address: u64, data: u32) -> std::io::Result<()> {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("route {vector} {address:#x} {data:#x}"));
+            Ok(())
+        }
+        fn trigger(&self, vector: u16) -> std::io::Result<()> {
+            self.0.lock().unwrap().push(format!("fire {vector}"));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn routed_delivery_follows_the_table() {
+        let routes = Arc::new(Routes::default());
+        let mut m = Msix::with_delivery(2, MsixDelivery::Routed(routes.clone()));
+        program(&mut m, 1, 0xfee0_0000, 0x41, false);
+        m.set_control(true, false);
+        m.notify(1);
+        // Rewriting the same message does not re-route.
+        m.table_write(16 + 8, &0x41u32.to_le_bytes());
+        assert_eq!(
+            *routes.0.lock().unwrap(),
+            vec![
+                "route 1 0xfee00000 0x0",
+                "route 1 0xfee00000 0x41",
+                "fire 1"
+            ]
+        );
     }
 
     #[test]

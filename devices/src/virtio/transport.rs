@@ -15,7 +15,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::{ActivateContext, NO_VECTOR, VirtioDevice, VirtioInterrupt, features, status};
-use crate::interrupt::{DoorbellRegistry, MsiSink};
+use crate::interrupt::{DoorbellRegistry, MsixDelivery};
 use crate::pci::capability::{self, MsixLocation};
 use crate::pci::msix::Msix;
 use crate::pci::regs::*;
@@ -125,7 +125,7 @@ impl VirtioPciDevice {
     pub fn new(
         device: Box<dyn VirtioDevice>,
         mem: GuestMemoryMmap,
-        msi: Arc<dyn MsiSink>,
+        delivery: MsixDelivery,
         doorbells: Option<Arc<dyn DoorbellRegistry>>,
     ) -> Self {
         let dtype = device.device_type();
@@ -145,7 +145,7 @@ impl VirtioPciDevice {
             },
         );
         let nq = device.queue_max_sizes().len().min(MAX_QUEUES);
-        let vectors = nq as u16 + 1;
+        let vectors = Self::vectors_for(device.as_ref());
         // A fresh endpoint has room for all of these: they cannot fail.
         let _ = config.add_bar(0, Bar::mem32(BAR_SIZE));
         let pcie = capability::pcie(EXP_TYPE_ENDPOINT, 0, None);
@@ -200,7 +200,7 @@ impl VirtioPciDevice {
             },
             signals: Arc::new(Signals {
                 isr: AtomicU8::new(0),
-                msix: Mutex::new(Msix::new(vectors, msi)),
+                msix: Mutex::new(Msix::with_delivery(vectors, delivery)),
                 queue_vectors: Mutex::new(vec![NO_VECTOR; nq]),
                 config_vector: Mutex::new(NO_VECTOR),
             }),
@@ -210,6 +210,12 @@ impl VirtioPciDevice {
             doorbells,
             doorbell_base: None,
         }
+    }
+
+    /// MSI-X vectors the transport gives `device`: one per queue plus one for
+    /// configuration changes (routed delivery must provide as many).
+    pub fn vectors_for(device: &dyn VirtioDevice) -> u16 {
+        device.queue_max_sizes().len().min(MAX_QUEUES) as u16 + 1
     }
 
     /// Moves the doorbells to where BAR 0 decodes now (or removes them).

@@ -2,6 +2,7 @@
 //! their state machine, and the decoding of vCPU exits.
 
 pub mod exit;
+pub mod irq_routing;
 pub mod vcpu;
 pub mod vm;
 

@@ -98,6 +98,11 @@ impl Vm {
         &self.fd
     }
 
+    /// The VM's GSI routing table (installs KVM's default routes).
+    pub fn gsi_router(&self) -> std::io::Result<Arc<super::irq_routing::GsiRouter>> {
+        super::irq_routing::GsiRouter::new(self.fd.clone()).map(Arc::new)
+    }
+
     /// A doorbell registry backed by KVM ioeventfds.
     pub fn doorbells(&self) -> Arc<KvmDoorbells> {
         Arc::new(KvmDoorbells(self.fd.clone()))

@@ -81,7 +81,7 @@ fn doorbells_follow_bar_0() {
     let mut dev = VirtioPciDevice::new(
         Box::new(fixture),
         mem,
-        Arc::new(RecordingMsi::default()),
+        crate::interrupt::MsixDelivery::Signal(Arc::new(RecordingMsi::default())),
         Some(bells.clone()),
     );
     dev.config_write(BAR0, &0xc000_0000u32.to_le_bytes());
@@ -120,7 +120,12 @@ struct Setup {
 fn setup() -> Setup {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
     let msi = Arc::new(RecordingMsi::default());
-    let dev = VirtioPciDevice::new(Box::new(Fixture::default()), mem.clone(), msi.clone(), None);
+    let dev = VirtioPciDevice::new(
+        Box::new(Fixture::default()),
+        mem.clone(),
+        crate::interrupt::MsixDelivery::Signal(msi.clone()),
+        None,
+    );
     Setup { dev, msi, mem }
 }
 
