@@ -27,6 +27,8 @@ mod cmdline;
 mod cpu;
 mod lapic;
 mod mem;
+mod mmio;
+mod pcie;
 mod phys;
 mod port;
 mod ring0;

@@ -14,6 +14,7 @@ use crate::cmdline::Cmdline;
 mod acpi;
 mod boot;
 mod lifecycle;
+mod pci_enum;
 mod smp;
 mod timer;
 
@@ -43,6 +44,10 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "acpi",
         run: acpi::run,
+    },
+    Scenario {
+        name: "pci-enum",
+        run: pci_enum::run,
     },
     Scenario {
         name: "idle",
