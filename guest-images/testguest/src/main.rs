@@ -36,6 +36,7 @@ mod scenarios;
 mod serial;
 mod smp;
 mod time;
+mod virtio;
 
 use core::panic::PanicInfo;
 use core::sync::atomic::{AtomicBool, Ordering};

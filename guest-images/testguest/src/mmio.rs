@@ -33,6 +33,14 @@ pub fn read32(addr: u64) -> u32 {
     v
 }
 
+/// Writes a byte of device memory.
+pub fn write8(addr: u64, v: u8) {
+    // SAFETY: a store to device memory in the identity map; no Rust object lives there.
+    unsafe {
+        asm!("mov byte ptr [{a}], {v}", a = in(reg) addr, v = in(reg_byte) v, options(nostack, preserves_flags))
+    };
+}
+
 /// Writes 16 bits of device memory.
 pub fn write16(addr: u64, v: u16) {
     // SAFETY: a store to device memory in the identity map; no Rust object lives there.

@@ -17,6 +17,7 @@ mod lifecycle;
 mod pci_enum;
 mod smp;
 mod timer;
+mod virtio_net;
 
 /// A scenario: its name on the command line and its body.
 #[derive(Debug)]
@@ -48,6 +49,18 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "pci-enum",
         run: pci_enum::run,
+    },
+    Scenario {
+        name: "virtio-net",
+        run: virtio_net::run,
+    },
+    Scenario {
+        name: "msix",
+        run: virtio_net::msix,
+    },
+    Scenario {
+        name: "net-bench",
+        run: virtio_net::bench,
     },
     Scenario {
         name: "idle",
