@@ -6,8 +6,10 @@
 //! `VMM_TESTS_STRICT=1` (CI) it panics instead, unless the reason is one the CI machine
 //! cannot meet by design ([`SkipKind::HostLimit`], e.g. Linux user space on PVM).
 
+pub mod peer;
 pub mod vm;
 
+pub use peer::{PeerMode, SeqpacketPeer};
 pub use vm::{Output, RunArgs, VmProcess};
 
 use std::io::Write;
