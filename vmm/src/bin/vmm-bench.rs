@@ -3,6 +3,12 @@
 //! `vmm-bench boot [--runs N] [--vcpus N] [--memory SIZE]` boots the test guest's `boot`
 //! scenario N times with the `vmm` built beside this binary and prints the median wall time
 //! from process start to exit, and the VMM's peak RSS minus the guest memory it touched.
+//!
+//! `vmm-bench net [--frames N] [--sizes 64,1500] [--backends socket,tap]` has the test
+//! guest's ring-3 virtio-net driver send N frames of each size as fast as it can, through
+//! the seqpacket backend to a sink in this process, and through a TAP device into a network
+//! namespace, and prints frames per second and Gbit/s (frame bytes, without the virtio
+//! header), timed on the host between the guest's start and end markers.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -20,6 +26,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Bench {
+    /// virtio-net transmit throughput from the test guest.
+    Net {
+        /// Frames per measurement.
+        #[arg(long, default_value_t = 200_000)]
+        frames: u64,
+        /// Frame sizes in bytes (60..=1514).
+        #[arg(long, value_delimiter = ',', default_value = "64,1500")]
+        sizes: Vec<u64>,
+        /// Backends: socket, tap.
+        #[arg(long, value_delimiter = ',', default_value = "socket,tap")]
+        backends: Vec<String>,
+    },
     /// Boot the test guest's trivial `boot` scenario repeatedly.
     Boot {
         /// Number of boots.
@@ -31,8 +49,8 @@ enum Bench {
         /// Guest memory.
         #[arg(long, default_value = "256M")]
         memory: String,
-        /// Test guest ELF [default: guest-images/out/testguest.elf, else the one built
-        /// beside this binary].
+        /// Test guest ELF [default: the one built beside this binary, else
+        /// guest-images/out/testguest.elf].
         #[arg(long)]
         kernel: Option<PathBuf>,
     },
@@ -51,24 +69,39 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() -> std::process::ExitCode {
-    let Cli {
-        bench:
-            Bench::Boot {
-                runs,
-                vcpus,
-                memory,
-                kernel,
-            },
-    } = Cli::parse();
+    match Cli::parse().bench {
+        Bench::Boot {
+            runs,
+            vcpus,
+            memory,
+            kernel,
+        } => boot(runs, vcpus, memory, kernel),
+        Bench::Net {
+            frames,
+            sizes,
+            backends,
+        } => net::run(frames, &sizes, &backends),
+    }
+}
+
+/// The test guest built beside this binary (the same build), else guest-images/out's.
+fn test_guest() -> PathBuf {
+    let beside = sibling("testguest");
+    if beside.exists() {
+        beside
+    } else {
+        vmm::config::guest_images_dir().join(vmm::config::DEFAULT_KERNEL)
+    }
+}
+
+fn boot(
+    runs: usize,
+    vcpus: u32,
+    memory: String,
+    kernel: Option<PathBuf>,
+) -> std::process::ExitCode {
     let vmm = sibling("vmm");
-    let kernel = kernel.unwrap_or_else(|| {
-        let built = vmm::config::guest_images_dir().join(vmm::config::DEFAULT_KERNEL);
-        if built.exists() {
-            built
-        } else {
-            sibling("testguest")
-        }
-    });
+    let kernel = kernel.unwrap_or_else(test_guest);
     if !vmm.exists() || !kernel.exists() {
         eprintln!(
             "vmm-bench: need {} and {}: run `cargo build --release --workspace` or \
@@ -153,4 +186,218 @@ fn main() -> std::process::ExitCode {
         );
     }
     std::process::ExitCode::SUCCESS
+}
+
+mod net {
+    //! The virtio-net benchmark.
+
+    use std::io::{BufRead, BufReader};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+    use std::process::{Command, ExitCode, Stdio};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Instant;
+
+    const NETNS: &str = "vmm-bench";
+    const TAP: &str = "vmmbench0";
+
+    /// Counts what a seqpacket sink receives.
+    fn sink(path: &Path) -> std::io::Result<(Arc<AtomicU64>, Arc<AtomicU64>)> {
+        let _ = std::fs::remove_file(path);
+        // SAFETY: plain socket(2); checked.
+        let fd =
+            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is fresh and ours.
+        let listener = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_un is plain data; zero is valid.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, s) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
+            *d = *s as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        // SAFETY: `addr` is a valid sockaddr_un of `len` bytes; then listen on our socket.
+        if unsafe { libc::bind(fd, (&raw const addr).cast(), len) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: listen(2) on our bound socket.
+        if unsafe { libc::listen(fd, 1) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let (frames, bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (f, b) = (frames.clone(), bytes.clone());
+        std::thread::spawn(move || {
+            // SAFETY: accept(2) on our listening socket.
+            let c = unsafe {
+                libc::accept(
+                    listener.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                )
+            };
+            if c < 0 {
+                return;
+            }
+            // SAFETY: `c` is a fresh connected socket.
+            let conn = unsafe { OwnedFd::from_raw_fd(c) };
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                // SAFETY: `buf` is valid for writes of its length.
+                let n =
+                    unsafe { libc::recv(conn.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+                if n <= 0 {
+                    return;
+                }
+                f.fetch_add(1, Ordering::Relaxed);
+                b.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        });
+        Ok((frames, bytes))
+    }
+
+    fn sh(args: &[&str]) -> bool {
+        Command::new(args[0])
+            .args(&args[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// A network namespace holding a persistent, up TAP device the VMM opens by name.
+    fn netns_with_tap() -> bool {
+        let _ = sh(&["ip", "netns", "del", NETNS]);
+        sh(&["ip", "netns", "add", NETNS])
+            && sh(&[
+                "ip", "netns", "exec", NETNS, "ip", "link", "set", "lo", "up",
+            ])
+            && sh(&[
+                "ip", "netns", "exec", NETNS, "ip", "tuntap", "add", "dev", TAP, "mode", "tap",
+            ])
+            && sh(&["ip", "netns", "exec", NETNS, "ip", "link", "set", TAP, "up"])
+    }
+
+    fn tap_rx_packets() -> u64 {
+        Command::new("ip")
+            .args(["netns", "exec", NETNS, "cat"])
+            .arg(format!("/sys/class/net/{TAP}/statistics/rx_packets"))
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// One measurement: (seconds between the guest's markers, frames the receiver saw).
+    fn measure(backend: &str, frames: u64, size: u64) -> Result<(f64, u64), String> {
+        let vmm = super::sibling("vmm");
+        let kernel = super::test_guest();
+        let cmdline = format!(
+            "testguest.scenario=net-bench testguest.net_frames={frames} testguest.net_size={size}"
+        );
+        let sock = std::env::temp_dir().join(format!("vmm-bench-net-{}.sock", std::process::id()));
+        let (mut cmd, counter) = match backend {
+            "socket" => {
+                let (f, _) = sink(&sock).map_err(|e| format!("sink: {e}"))?;
+                let mut c = Command::new(&vmm);
+                c.arg("run")
+                    .arg("--net")
+                    .arg(format!("socket={}", sock.display()));
+                (c, Some(f))
+            }
+            "tap" => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", NETNS])
+                    .arg(&vmm)
+                    .arg("run")
+                    .arg("--net")
+                    .arg(format!("tap={TAP}"));
+                (c, None)
+            }
+            other => return Err(format!("unknown backend {other}")),
+        };
+        let tap_before = if counter.is_none() {
+            tap_rx_packets()
+        } else {
+            0
+        };
+        let mut child = cmd
+            .arg("--kernel")
+            .arg(&kernel)
+            .args(["--cmdline", &cmdline, "--memory", "256M"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run vmm: {e}"))?;
+        let out = child.stdout.take().ok_or("no stdout")?;
+        let (mut start, mut end, mut passed) = (None, None, false);
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if line.contains("net-bench: virtio-net at") {
+                start = Some(Instant::now());
+            } else if line.contains("net-bench: sent") {
+                end = Some(Instant::now());
+            } else if line == "TESTGUEST PASS net-bench" {
+                passed = true;
+            } else if line.starts_with("TESTGUEST FAIL") {
+                let _ = child.kill();
+                return Err(line);
+            }
+        }
+        let _ = child.wait();
+        let _ = std::fs::remove_file(&sock);
+        let (Some(s), Some(e), true) = (start, end, passed) else {
+            return Err("the guest did not finish the run".into());
+        };
+        let seen = match counter {
+            Some(f) => f.load(Ordering::Relaxed),
+            None => tap_rx_packets().saturating_sub(tap_before),
+        };
+        Ok((e.duration_since(s).as_secs_f64(), seen))
+    }
+
+    pub fn run(frames: u64, sizes: &[u64], backends: &[String]) -> ExitCode {
+        if backends.iter().any(|b| b == "tap") && !netns_with_tap() {
+            eprintln!(
+                "vmm-bench: cannot create network namespace {NETNS} with {TAP} (needs root and iproute2)"
+            );
+            return ExitCode::from(2);
+        }
+        println!("virtio-net TX from the test guest's ring-3 driver, {frames} frames per run");
+        println!(
+            "{:<8} {:>6} {:>10} {:>12} {:>9} {:>10}",
+            "backend", "size", "seconds", "frames/s", "Gbit/s", "received"
+        );
+        let mut ok = true;
+        for backend in backends {
+            for &size in sizes {
+                match measure(backend, frames, size) {
+                    Ok((secs, seen)) => {
+                        let fps = frames as f64 / secs;
+                        let gbps = fps * size as f64 * 8.0 / 1e9;
+                        println!(
+                            "{backend:<8} {size:>6} {secs:>10.3} {fps:>12.0} {gbps:>9.3} {seen:>10}"
+                        );
+                    }
+                    Err(e) => {
+                        ok = false;
+                        println!("{backend:<8} {size:>6} failed: {e}");
+                    }
+                }
+            }
+        }
+        if backends.iter().any(|b| b == "tap") {
+            let _ = sh(&["ip", "netns", "del", NETNS]);
+        }
+        if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    }
 }

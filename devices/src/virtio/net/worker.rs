@@ -41,7 +41,12 @@ pub(super) struct Worker {
     stop: Arc<EventFd>,
     /// A frame read from the backend that did not fit the buffers available yet.
     pending: Option<Vec<u8>>,
-    backend_watched: bool,
+    /// What the backend fd is registered for (empty: not registered).
+    backend_interest: EventSet,
+    /// Wants backend readability (the guest posted receive buffers).
+    want_rx: bool,
+    /// The backend refused a frame: TX waits for it to become writable.
+    tx_blocked: bool,
     counters: NetCounters,
 }
 
@@ -70,7 +75,9 @@ impl Worker {
             kicks,
             stop,
             pending: None,
-            backend_watched: false,
+            backend_interest: EventSet::empty(),
+            want_rx: false,
+            tx_blocked: false,
             counters: NetCounters::default(),
         }
     }
@@ -99,7 +106,7 @@ impl Worker {
             return self.backend;
         }
         // Whatever the driver queued before the first notification.
-        self.process_tx();
+        self.process_tx(&epoll);
         self.process_rx(&epoll);
         let mut events = vec![EpollEvent::default(); 8];
         loop {
@@ -116,13 +123,22 @@ impl Worker {
                     EV_STOP => return self.backend,
                     EV_TX => {
                         let _ = self.kicks[1].read();
-                        self.process_tx();
+                        self.process_tx(&epoll);
                     }
                     EV_RX => {
                         let _ = self.kicks[0].read();
                         self.process_rx(&epoll);
                     }
-                    EV_BACKEND => self.process_rx(&epoll),
+                    EV_BACKEND => {
+                        let set = ev.event_set();
+                        if set.contains(EventSet::OUT) && self.tx_blocked {
+                            self.tx_blocked = false;
+                            self.process_tx(&epoll);
+                        }
+                        if set.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR) {
+                            self.process_rx(&epoll);
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -130,8 +146,12 @@ impl Worker {
         self.backend
     }
 
-    /// Sends every frame the guest queued.
-    fn process_tx(&mut self) {
+    /// Sends every frame the guest queued; stops (keeping the frame in the ring) while the
+    /// backend cannot take more, and resumes when it becomes writable.
+    fn process_tx(&mut self, epoll: &Epoll) {
+        if self.tx_blocked {
+            return;
+        }
         let mem = self.mem.clone();
         let mut used = false;
         let mut frame = Vec::with_capacity(2048);
@@ -160,6 +180,12 @@ impl Worker {
             if ok && !cut_short && frame.len() > NET_HDR_LEN {
                 match self.backend.send(&frame[NET_HDR_LEN..]) {
                     Ok(()) => self.counters.tx_frames += 1,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        // Full: give the chain back and wait for room.
+                        self.tx.go_to_previous_position();
+                        self.tx_blocked = true;
+                        break;
+                    }
                     Err(e) => {
                         self.counters.tx_dropped += 1;
                         debug_ratelimited!("virtio-net: backend send: {e}");
@@ -177,6 +203,7 @@ impl Worker {
         if used {
             self.interrupt.signal_queue(TX_QUEUE);
         }
+        self.update_backend_watch(epoll);
     }
 
     /// Moves frames from the backend into receive buffers while both exist; watches the
@@ -197,7 +224,8 @@ impl Worker {
                     }
                     Err(e) => {
                         warn_ratelimited!("virtio-net: backend receive: {e}");
-                        self.set_backend_watch(epoll, false);
+                        self.want_rx = false;
+                        self.update_backend_watch(epoll);
                         return;
                     }
                 },
@@ -217,8 +245,8 @@ impl Worker {
             self.interrupt.signal_queue(RX_QUEUE);
         }
         // Watch the backend while the guest has buffers; otherwise wait for a kick.
-        let have_buffers = self.pending.is_none() && self.rx_available(&mem);
-        self.set_backend_watch(epoll, have_buffers);
+        self.want_rx = self.pending.is_none() && self.rx_available(&mem);
+        self.update_backend_watch(epoll);
     }
 
     fn rx_available(&mut self, mem: &GuestMemoryMmap) -> bool {
@@ -231,22 +259,28 @@ impl Worker {
         }
     }
 
-    fn set_backend_watch(&mut self, epoll: &Epoll, on: bool) {
-        if on == self.backend_watched {
+    /// Registers the backend for what the worker waits on: readability while the guest has
+    /// receive buffers, writability while TX is blocked.
+    fn update_backend_watch(&mut self, epoll: &Epoll) {
+        let mut want = EventSet::empty();
+        if self.want_rx {
+            want |= EventSet::IN;
+        }
+        if self.tx_blocked {
+            want |= EventSet::OUT;
+        }
+        if want == self.backend_interest {
             return;
         }
-        let op = if on {
+        let op = if self.backend_interest.is_empty() {
             ControlOperation::Add
-        } else {
+        } else if want.is_empty() {
             ControlOperation::Delete
+        } else {
+            ControlOperation::Modify
         };
-        let r = epoll.ctl(
-            op,
-            self.backend.fd(),
-            EpollEvent::new(EventSet::IN, EV_BACKEND),
-        );
-        match r {
-            Ok(()) => self.backend_watched = on,
+        match epoll.ctl(op, self.backend.fd(), EpollEvent::new(want, EV_BACKEND)) {
+            Ok(()) => self.backend_interest = want,
             Err(e) => warn_ratelimited!("virtio-net: watch backend: {e}"),
         }
     }
