@@ -9,7 +9,7 @@
 pub mod peer;
 pub mod vm;
 
-pub use peer::{PeerMode, SeqpacketPeer};
+pub use peer::{PeerMode, SeqpacketPeer, hold_connections};
 pub use vm::{Output, RunArgs, VmProcess};
 
 use std::io::Write;

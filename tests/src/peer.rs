@@ -131,3 +131,48 @@ impl Drop for SeqpacketPeer {
         }
     }
 }
+
+/// A listener that accepts every connection and holds it open without reading: a host
+/// port for devices whose traffic does not matter.
+pub fn hold_connections(path: &Path) -> JoinHandle<()> {
+    let _ = std::fs::remove_file(path);
+    // SAFETY: plain socket(2); checked.
+    let fd = check(
+        unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) },
+        "socket",
+    );
+    // SAFETY: `fd` is fresh and ours.
+    let listener = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_un is plain data; zero is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
+    check(
+        unsafe { libc::bind(fd, (&raw const addr).cast(), len) },
+        "bind",
+    );
+    // SAFETY: listen(2) on our socket.
+    check(unsafe { libc::listen(fd, 8) }, "listen");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        loop {
+            // SAFETY: accept(2) on our listening socket; the result is checked.
+            let c = unsafe {
+                libc::accept(
+                    listener.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                )
+            };
+            if c < 0 {
+                return;
+            }
+            // SAFETY: `c` is a fresh connected socket.
+            held.push(unsafe { OwnedFd::from_raw_fd(c) });
+        }
+    })
+}

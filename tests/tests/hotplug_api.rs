@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use tests::{RunArgs, require_kvm, vmctl_binary};
+use tests::{RunArgs, hold_connections, require_kvm, vmctl_binary};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
@@ -20,43 +20,6 @@ fn vmctl(sock: &Path, args: &[&str]) -> (i32, serde_json::Value) {
     (out.status.code().unwrap_or(-1), v)
 }
 
-/// A seqpacket listener standing for nicd's host port (accepts and holds connections).
-fn peer(path: &Path) -> std::thread::JoinHandle<()> {
-    let _ = std::fs::remove_file(path);
-    // std has no seqpacket listener (a stream listener refuses SOCK_SEQPACKET connects).
-    let fd = seqpacket_listen(path);
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        loop {
-            // SAFETY: accept(2) on our listening socket; the result is checked.
-            let c = unsafe { libc::accept(fd, std::ptr::null_mut(), std::ptr::null_mut()) };
-            if c < 0 {
-                break;
-            }
-            held.push(c);
-        }
-    })
-}
-
-fn seqpacket_listen(path: &Path) -> i32 {
-    use std::os::unix::ffi::OsStrExt;
-    // SAFETY: plain socket(2) call; checked below.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
-    assert!(fd >= 0);
-    // SAFETY: sockaddr_un is plain data; all zeros is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (d, s) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
-        *d = *s as libc::c_char;
-    }
-    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes; `fd` is our socket.
-    assert_eq!(unsafe { libc::bind(fd, (&raw const addr).cast(), len) }, 0);
-    // SAFETY: listen(2) on our bound socket.
-    assert_eq!(unsafe { libc::listen(fd, 8) }, 0);
-    fd
-}
-
 fn temp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("vmm-hp-{}-{name}", std::process::id()))
 }
@@ -68,7 +31,7 @@ fn hot_add_list_and_surprise_remove() {
     }
     let api = temp("api.sock");
     let host = temp("host.sock");
-    let _peer = peer(&host);
+    let _peer = hold_connections(&host);
     let mut vm = RunArgs::testguest("idle", 1, "256M")
         .with(&[
             "--api-socket".as_ref(),

@@ -13,6 +13,7 @@ use crate::cmdline::Cmdline;
 
 mod acpi;
 mod boot;
+mod hotplug;
 mod lifecycle;
 mod pci_enum;
 mod smp;
@@ -61,6 +62,10 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "net-bench",
         run: virtio_net::bench,
+    },
+    Scenario {
+        name: "hotplug",
+        run: hotplug::run,
     },
     Scenario {
         name: "idle",
