@@ -39,8 +39,13 @@ pub(super) struct Worker {
     backend: Arc<dyn NetBackend>,
     kicks: [Arc<EventFd>; 2],
     stop: Arc<EventFd>,
-    /// A frame read from the backend that did not fit the buffers available yet.
-    pending: Option<Vec<u8>>,
+    /// Header room plus the frame being received: reused for every frame, so the receive
+    /// path allocates nothing.
+    rx_buf: Vec<u8>,
+    /// Length of a frame in `rx_buf` that did not fit the buffers available yet.
+    pending: Option<usize>,
+    /// The frame being sent, reused likewise.
+    tx_buf: Vec<u8>,
     /// What the backend fd is registered for (empty: not registered).
     backend_interest: EventSet,
     /// Wants backend readability (the guest posted receive buffers).
@@ -74,7 +79,9 @@ impl Worker {
             backend,
             kicks,
             stop,
+            rx_buf: vec![0u8; NET_HDR_LEN + MAX_FRAME],
             pending: None,
+            tx_buf: Vec::with_capacity(NET_HDR_LEN + MAX_FRAME),
             backend_interest: EventSet::empty(),
             want_rx: false,
             tx_blocked: false,
@@ -154,7 +161,7 @@ impl Worker {
         }
         let mem = self.mem.clone();
         let mut used = false;
-        let mut frame = Vec::with_capacity(2048);
+        let mut frame = std::mem::take(&mut self.tx_buf);
         while let Some(chain) = self.tx.pop_descriptor_chain(&mem) {
             let head = chain.head_index();
             frame.clear();
@@ -200,6 +207,7 @@ impl Worker {
             }
             used = true;
         }
+        self.tx_buf = frame;
         if used {
             self.interrupt.signal_queue(TX_QUEUE);
         }
@@ -211,12 +219,11 @@ impl Worker {
     fn process_rx(&mut self, epoll: &Epoll) {
         let mem = self.mem.clone();
         let mut delivered = false;
-        let mut buf = vec![0u8; MAX_FRAME];
         loop {
-            let frame = match self.pending.take() {
-                Some(f) => f,
-                None => match self.backend.recv(&mut buf) {
-                    Ok(n) => buf[..n].to_vec(),
+            let len = match self.pending.take() {
+                Some(n) => n,
+                None => match self.backend.recv(&mut self.rx_buf[NET_HDR_LEN..]) {
+                    Ok(n) => n,
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::InvalidData => {
                         self.counters.rx_dropped += 1;
@@ -230,13 +237,13 @@ impl Worker {
                     }
                 },
             };
-            match self.deliver(&mem, &frame) {
+            match self.deliver(&mem, len) {
                 Ok(()) => {
                     delivered = true;
                     self.counters.rx_frames += 1;
                 }
                 Err(NoBuffers) => {
-                    self.pending = Some(frame);
+                    self.pending = Some(len);
                     break;
                 }
             }
@@ -285,11 +292,11 @@ impl Worker {
         }
     }
 
-    /// Writes header + frame into as many receive chains as it takes (mergeable buffers).
-    fn deliver(&mut self, mem: &GuestMemoryMmap, frame: &[u8]) -> Result<(), NoBuffers> {
-        let mut stream = Vec::with_capacity(NET_HDR_LEN + frame.len());
-        stream.extend_from_slice(&rx_header(1));
-        stream.extend_from_slice(frame);
+    /// Writes header + the `len`-byte frame in `rx_buf` into as many receive chains as it
+    /// takes (mergeable buffers).
+    fn deliver(&mut self, mem: &GuestMemoryMmap, len: usize) -> Result<(), NoBuffers> {
+        self.rx_buf[..NET_HDR_LEN].copy_from_slice(&rx_header(1));
+        let stream = &self.rx_buf[..NET_HDR_LEN + len];
         let mut used: Vec<(u16, u32)> = Vec::new();
         let mut written = 0usize;
         // Where num_buffers (stream bytes 10 and 11) landed, to fix it up at the end.
