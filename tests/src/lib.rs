@@ -115,6 +115,18 @@ pub fn vmctl_binary() -> PathBuf {
     built("vmctl")
 }
 
+/// Runs `vmctl --socket SOCK ARGS...`: exit code and the JSON it printed (Null if none).
+pub fn vmctl(sock: &Path, args: &[&str]) -> (i32, serde_json::Value) {
+    let out = Command::new(vmctl_binary())
+        .arg("--socket")
+        .arg(sock)
+        .args(args)
+        .output()
+        .expect("run vmctl");
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), v)
+}
+
 /// The test guest ELF built alongside these tests (the workspace member `testguest`).
 pub fn testguest_elf() -> PathBuf {
     built("testguest")

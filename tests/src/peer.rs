@@ -1,12 +1,13 @@
 //! A unix seqpacket peer for a VM's `--net socket=PATH` backend, standing where nicd's
 //! host port will be: it listens, accepts the VMM, and echoes or sinks frames.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
+
+use devices::virtio::net::{seqpacket_accept, seqpacket_listen};
 
 /// What the peer does with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,39 +36,17 @@ pub struct SeqpacketPeer {
     thread: Option<JoinHandle<()>>,
 }
 
-fn check(rc: i32, what: &str) -> i32 {
-    assert!(rc >= 0, "{what}: {}", std::io::Error::last_os_error());
-    rc
-}
-
 impl SeqpacketPeer {
     /// Listens at `path` (replacing a stale socket).
     pub fn listen(path: &Path, mode: PeerMode) -> Self {
-        let _ = std::fs::remove_file(path);
-        // SAFETY: plain socket(2); checked.
-        let fd = check(
-            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) },
-            "socket",
-        );
-        // SAFETY: `fd` is fresh and ours.
-        let listener = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: sockaddr_un is plain data; zero is valid.
-        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        for (d, s) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
-            *d = *s as libc::c_char;
-        }
-        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-        // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
-        check(
-            unsafe { libc::bind(fd, (&raw const addr).cast(), len) },
-            "bind",
-        );
-        // SAFETY: listen(2) on our socket.
-        check(unsafe { libc::listen(fd, 1) }, "listen");
+        let listener = seqpacket_listen(path, 1).expect("listen on the peer socket");
         let counters = Arc::new(PeerCounters::default());
         let c = counters.clone();
-        let thread = std::thread::spawn(move || serve(listener, mode, &c));
+        let thread = std::thread::spawn(move || {
+            if let Ok(conn) = seqpacket_accept(&listener) {
+                serve(&conn, mode, &c);
+            }
+        });
         Self {
             path: path.to_path_buf(),
             counters,
@@ -86,20 +65,7 @@ impl SeqpacketPeer {
     }
 }
 
-fn serve(listener: OwnedFd, mode: PeerMode, counters: &PeerCounters) {
-    // SAFETY: accept(2) on our listening socket; checked.
-    let c = unsafe {
-        libc::accept(
-            listener.as_raw_fd(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-        )
-    };
-    if c < 0 {
-        return;
-    }
-    // SAFETY: `c` is a fresh connected socket.
-    let conn = unsafe { OwnedFd::from_raw_fd(c) };
+fn serve(conn: &OwnedFd, mode: PeerMode, counters: &PeerCounters) {
     let mut buf = vec![0u8; 65_536];
     loop {
         // SAFETY: `buf` is valid for writes of its length.
@@ -135,44 +101,11 @@ impl Drop for SeqpacketPeer {
 /// A listener that accepts every connection and holds it open without reading: a host
 /// port for devices whose traffic does not matter.
 pub fn hold_connections(path: &Path) -> JoinHandle<()> {
-    let _ = std::fs::remove_file(path);
-    // SAFETY: plain socket(2); checked.
-    let fd = check(
-        unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) },
-        "socket",
-    );
-    // SAFETY: `fd` is fresh and ours.
-    let listener = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_un is plain data; zero is valid.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (d, s) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
-        *d = *s as libc::c_char;
-    }
-    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
-    check(
-        unsafe { libc::bind(fd, (&raw const addr).cast(), len) },
-        "bind",
-    );
-    // SAFETY: listen(2) on our socket.
-    check(unsafe { libc::listen(fd, 8) }, "listen");
+    let listener = seqpacket_listen(path, 8).expect("listen on the host socket");
     std::thread::spawn(move || {
         let mut held = Vec::new();
-        loop {
-            // SAFETY: accept(2) on our listening socket; the result is checked.
-            let c = unsafe {
-                libc::accept(
-                    listener.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                )
-            };
-            if c < 0 {
-                return;
-            }
-            // SAFETY: `c` is a fresh connected socket.
-            held.push(unsafe { OwnedFd::from_raw_fd(c) });
+        while let Ok(c) = seqpacket_accept(&listener) {
+            held.push(c);
         }
     })
 }

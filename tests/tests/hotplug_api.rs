@@ -1,24 +1,12 @@
 //! The device API with a running VM: hot-add of virtio-net devices, listing, surprise
 //! removal and malformed requests, driven through the real `vmctl`.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use tests::{RunArgs, hold_connections, require_kvm, vmctl_binary};
+use tests::{RunArgs, hold_connections, require_kvm, vmctl};
 
 const DEADLINE: Duration = Duration::from_secs(120);
-
-fn vmctl(sock: &Path, args: &[&str]) -> (i32, serde_json::Value) {
-    let out = Command::new(vmctl_binary())
-        .arg("--socket")
-        .arg(sock)
-        .args(args)
-        .output()
-        .expect("run vmctl");
-    let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    (out.status.code().unwrap_or(-1), v)
-}
 
 fn temp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("vmm-hp-{}-{name}", std::process::id()))

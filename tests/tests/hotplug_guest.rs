@@ -2,24 +2,12 @@
 //! the test guest plays pciehp (scenario `hotplug`): hot-add, orderly removal through the
 //! attention button and the guest's power-off, and surprise removal.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use tests::{RunArgs, VmProcess, hold_connections, require_kvm, vmctl_binary};
+use tests::{RunArgs, VmProcess, hold_connections, require_kvm, vmctl};
 
 const DEADLINE: Duration = Duration::from_secs(120);
-
-fn vmctl(sock: &Path, args: &[&str]) -> (i32, serde_json::Value) {
-    let out = Command::new(vmctl_binary())
-        .arg("--socket")
-        .arg(sock)
-        .args(args)
-        .output()
-        .expect("run vmctl");
-    let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    (out.status.code().unwrap_or(-1), v)
-}
 
 fn temp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("vmm-hpg-{}-{name}", std::process::id()))

@@ -192,9 +192,10 @@ mod net {
     //! The virtio-net benchmark.
 
     use std::io::{BufRead, BufReader};
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    use std::os::unix::ffi::OsStrExt;
+    use std::os::fd::AsRawFd;
     use std::path::Path;
+
+    use devices::virtio::net::{seqpacket_accept, seqpacket_listen};
     use std::process::{Command, ExitCode, Stdio};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -204,47 +205,14 @@ mod net {
     const TAP: &str = "vmmbench0";
 
     /// Counts what a seqpacket sink receives.
-    fn sink(path: &Path) -> std::io::Result<(Arc<AtomicU64>, Arc<AtomicU64>)> {
-        let _ = std::fs::remove_file(path);
-        // SAFETY: plain socket(2); checked.
-        let fd =
-            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is fresh and ours.
-        let listener = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: sockaddr_un is plain data; zero is valid.
-        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        for (d, s) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
-            *d = *s as libc::c_char;
-        }
-        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-        // SAFETY: `addr` is a valid sockaddr_un of `len` bytes; then listen on our socket.
-        if unsafe { libc::bind(fd, (&raw const addr).cast(), len) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: listen(2) on our bound socket.
-        if unsafe { libc::listen(fd, 1) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let (frames, bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let (f, b) = (frames.clone(), bytes.clone());
+    fn sink(path: &Path) -> std::io::Result<Arc<AtomicU64>> {
+        let listener = seqpacket_listen(path, 1)?;
+        let frames = Arc::new(AtomicU64::new(0));
+        let f = frames.clone();
         std::thread::spawn(move || {
-            // SAFETY: accept(2) on our listening socket.
-            let c = unsafe {
-                libc::accept(
-                    listener.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                )
-            };
-            if c < 0 {
+            let Ok(conn) = seqpacket_accept(&listener) else {
                 return;
-            }
-            // SAFETY: `c` is a fresh connected socket.
-            let conn = unsafe { OwnedFd::from_raw_fd(c) };
+            };
             let mut buf = vec![0u8; 65_536];
             loop {
                 // SAFETY: `buf` is valid for writes of its length.
@@ -254,10 +222,9 @@ mod net {
                     return;
                 }
                 f.fetch_add(1, Ordering::Relaxed);
-                b.fetch_add(n as u64, Ordering::Relaxed);
             }
         });
-        Ok((frames, bytes))
+        Ok(frames)
     }
 
     fn sh(args: &[&str]) -> bool {
@@ -303,7 +270,7 @@ mod net {
         let sock = std::env::temp_dir().join(format!("vmm-bench-net-{}.sock", std::process::id()));
         let (mut cmd, counter) = match backend {
             "socket" => {
-                let (f, _) = sink(&sock).map_err(|e| format!("sink: {e}"))?;
+                let f = sink(&sock).map_err(|e| format!("sink: {e}"))?;
                 let mut c = Command::new(&vmm);
                 c.arg("run")
                     .arg("--net")

@@ -31,37 +31,85 @@ fn cvt(rc: isize) -> io::Result<usize> {
     }
 }
 
+/// The address of the unix socket at `path`.
+fn sockaddr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; zeroed is a valid initial value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket path too long",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    Ok((
+        addr,
+        std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+    ))
+}
+
+/// A new seqpacket socket with `flags` (SOCK_NONBLOCK...), close-on-exec.
+fn seqpacket_socket(flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the result is checked.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | flags,
+            0,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// A seqpacket socket listening at `path` (a stale socket file there is replaced): the
+/// other end of a `socket=PATH` backend, for nicd, tests and benchmarks.
+pub fn seqpacket_listen(path: &Path, backlog: i32) -> io::Result<OwnedFd> {
+    let _ = std::fs::remove_file(path);
+    let (addr, len) = sockaddr(path)?;
+    let fd = seqpacket_socket(0)?;
+    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes; `fd` is our socket.
+    if unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: listen(2) on our bound socket.
+    if unsafe { libc::listen(fd.as_raw_fd(), backlog) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Accepts one connection on a listening socket (blocking).
+pub fn seqpacket_accept(listener: &OwnedFd) -> io::Result<OwnedFd> {
+    // SAFETY: accept4(2) on a listening socket; the result is checked.
+    let c = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    if c < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `c` is a fresh connected socket nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(c) })
+}
+
 impl SeqpacketBackend {
     /// Connects to the seqpacket socket listening at `path`.
     pub fn connect(path: &Path) -> io::Result<Self> {
-        use std::os::unix::ffi::OsStrExt;
-        let bytes = path.as_os_str().as_bytes();
-        // SAFETY: sockaddr_un is plain data; zeroed is a valid initial value.
-        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-        if bytes.len() >= addr.sun_path.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "socket path too long",
-            ));
-        }
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-            *d = *s as libc::c_char;
-        }
-        // SAFETY: plain socket(2) call; the result is checked.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_UNIX,
-                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                0,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        let (addr, len) = sockaddr(path)?;
+        let fd = seqpacket_socket(libc::SOCK_NONBLOCK)?;
         // SAFETY: `addr` is a valid sockaddr_un of `len` bytes; `fd` is a socket.
         let rc = unsafe { libc::connect(fd.as_raw_fd(), (&raw const addr).cast(), len) };
         if rc < 0 {

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-pub use backend::{NetBackend, SeqpacketBackend, TapBackend};
+pub use backend::{NetBackend, SeqpacketBackend, TapBackend, seqpacket_accept, seqpacket_listen};
 
 use super::{ActivateContext, ActivateError, VirtioDevice, read_config_bytes};
 use crate::warn_ratelimited;
