@@ -3,183 +3,401 @@
 #
 #   guest-images/build.sh [testguest|linux|all]     (default: all)
 #
-# testguest: the ring-3 test guest (workspace member guest-images/testguest), as
-#            out/testguest.elf.
-# linux:     out/vmlinux (ELF, extracted from Debian's 6.12 kernel package from
-#            bookworm-backports), out/vmlinux.config, out/linux-version, and
-#            out/initramfs.cpio.gz (busybox-static, the virtio_net / net_failover /
-#            failover / virtio-iommu modules, guest-images/linux/init and scenarios).
+# testguest: `cargo build --release -p testguest` (the ring-3 test guest, a workspace
+#            member), copied to out/testguest.elf when it changed.
+# linux:     out/vmlinux        ELF vmlinux extracted from Debian's 6.12 amd64 kernel
+#                               package (the newest linux-image-6.12.*-amd64-unsigned in
+#                               bookworm-backports or trixie)
+#            out/vmlinux.config that package's boot/config-*
+#            out/linux-version  the kernel release (uname -r)
+#            out/initramfs.cpio.gz  busybox-static (bookworm), the modules virtio_iommu,
+#                               failover, net_failover, virtio_net (and what they need),
+#                               guest-images/linux/init and guest-images/linux/scenarios/
+#            out/initramfs.modules  the modules in the initramfs, in load order
+#            cache/vmlinuz      the package's bzImage (for QEMU, which wants a bzImage)
+#            See guest-images/linux/README.md.
 #
-# Debian packages are fetched with `apt-get download` through a private apt
-# configuration under guest-images/cache/ (the system's apt sources are not touched) and
-# unpacked with dpkg-deb; nothing is installed but host tools that are missing.
-# Override the kernel package with LINUX_IMAGE_PKG=linux-image-...-amd64-unsigned.
+# Debian packages are fetched with `apt-get download` through a private apt configuration
+# under cache/apt/ (the system's apt sources and state are not touched) and unpacked with
+# dpkg-deb. Only missing host tools are installed on the system, from its own sources.
+# The linux target is rebuilt when out/.linux.stamp (a hash of this script, linux/init,
+# linux/extract-vmlinux.sh, linux/scenarios/*.sh and the names, so versions, of the .debs
+# used) no longer matches. The private package lists are refreshed once a day, so a new
+# Debian kernel release is picked up (and rebuilt) then.
+#
+# Environment:
+#   LINUX_IMAGE_PKG=linux-image-6.12.N+debNN-amd64-unsigned   use that kernel package
+#   GUEST_IMAGES_OFFLINE=1   do not refresh the package lists (use the cached ones)
 set -euo pipefail
+umask 022
+export LC_ALL=C
 
-here=$(cd "$(dirname "$0")" && pwd)
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
+linux_dir="$here/linux"
 out="$here/out"
 cache="$here/cache"
 target=${1:-all}
 
+# The modules the Linux scenarios need, in load order: virtio_iommu first, because every
+# device its VIOT covers (root ports included) is probe-deferred until it is loaded.
+# Their module dependencies (modules.dep) are added ahead of each.
+linux_modules=(virtio_iommu failover net_failover virtio_net)
+# Reported as built in or module (the virtio core the above rely on).
+linux_core_modules=(virtio virtio_ring virtio_pci virtio_pci_modern_dev virtio_pci_legacy_dev)
+
 say() { printf 'build.sh: %s\n' "$*" >&2; }
 die() { printf 'build.sh: error: %s\n' "$*" >&2; exit 1; }
 
+apt_updated=0
+# need_tools COMMAND:PACKAGE...: installs, from the system's apt sources, the packages of
+# the commands that are missing.
 need_tools() {
-  # tool:package pairs
-  local missing=()
+  local pair missing=()
   for pair in "$@"; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
   done
   [ "${#missing[@]}" -eq 0 ] && return 0
   [ "$(id -u)" -eq 0 ] || die "missing host packages: ${missing[*]} (install them, or run as root)"
-  say "installing host packages: ${missing[*]}"
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  command -v apt-get >/dev/null 2>&1 || die "missing host packages: ${missing[*]}, and no apt-get"
+  say "installing missing host packages: ${missing[*]}"
+  if [ "$apt_updated" -eq 0 ]; then
+    apt-get update -qq || die "apt-get update failed"
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+    >/dev/null || die "could not install: ${missing[*]}"
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || die "${pair%%:*} is still missing after installing ${pair#*:}"
+  done
 }
+
+human() { numfmt --to=iec-i --suffix=B "$1"; }
+
+# --- testguest --------------------------------------------------------------------------
 
 build_testguest() {
-  need_tools cargo:cargo
-  say "building the test guest"
-  (cd "$root" && cargo build --release -p testguest --quiet)
-  mkdir -p "$out"
+  if ! command -v cargo >/dev/null 2>&1 && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
+    PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+  fi
+  command -v cargo >/dev/null 2>&1 ||
+    die "cargo is missing: install the Rust toolchain (e.g. with rustup) and put cargo on PATH"
+  say "testguest: cargo build --release -p testguest"
+  (cd "$root" && cargo build --release -p testguest --quiet) || die "cargo build of testguest failed"
   local elf="$root/target/release/testguest"
-  if ! cmp -s "$elf" "$out/testguest.elf"; then
-    cp "$elf" "$out/testguest.elf"
-    say "updated $out/testguest.elf"
+  [ -f "$elf" ] || die "cargo did not produce $elf"
+  mkdir -p "$out"
+  if cmp -s "$elf" "$out/testguest.elf"; then
+    say "testguest: out/testguest.elf is up to date"
   else
-    say "testguest.elf is up to date"
+    cp "$elf" "$out/testguest.elf.tmp"
+    mv "$out/testguest.elf.tmp" "$out/testguest.elf"
+    say "testguest: updated out/testguest.elf"
   fi
+  built+=("$out/testguest.elf")
 }
 
-# apt-get with a private configuration: bookworm-backports (the 6.12 kernel) and
-# bookworm (busybox-static), lists and archives under cache/apt.
+# --- Debian packages through a private apt configuration --------------------------------
+
+apt_dir="$cache/apt"
+keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+
+# private_apt apt-get|apt-cache ARGS...
 private_apt() {
-  local apt="$cache/apt"
-  mkdir -p "$apt/lists/partial" "$apt/archives/partial"
-  cat > "$apt/sources.list" <<SRC
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main
-SRC
-  "$1" -o Dir::Etc::SourceList="$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null \
-    -o Dir::State::Lists="$apt/lists" -o Dir::Cache="$apt" -o Dir::Cache::archives="$apt/archives" \
-    -o Debug::NoLocking=1 -o APT::Sandbox::User=root "${@:2}"
+  local tool=$1
+  shift
+  "$tool" -o Dir::Etc::SourceList="$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null \
+    -o Dir::Etc::Preferences=/dev/null -o Dir::Etc::PreferencesParts=/dev/null \
+    -o Dir::State="$apt_dir/state" -o Dir::State::Lists="$apt_dir/lists" \
+    -o Dir::State::status="$apt_dir/state/status" \
+    -o Dir::Cache="$apt_dir/cache" -o Dir::Cache::archives="$apt_dir/archives" \
+    -o Dir::Cache::pkgcache=pkgcache.bin -o Dir::Cache::srcpkgcache= \
+    -o Acquire::Languages=none -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false \
+    -o Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false \
+    -o Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false \
+    -o Acquire::IndexTargets::deb::CNF::DefaultEnabled=false \
+    -o APT::Sandbox::User=root -o Debug::NoLocking=1 "$@"
 }
 
-fetch_deb() { # package -> path of the .deb in cache/debs
-  local pkg=$1 debs="$cache/debs"
-  mkdir -p "$debs"
-  local ver
-  ver=$(private_apt apt-cache policy "$pkg" | awk '/Candidate:/ {print $2}')
-  [ -n "$ver" ] && [ "$ver" != "(none)" ] || die "package $pkg is not available"
-  local file
-  file=$(find "$debs" -maxdepth 1 -name "${pkg}_*.deb" -print | head -n 1)
-  if [ -z "$file" ] || [ "$(dpkg-deb -f "$file" Version)" != "$ver" ]; then
-    rm -f "$debs/${pkg}"_*.deb
-    say "downloading $pkg $ver"
-    (cd "$debs" && private_apt apt-get download -qq "$pkg" >/dev/null)
-    file=$(find "$debs" -maxdepth 1 -name "${pkg}_*.deb" -print | head -n 1)
+setup_private_apt() {
+  if [ ! -r "$keyring" ]; then
+    [ "$(id -u)" -eq 0 ] || die "$keyring is missing: install debian-archive-keyring"
+    say "installing debian-archive-keyring (for $keyring)"
+    apt-get update -qq && apt_updated=1
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debian-archive-keyring >/dev/null ||
+      die "could not install debian-archive-keyring"
+    [ -r "$keyring" ] || die "$keyring is still missing"
   fi
-  [ -f "$file" ] || die "download of $pkg failed"
-  echo "$file"
+  mkdir -p "$apt_dir/lists/partial" "$apt_dir/archives/partial" "$apt_dir/state" "$apt_dir/cache"
+  [ -f "$apt_dir/state/status" ] || : >"$apt_dir/state/status"
+  local sources
+  sources=$(printf 'deb [signed-by=%s] http://deb.debian.org/debian %s main\n' \
+    "$keyring" bookworm "$keyring" bookworm-backports "$keyring" trixie)
+  if [ ! -f "$apt_dir/sources.list" ] || [ "$(cat "$apt_dir/sources.list")" != "$sources" ]; then
+    printf '%s\n' "$sources" >"$apt_dir/sources.list"
+    rm -f "$apt_dir/lists/"*Packages* # the suites changed: fetch the lists again
+  fi
+  local fresh
+  fresh=$(find "$apt_dir/lists" -maxdepth 1 -name '*_Packages*' -mmin -1440 2>/dev/null | head -n 1)
+  if [ -n "$fresh" ]; then
+    return 0
+  fi
+  if [ "${GUEST_IMAGES_OFFLINE:-0}" = 1 ]; then
+    say "GUEST_IMAGES_OFFLINE=1: not refreshing the package lists"
+    return 0
+  fi
+  say "refreshing the private package lists (bookworm, bookworm-backports, trixie) in cache/apt"
+  if ! private_apt apt-get update -qq >/dev/null; then
+    if find "$apt_dir/lists" -maxdepth 1 -name '*_Packages*' | grep -q .; then
+      say "warning: apt-get update failed; using the package lists from the last update"
+    else
+      die "apt-get update failed and there are no cached package lists"
+    fi
+  fi
+}
+
+# deb_version PACKAGE SUITE: the version of PACKAGE in SUITE ("" if none).
+deb_version() {
+  private_apt apt-cache madison "$1" 2>/dev/null |
+    awk -F'|' -v s=" $2/main " 'index($3, s) { gsub(/ /, "", $2); print $2; exit }'
+}
+
+# fetch_deb PACKAGE VERSION: prints the path of PACKAGE_VERSION_amd64.deb in cache/debs,
+# downloading it unless it is there already.
+fetch_deb() {
+  local pkg=$1 ver=$2 debs="$cache/debs" file f
+  mkdir -p "$debs"
+  file=""
+  for f in "$debs/${pkg}_"*.deb; do
+    [ -f "$f" ] || continue
+    if [ "$(dpkg-deb -f "$f" Version)" = "$ver" ]; then
+      file=$f
+    else
+      say "removing the outdated $(basename "$f")"
+      rm -f "$f"
+    fi
+  done
+  if [ -z "$file" ]; then
+    local size
+    size=$(private_apt apt-cache show "$pkg=$ver" 2>/dev/null | awk '/^Size:/ { print $2; exit }')
+    say "downloading $pkg $ver ($(human "${size:-0}"))"
+    (cd "$debs" && private_apt apt-get download -qq "$pkg=$ver" >/dev/null) ||
+      die "apt-get download $pkg=$ver failed"
+    for f in "$debs/${pkg}_"*.deb; do
+      [ -f "$f" ] && [ "$(dpkg-deb -f "$f" Version)" = "$ver" ] && file=$f
+    done
+    [ -n "$file" ] || die "the download of $pkg $ver left no .deb in $debs"
+  fi
+  printf '%s\n' "$file"
+}
+
+# --- linux ------------------------------------------------------------------------------
+
+# choose_kernel: sets kpkg and kver_deb (package name and version).
+choose_kernel() {
+  kpkg=${LINUX_IMAGE_PKG:-}
+  if [ -z "$kpkg" ]; then
+    kpkg=$(private_apt apt-cache pkgnames linux-image-6.12. |
+      grep -E '^linux-image-6\.12\.[0-9]+\+deb1[23](\.[0-9]+)?-amd64-unsigned$' | sort -V | tail -n 1) ||
+      true
+    [ -n "$kpkg" ] || die "no linux-image-6.12.*-amd64-unsigned in bookworm-backports or trixie"
+  fi
+  kver_deb=""
+  local suite f
+  for suite in trixie bookworm-backports bookworm; do
+    kver_deb=$(deb_version "$kpkg" "$suite")
+    [ -z "$kver_deb" ] || break
+  done
+  if [ -z "$kver_deb" ]; then
+    # Gone from the mirror (Debian keeps only the newest): a cached copy still does.
+    for f in "$cache/debs/${kpkg}_"*.deb; do
+      [ -f "$f" ] && kver_deb=$(dpkg-deb -f "$f" Version)
+    done
+    [ -n "$kver_deb" ] || die "package $kpkg is not available in bookworm-backports or trixie"
+    say "warning: $kpkg is no longer in the package lists; using the cached $kver_deb"
+  fi
+}
+
+# module_path NAME: the path (relative to the modules directory) of module NAME in
+# modules.dep or modules.builtin; "-" and "_" are the same in module names.
+module_path() {
+  local re="/${1//[-_]/[-_]}\\.ko(\\.xz|\\.zst|\\.gz)?\$"
+  cut -d: -f1 "$2" | grep -E "$re" | head -n 1 || true
 }
 
 build_linux() {
-  need_tools apt-get:apt dpkg-deb:dpkg python3:python3 zstd:zstd xz:xz-utils sha256sum:coreutils depmod:kmod
+  need_tools apt-get:apt dpkg-deb:dpkg cpio:cpio gzip:gzip zstd:zstd xz:xz-utils \
+    readelf:binutils depmod:kmod modinfo:kmod numfmt:coreutils sha256sum:coreutils
   mkdir -p "$out" "$cache"
-  # Refresh the package lists at most once a day.
-  if [ -z "$(find "$cache/apt/lists" -maxdepth 1 -name '*Packages*' -mtime -1 2>/dev/null | head -n 1)" ]; then
-    say "updating the private package lists"
-    private_apt apt-get update -qq >/dev/null
-  fi
-  local kpkg=${LINUX_IMAGE_PKG:-}
-  if [ -z "$kpkg" ]; then
-    kpkg=$(private_apt apt-cache pkgnames linux-image-6.12 \
-      | grep -E '^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$' | sort -V | tail -n 1)
-    [ -n "$kpkg" ] || die "no linux-image-6.12.*-amd64-unsigned in bookworm-backports"
-  fi
-  local kdeb bdeb
-  kdeb=$(fetch_deb "$kpkg")
-  bdeb=$(fetch_deb busybox-static)
+  setup_private_apt
+  local kpkg kver_deb bver kdeb bdeb
+  choose_kernel
+  bver=$(deb_version busybox-static bookworm)
+  [ -n "$bver" ] || die "busybox-static is not available in bookworm"
+  kdeb=$(fetch_deb "$kpkg" "$kver_deb")
+  bdeb=$(fetch_deb busybox-static "$bver")
+  local f
+  for f in "$cache/debs/"*.deb; do
+    if [ -f "$f" ] && [ "$f" != "$kdeb" ] && [ "$f" != "$bdeb" ]; then
+      say "removing the unused $(basename "$f")"
+      rm -f "$f"
+    fi
+  done
 
   local stamp
-  stamp=$(cat "$here/build.sh" "$here/linux/init" "$here/linux/extract-vmlinux.py" \
-    "$here/linux/mkinitramfs.py" "$here"/linux/scenarios/* \
-    <(basename "$kdeb") <(basename "$bdeb") | sha256sum | cut -d' ' -f1)
-  if [ -f "$out/.linux.stamp" ] && [ "$(cat "$out/.linux.stamp")" = "$stamp" ] \
-    && [ -f "$out/vmlinux" ] && [ -f "$out/initramfs.cpio.gz" ]; then
-    say "vmlinux and initramfs.cpio.gz are up to date ($(cat "$out/linux-version"))"
+  stamp=$({
+    cat "$here/build.sh" "$linux_dir/init" "$linux_dir/extract-vmlinux.sh" \
+      "$linux_dir"/scenarios/*.sh
+    basename "$kdeb"
+    basename "$bdeb"
+  } | sha256sum | cut -d' ' -f1)
+  local uptodate=1
+  for f in vmlinux vmlinux.config linux-version initramfs.cpio.gz initramfs.modules; do
+    [ -f "$out/$f" ] || uptodate=0
+  done
+  [ -f "$cache/vmlinuz" ] || uptodate=0
+  if [ "$uptodate" = 1 ] && [ "$(cat "$out/.linux.stamp" 2>/dev/null)" = "$stamp" ]; then
+    say "linux: out/vmlinux and out/initramfs.cpio.gz are up to date ($(cat "$out/linux-version"))"
+    built+=("$out/vmlinux" "$out/vmlinux.config" "$out/linux-version" "$out/initramfs.cpio.gz")
     return 0
   fi
+  rm -f "$out/.linux.stamp"
 
   local work="$cache/work"
   rm -rf "$work"
-  mkdir -p "$work/kernel" "$work/busybox" "$work/initramfs"
-  say "unpacking $(basename "$kdeb")"
+  mkdir -p "$work/kernel" "$work/busybox"
+  say "linux: unpacking $(basename "$kdeb")"
   dpkg-deb -x "$kdeb" "$work/kernel"
   dpkg-deb -x "$bdeb" "$work/busybox"
-  local kver
-  kver=$(basename "$(find "$work/kernel/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n 1)")
-  [ -n "$kver" ] || die "no modules in $kdeb"
 
-  python3 "$here/linux/extract-vmlinux.py" "$work/kernel/boot/vmlinuz-$kver" "$work/vmlinux"
-  readelf -h "$work/vmlinux" | grep -q 'ELF64' || die "extracted vmlinux is not ELF64"
-  cp "$work/kernel/boot/config-$kver" "$out/vmlinux.config"
+  # The kernel release, from the modules directory (lib/modules or usr/lib/modules).
+  local moddir kver
+  moddir=$(find "$work/kernel" -mindepth 3 -maxdepth 4 -type d -path '*lib/modules/6.12*' | head -n 1)
+  [ -n "$moddir" ] || die "no lib/modules/6.12* in $(basename "$kdeb")"
+  kver=$(basename "$moddir")
+  [ -f "$work/kernel/boot/vmlinuz-$kver" ] || die "no boot/vmlinuz-$kver in $(basename "$kdeb")"
+  [ -f "$work/kernel/boot/config-$kver" ] || die "no boot/config-$kver in $(basename "$kdeb")"
 
-  # The initramfs.
-  local ir="$work/initramfs"
-  mkdir -p "$ir/bin" "$ir/sbin" "$ir/etc" "$ir/proc" "$ir/sys" "$ir/dev" "$ir/tmp" \
-    "$ir/lib/modules" "$ir/scenarios"
-  cp "$work/busybox/bin/busybox" "$ir/bin/busybox"
-  for applet in $("$ir/bin/busybox" --list); do
-    [ "$applet" = busybox ] || ln -sf busybox "$ir/bin/$applet"
-  done
-  # Modules, with their dependencies first. The package has no modules.dep (depmod runs
-  # at install time), so make one for the unpacked tree.
-  local mdir="$work/kernel/lib/modules/$kver"
-  depmod -b "$work/kernel" "$kver"
-  local order=()
-  add_module() { # path relative to $mdir
-    local m=$1 dep
-    for seen in "${order[@]:-}"; do [ "$seen" = "$m" ] && return 0; done
-    for dep in $(awk -F': ' -v m="$m" '$1 == m { print $2 }' "$mdir/modules.dep"); do
+  # 1. vmlinux from the bzImage.
+  say "linux: extracting vmlinux from boot/vmlinuz-$kver"
+  "$linux_dir/extract-vmlinux.sh" "$work/kernel/boot/vmlinuz-$kver" "$work/vmlinux"
+  local hdr
+  hdr=$(readelf -h "$work/vmlinux")
+  grep -qE '^ *Class: +ELF64$' <<<"$hdr" || die "the extracted vmlinux is not ELF64"
+  grep -qE '^ *Type: +EXEC ' <<<"$hdr" || die "the extracted vmlinux is not an executable"
+  say "linux: vmlinux entry point $(awk '/Entry point address:/ { print $4 }' <<<"$hdr")"
+
+  # 2. Modules: modules.dep for the unpacked tree (the package leaves it to depmod at
+  # install time); kmod's depmod -b wants BASE/lib/modules.
+  local kroot="$work/kernel"
+  case "$moddir" in
+    "$work/kernel/usr/lib/modules/"*)
+      if [ ! -e "$work/kernel/lib" ]; then ln -s usr/lib "$work/kernel/lib"; fi ;;
+  esac
+  depmod -b "$kroot" "$kver" || die "depmod failed on the unpacked modules"
+  [ -s "$moddir/modules.dep" ] || die "depmod wrote no modules.dep"
+  [ -f "$moddir/modules.builtin" ] || die "the package has no modules.builtin"
+
+  local order=() builtin=() name path
+  add_module() { # PATH relative to $moddir: its dependencies first, then itself
+    local m=$1 dep deps seen
+    for seen in "${order[@]}"; do [ "$seen" = "$m" ] && return 0; done
+    read -ra deps <<<"$(awk -F': ' -v m="$m" '$1 == m { print $2 }' "$moddir/modules.dep")"
+    for dep in "${deps[@]}"; do
       add_module "$dep"
     done
     order+=("$m")
   }
-  for name in virtio_net net_failover failover virtio-iommu; do
-    local path
-    path=$(awk -F: '{print $1}' "$mdir/modules.dep" | grep -E "/${name}\.ko(\.xz|\.zst)?$" | head -n 1)
-    [ -n "$path" ] || die "module $name is not in $kpkg"
-    add_module "$path"
+  for name in "${linux_modules[@]}"; do
+    path=$(module_path "$name" "$moddir/modules.dep")
+    if [ -n "$path" ]; then
+      add_module "$path"
+    elif [ -n "$(module_path "$name" "$moddir/modules.builtin")" ]; then
+      builtin+=("$name")
+    else
+      die "module $name is neither a module nor built into $kver"
+    fi
   done
-  : > "$ir/etc/modules.order"
+  for name in "${linux_core_modules[@]}"; do
+    if [ -n "$(module_path "$name" "$moddir/modules.builtin")" ]; then
+      builtin+=("$name")
+    elif path=$(module_path "$name" "$moddir/modules.dep") && [ -n "$path" ]; then
+      # A module here (not so in Debian's 6.12): load it too, before the others.
+      local rest=("${order[@]}")
+      order=()
+      add_module "$path"
+      for path in "${rest[@]}"; do add_module "$path"; done
+    fi
+  done
+
+  # 3. The initramfs tree.
+  local ir="$work/initramfs"
+  mkdir -p "$ir"/{bin,dev,etc,lib/modules,proc,root,run,scenarios,sys,tmp,usr}
+  ln -s bin "$ir/sbin"
+  ln -s ../bin "$ir/usr/bin"
+  ln -s ../bin "$ir/usr/sbin"
+  install -m 0755 "$work/busybox/bin/busybox" "$ir/bin/busybox"
+  local applet applets
+  applets=$("$ir/bin/busybox" --list) || die "cannot run busybox to list its applets"
+  for applet in $applets; do
+    [ "$applet" = busybox ] || ln -s busybox "$ir/bin/$applet"
+  done
+  for applet in sh mount insmod cttyhack setsid poweroff; do
+    [ -L "$ir/bin/$applet" ] || die "busybox has no $applet applet"
+  done
+  # /dev/console, so that the kernel gives /init a console before devtmpfs is mounted.
+  mknod -m 0600 "$ir/dev/console" c 5 1 2>/dev/null ||
+    say "warning: cannot mknod dev/console (not root?): /init opens it after mounting devtmpfs"
+
+  : >"$ir/etc/modules.order"
+  local m base
   for m in "${order[@]}"; do
-    local base
     base=$(basename "$m")
     case "$base" in
-      *.ko.xz) xz -dc "$mdir/$m" > "$ir/lib/modules/${base%.xz}"; base=${base%.xz} ;;
-      *.ko.zst) zstd -qdc "$mdir/$m" > "$ir/lib/modules/${base%.zst}"; base=${base%.zst} ;;
-      *) cp "$mdir/$m" "$ir/lib/modules/$base" ;;
+      *.ko.xz) xz -dc "$moddir/$m" >"$ir/lib/modules/${base%.xz}"; base=${base%.xz} ;;
+      *.ko.zst) zstd -qdc "$moddir/$m" >"$ir/lib/modules/${base%.zst}"; base=${base%.zst} ;;
+      *.ko.gz) gzip -dc "$moddir/$m" >"$ir/lib/modules/${base%.gz}"; base=${base%.gz} ;;
+      *.ko) cp "$moddir/$m" "$ir/lib/modules/$base" ;;
+      *) die "unexpected module file $m" ;;
     esac
-    echo "$base" >> "$ir/etc/modules.order"
+    local vermagic
+    vermagic=$(modinfo -F vermagic "$ir/lib/modules/$base")
+    [ "${vermagic%% *}" = "$kver" ] || die "$base has vermagic '$vermagic', not $kver"
+    printf '%s\n' "$base" >>"$ir/etc/modules.order"
   done
-  install -m 0755 "$here/linux/init" "$ir/init"
-  install -m 0755 "$here"/linux/scenarios/*.sh "$ir/scenarios/"
-  python3 "$here/linux/mkinitramfs.py" "$ir" "$work/initramfs.cpio.gz"
+  printf '%s\n' "$kver" >"$ir/etc/linux-version"
+  install -m 0755 "$linux_dir/init" "$ir/init"
+  install -m 0755 "$linux_dir"/scenarios/*.sh "$ir/scenarios/"
+
+  # Reproducible archive: sorted names, owner root, mtime 0, renumbered inodes, gzip -n.
+  find "$ir" -exec touch -h -d @0 {} +
+  (cd "$ir" && find . -mindepth 1 -printf '%P\n' | sort |
+    cpio --quiet -o -H newc -R 0:0 --reproducible) | gzip -9 -n >"$work/initramfs.cpio.gz"
 
   mv "$work/vmlinux" "$out/vmlinux"
   mv "$work/initramfs.cpio.gz" "$out/initramfs.cpio.gz"
-  echo "$kver" > "$out/linux-version"
-  echo "$stamp" > "$out/.linux.stamp"
+  cp "$work/kernel/boot/config-$kver" "$out/vmlinux.config"
+  cp "$work/kernel/boot/vmlinuz-$kver" "$cache/vmlinuz"
+  printf '%s\n' "$kver" >"$out/linux-version"
+  cp "$ir/etc/modules.order" "$out/initramfs.modules"
+  printf '%s\n' "$stamp" >"$out/.linux.stamp"
   rm -rf "$work"
-  say "linux $kver: modules (load order) ${order[*]##*/}"
-  ls -l "$out/vmlinux" "$out/initramfs.cpio.gz"
+  say "linux: kernel $kver from $(basename "$kdeb"), busybox from $(basename "$bdeb")"
+  say "linux: built in: ${builtin[*]:-none}"
+  say "linux: modules in the initramfs (load order): $(tr '\n' ' ' <"$out/initramfs.modules")"
+  built+=("$out/vmlinux" "$out/vmlinux.config" "$out/linux-version" "$out/initramfs.cpio.gz"
+    "$cache/vmlinuz")
 }
 
+built=()
 case "$target" in
   testguest) build_testguest ;;
   linux) build_linux ;;
   all) build_testguest; build_linux ;;
+  -h | --help) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
   *) die "unknown target '$target' (testguest, linux or all)" ;;
 esac
+
+for f in "${built[@]}"; do
+  printf '%10s  %s\n' "$(human "$(stat -c %s "$f")")" "${f#"$root"/}"
+done
