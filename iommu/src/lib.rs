@@ -6,6 +6,7 @@
 pub mod domain;
 pub mod rid;
 pub mod table;
+pub mod virtio;
 
 pub use domain::{Domain, MapError, Mapping, Perm};
 pub use rid::{RequesterId, RidError};
