@@ -2,7 +2,7 @@
 //! of a request, applying it to an [`IommuTable`], and encoding PROBE properties and fault
 //! events. Transport-free: the device model in `devices` moves the bytes.
 
-use std::collections::BTreeSet;
+use std::ops::RangeInclusive;
 
 use crate::domain::Perm;
 use crate::rid::RequesterId;
@@ -190,30 +190,29 @@ impl From<TableError> for Status {
     }
 }
 
-/// The request engine: the table plus the set of endpoints that exist and the features the
-/// driver accepted.
+/// The request engine: the table, the endpoint IDs the IOMMU translates for (the
+/// requester-ID ranges the VIOT describes, hotplug slots and VFs included), and the
+/// features the driver accepted.
 #[derive(Debug)]
 pub struct Engine {
     /// The tables.
     pub table: IommuTable,
-    endpoints: BTreeSet<u32>,
+    covered: Vec<RangeInclusive<u16>>,
     features: u64,
     input_range: (u64, u64),
 }
 
 impl Engine {
-    /// An engine over `table` for the endpoints in `endpoints`, IOVAs in `input_range`.
+    /// An engine over `table` for endpoints in `covered` (routing IDs, segment 0), IOVAs in
+    /// `input_range`.
     pub fn new(
         table: IommuTable,
-        endpoints: impl IntoIterator<Item = RequesterId>,
+        covered: Vec<RangeInclusive<u16>>,
         input_range: (u64, u64),
     ) -> Self {
         Self {
             table,
-            endpoints: endpoints
-                .into_iter()
-                .map(|e| u32::from(e.routing_id()))
-                .collect(),
+            covered,
             features: 0,
             input_range,
         }
@@ -224,21 +223,12 @@ impl Engine {
         self.features = f;
     }
 
-    /// An endpoint appears (hot-add) or goes.
-    pub fn set_endpoint(&mut self, ep: RequesterId, present: bool) {
-        let id = u32::from(ep.routing_id());
-        if present {
-            self.endpoints.insert(id);
-        } else {
-            self.endpoints.remove(&id);
-        }
-    }
-
     fn endpoint(&self, id: u32) -> Result<RequesterId, Status> {
-        if !self.endpoints.contains(&id) {
+        let rid = u16::try_from(id).map_err(|_| Status::NoEnt)?;
+        if !self.covered.iter().any(|r| r.contains(&rid)) {
             return Err(Status::NoEnt);
         }
-        Ok(RequesterId::from_routing_id(0, id as u16))
+        Ok(RequesterId::from_routing_id(0, rid))
     }
 
     /// Applies `req`; for PROBE also returns the properties (PROBE_SIZE bytes).
@@ -340,7 +330,8 @@ mod tests {
     }
 
     fn engine() -> Engine {
-        let mut e = Engine::new(IommuTable::default(), [ep(0), ep(1)], (0, u64::MAX));
+        // Bus 1, every function.
+        let mut e = Engine::new(IommuTable::default(), vec![0x100..=0x1ff], (0, u64::MAX));
         e.set_features(features::MAP_UNMAP | features::PROBE);
         e
     }

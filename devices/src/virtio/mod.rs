@@ -2,6 +2,7 @@
 //! transport. Devices get their queues at DRIVER_OK and signal the driver through
 //! [`VirtioInterrupt`], which the transport backs with MSI-X.
 
+pub mod iommu;
 pub mod net;
 #[cfg(test)]
 pub(crate) mod test_utils;
