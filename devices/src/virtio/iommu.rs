@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use iommu::table::Fault;
 use iommu::virtio::{Engine, PROBE_SIZE, Request, Status, encode_fault, features};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::{ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt, read_config_bytes};
