@@ -63,7 +63,11 @@ pub enum ConfigError {
     #[error("kernel command line contains a NUL byte")]
     CmdlineNul,
     /// Too many root ports.
-    #[error("{0} PCIe root ports requested: at most {MAX_ROOT_PORTS} fit on bus 0")]
+    #[error(
+        "{0} PCIe root ports requested: at most {MAX_ROOT_PORTS} fit on bus 0 \
+         ({max_iommu} with --iommu, which takes device 31)",
+        max_iommu = MAX_ROOT_PORTS - 1
+    )]
     RootPorts(u32),
     /// A malformed --net.
     #[error("invalid --net: {0}")]
@@ -157,6 +161,8 @@ pub struct VmConfigFile {
     pub pcie_root_ports: Option<u32>,
     /// virtio-net devices.
     pub net: Option<Vec<NetSpec>>,
+    /// A virtio-iommu on bus 0 translating for every root-port bus.
+    pub iommu: Option<bool>,
 }
 
 /// A virtio-net device as the CLI (`socket=PATH,mac=MAC` or `tap=NAME,mac=MAC`) or the
@@ -287,6 +293,7 @@ impl VmConfigFile {
             api_socket: over.api_socket.or(self.api_socket),
             pcie_root_ports: over.pcie_root_ports.or(self.pcie_root_ports),
             net: over.net.or(self.net),
+            iommu: over.iommu.or(self.iommu),
         }
     }
 }
@@ -330,6 +337,8 @@ pub struct VmConfig {
     pub pcie_root_ports: u8,
     /// virtio-net devices, each in its own root port.
     pub net: Vec<NetConfig>,
+    /// Whether the machine has a virtio-iommu (at 00:1f.0).
+    pub iommu: bool,
 }
 
 /// Default number of PCIe root ports.
@@ -399,6 +408,10 @@ impl TryFrom<VmConfigFile> for VmConfig {
             .enumerate()
             .map(|(i, n)| n.check(i))
             .collect::<Result<Vec<_>, _>>()?;
+        let iommu = f.iommu.unwrap_or(false);
+        if iommu && pcie_root_ports >= MAX_ROOT_PORTS {
+            return Err(ConfigError::RootPorts(u32::from(pcie_root_ports)));
+        }
         if net.len() > usize::from(pcie_root_ports) {
             return Err(ConfigError::NotEnoughPorts {
                 devices: net.len(),
@@ -415,6 +428,7 @@ impl TryFrom<VmConfigFile> for VmConfig {
             api_socket: f.api_socket,
             pcie_root_ports,
             net,
+            iommu,
         })
     }
 }
@@ -525,6 +539,7 @@ mod tests {
             r#"{"net":[{"socket":"/s","tap":"t"}]}"#,
             r#"{"net":[{"socket":"/s","mac":"01:00:00:00:00:01"}]}"#,
             r#"{"net":[{"socket":"/s"}],"pcie_root_ports":0}"#,
+            r#"{"iommu":true,"pcie_root_ports":31}"#,
         ];
         for json in bad {
             assert!(VmConfig::try_from(file(json)).is_err(), "{json}");

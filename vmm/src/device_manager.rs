@@ -20,8 +20,14 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::config::NetConfig;
 use crate::hotplug::{HotplugError, PciHotplug, SharedHotplug};
+use crate::kvm::irq_routing::KvmMsixRoutes;
 use crate::kvm::{IoBus, KvmError, Vm};
 use crate::memory::layout;
+use devices::interrupt::MsixDelivery;
+use devices::virtio::iommu::{SharedEngine, VirtioIommu};
+use devices::virtio::transport::VirtioPciDevice;
+use iommu::IommuTable;
+use iommu::virtio::Engine;
 
 /// Errors wiring devices.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +83,21 @@ pub struct DeviceManager {
     pub pci: SharedRootComplex,
     /// The devices in root-port slots.
     pub hotplug: SharedHotplug,
+    /// The virtio-iommu's engine, when the machine has one.
+    pub iommu: Option<SharedEngine>,
+}
+
+/// The virtio-iommu's device number on bus 0.
+pub const IOMMU_DEVICE: u8 = 31;
+
+/// Requester IDs the IOMMU covers: every function on every root-port bus.
+pub fn iommu_covered_rids(root_ports: u8) -> Vec<std::ops::RangeInclusive<u16>> {
+    if root_ports == 0 {
+        return Vec::new();
+    }
+    let first = root_port_config(0).bus;
+    let last = root_port_config(root_ports - 1).bus;
+    vec![u16::from(first) << 8..=(u16::from(last) << 8) | 0xff]
 }
 
 /// Size of each root port's 32-bit window.
@@ -126,6 +147,7 @@ impl DeviceManager {
         root_ports: u8,
         mem: &GuestMemoryMmap,
         net: &[NetConfig],
+        iommu: bool,
     ) -> Result<Self, DeviceError> {
         let mut io = IoManager::new();
 
@@ -137,7 +159,11 @@ impl DeviceManager {
             base: layout::ECAM_START,
             last_bus: layout::ECAM_LAST_BUS,
         };
-        let pci = Arc::new(Mutex::new(RootComplex::new(ecam, ports)));
+        let pci = Arc::new(Mutex::new(RootComplex::new(
+            ecam,
+            ports,
+            layout::ROOT_DEVICES_WINDOW,
+        )));
         io.register_mmio(
             MmioRange::new(MmioAddress(ecam.base), ecam.size()).map_err(DeviceError::Bus)?,
             Arc::new(EcamWindow(pci.clone())),
@@ -159,6 +185,29 @@ impl DeviceManager {
             .map_err(DeviceError::Bus)?;
         }
         let router = vm.gsi_router().map_err(DeviceError::EventFd)?;
+        let iommu_engine = if iommu {
+            let engine = Arc::new(Mutex::new(Engine::new(
+                IommuTable::default(),
+                iommu_covered_rids(root_ports),
+                (0, u64::MAX),
+            )));
+            let device = VirtioIommu::new(engine.clone(), (0, u64::MAX), (0, u32::MAX));
+            let routes = KvmMsixRoutes::new(router.clone(), VirtioPciDevice::vectors_for(&device))
+                .map_err(DeviceError::EventFd)?;
+            let pci_dev = VirtioPciDevice::new(
+                Box::new(device),
+                mem.clone(),
+                MsixDelivery::Routed(Arc::new(routes)),
+                None,
+            );
+            pci.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .add_root_device(IOMMU_DEVICE, Box::new(pci_dev))
+                .map_err(|e| DeviceError::Hotplug(HotplugError::Slot(e.to_string())))?;
+            Some(engine)
+        } else {
+            None
+        };
         let hotplug = PciHotplug::new(pci.clone(), mem.clone(), router, vm.doorbells())
             .map_err(DeviceError::EventFd)?;
         let hotplug = Arc::new(Mutex::new(hotplug));
@@ -202,6 +251,7 @@ impl DeviceManager {
             serial,
             pci,
             hotplug,
+            iommu: iommu_engine,
         })
     }
 }

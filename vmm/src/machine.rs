@@ -12,7 +12,7 @@ use vm_memory::GuestAddress;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::acpi::{self, AcpiConfig, PciAcpi};
+use crate::acpi::{self, AcpiConfig, PciAcpi, Viot};
 use crate::api::{ApiError, ApiHandler, ApiServer, Reply, Request, Response, VmStatus};
 use crate::boot::cpuid::CpuTemplate;
 use crate::boot::params::{BootInfo, build_boot_params, write_boot_params};
@@ -310,6 +310,13 @@ fn load_guest(config: &VmConfig, ram: &GuestRam) -> Result<GuestAddress, VmmErro
                 ),
                 mem64: (layout::PCI_MMIO64_START, layout::PCI_MMIO64_END - 1),
             }),
+            viot: (config.iommu && config.pcie_root_ports > 0).then(|| Viot {
+                iommu_device: crate::device_manager::IOMMU_DEVICE,
+                buses: (
+                    crate::device_manager::root_port_config(0).bus,
+                    crate::device_manager::root_port_config(config.pcie_root_ports - 1).bus,
+                ),
+            }),
         },
     )
     .map_err(VmmError::Acpi)?;
@@ -359,6 +366,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         config.pcie_root_ports,
         ram.memory(),
         &config.net,
+        config.iommu,
     )?;
 
     let mut em = EventManager::<Subscriber>::new()

@@ -78,24 +78,87 @@ pub enum PlugError {
     IoBar,
 }
 
+/// The memory BAR of `cfg` that decodes `[addr, end)`, and the offset in it, if decoding is
+/// on.
+fn decode_bar(cfg: &super::ConfigSpace, addr: u64, end: u64) -> Option<(usize, u64)> {
+    if !cfg.memory_enabled() {
+        return None;
+    }
+    (0..6).find_map(|i| {
+        let bar = cfg.bar(i)?;
+        let base = cfg.bar_address(i)?;
+        let inside = bar.kind != super::BarKind::Io
+            && base != 0
+            && addr >= base
+            && end <= base.checked_add(bar.size)?;
+        inside.then(|| (i, addr - base))
+    })
+}
+
 /// The root complex.
 #[derive(Debug)]
 pub struct RootComplex {
     host_bridge: HostBridge,
     ports: Vec<RootPort>,
+    /// Root-complex integrated endpoints on bus 0 (the virtio-iommu), by device number.
+    root_devices: Vec<(u8, Box<dyn PciDevice>)>,
+    /// Where their BARs go, and the next free address.
+    root_window: (u64, u64),
+    root_next: u64,
     ecam: EcamLayout,
     config_address: u32,
 }
 
 impl RootComplex {
-    /// A root complex with `ports` at 00:01.0, 00:02.0, ... (at most 31).
-    pub fn new(ecam: EcamLayout, ports: Vec<RootPort>) -> Self {
+    /// A root complex with `ports` at 00:01.0, 00:02.0, ... (at most 31); devices on bus 0
+    /// get BARs in `root_window` (inclusive end).
+    pub fn new(ecam: EcamLayout, ports: Vec<RootPort>, root_window: (u64, u64)) -> Self {
         Self {
             host_bridge: HostBridge::new(),
             ports: ports.into_iter().take(31).collect(),
+            root_devices: Vec::new(),
+            root_window,
+            root_next: root_window.0,
             ecam,
             config_address: 0,
         }
+    }
+
+    /// Puts an integrated endpoint on bus 0 at device `dev` (after the root ports), with its
+    /// BARs assigned in the root window and memory decoding on.
+    pub fn add_root_device(
+        &mut self,
+        dev: u8,
+        mut device: Box<dyn PciDevice>,
+    ) -> Result<(), PlugError> {
+        let taken = dev == 0
+            || usize::from(dev) <= self.ports.len()
+            || self.root_devices.iter().any(|(d, _)| *d == dev);
+        if dev > 31 || taken {
+            return Err(PlugError::Occupied(usize::from(dev)));
+        }
+        for i in 0..6 {
+            let Some(bar) = device.config().bar(i) else {
+                continue;
+            };
+            if bar.kind == super::BarKind::Io {
+                return Err(PlugError::IoBar);
+            }
+            let base = self.root_next.next_multiple_of(bar.size);
+            if base + bar.size - 1 > self.root_window.1 {
+                return Err(PlugError::WindowFull(usize::from(dev)));
+            }
+            self.root_next = base + bar.size;
+            let reg = super::regs::BAR0 + 4 * i;
+            device.config_write(reg, &(base as u32).to_le_bytes());
+            if bar.kind == super::BarKind::Memory64 {
+                device.config_write(reg + 4, &((base >> 32) as u32).to_le_bytes());
+            }
+        }
+        let cmd = device.config().read_u16(super::regs::COMMAND) | super::regs::CMD_MEMORY;
+        device.config_write(super::regs::COMMAND, &cmd.to_le_bytes());
+        self.root_devices.push((dev, device));
+        Ok(())
     }
 
     /// The ECAM window.
@@ -120,13 +183,17 @@ impl RootComplex {
             if func != 0 {
                 return None;
             }
-            return match dev {
-                0 => Some(&mut self.host_bridge),
-                d => self
-                    .ports
-                    .get_mut(usize::from(d) - 1)
-                    .map(|p| p as &mut dyn PciDevice),
-            };
+            if dev == 0 {
+                return Some(&mut self.host_bridge);
+            }
+            if let Some(p) = self.ports.get_mut(usize::from(dev) - 1) {
+                return Some(p);
+            }
+            return self
+                .root_devices
+                .iter_mut()
+                .find(|(d, _)| *d == dev)
+                .map(|(_, d)| &mut **d as &mut dyn PciDevice);
         }
         let port = self.ports.iter_mut().find(|p| {
             let (sec, sub) = p.bus_range();
@@ -171,6 +238,14 @@ impl RootComplex {
     /// decode it (COMMAND.MEM).
     fn bar_target(&mut self, addr: u64, len: usize) -> Option<(&mut dyn PciDevice, usize, u64)> {
         let end = addr.checked_add(len as u64)?;
+        if (self.root_window.0..=self.root_window.1).contains(&addr) {
+            for (_, dev) in &mut self.root_devices {
+                if let Some((bar, off)) = decode_bar(dev.config(), addr, end) {
+                    return Some((&mut **dev, bar, off));
+                }
+            }
+            return None;
+        }
         for port in &mut self.ports {
             if !port.config().memory_enabled() || !port.forwards(addr) {
                 continue;
@@ -178,19 +253,7 @@ impl RootComplex {
             let Some(dev) = port.device_mut() else {
                 continue;
             };
-            let cfg = dev.config();
-            if !cfg.memory_enabled() {
-                return None;
-            }
-            let hit = (0..6).find_map(|i| {
-                let bar = cfg.bar(i)?;
-                let base = cfg.bar_address(i)?;
-                let inside = bar.kind != super::BarKind::Io
-                    && base != 0
-                    && addr >= base
-                    && end <= base.checked_add(bar.size)?;
-                inside.then(|| (i, addr - base))
-            });
+            let hit = decode_bar(dev.config(), addr, end);
             return hit.map(|(i, off)| (&mut **dev as &mut dyn PciDevice, i, off));
         }
         None

@@ -131,6 +131,8 @@ impl VirtioPciDevice {
         let dtype = device.device_type();
         let class = match dtype {
             1 => [0x02, 0x00, 0x00],
+            // virtio-iommu: "other system peripheral", as QEMU has it.
+            23 => [0x08, 0x80, 0x00],
             _ => [0xff, 0x00, 0x00],
         };
         let mut config = ConfigSpace::new(

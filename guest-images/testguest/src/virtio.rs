@@ -192,6 +192,27 @@ impl VirtioPci {
         Err(VirtioError::NotFound(device_id))
     }
 
+    /// Finds virtio device `device_id` among the integrated endpoints on bus 0.
+    pub fn find_on_root_bus(ecam: &Ecam, device_id: u16) -> Result<Self, VirtioError> {
+        for dev in 1..32u8 {
+            let f = Bdf {
+                bus: 0,
+                dev,
+                func: 0,
+            };
+            if ecam.read32(f, 0) == (u32::from(device_id) << 16) | 0x1af4 {
+                return Self::open(ecam, f);
+            }
+        }
+        Err(VirtioError::NotFound(device_id))
+    }
+
+    /// Reads 64 bits of device-specific configuration.
+    pub fn config64(&self, off: u64) -> u64 {
+        u64::from(mmio::read32(self.device_cfg + off))
+            | (u64::from(mmio::read32(self.device_cfg + off + 4)) << 32)
+    }
+
     fn open(ecam: &Ecam, f: Bdf) -> Result<Self, VirtioError> {
         let bar = |i: u8| -> u64 {
             let off = 0x10 + 4 * u16::from(i);

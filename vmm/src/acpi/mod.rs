@@ -17,6 +17,7 @@ use acpi_tables::madt::{
     EnabledStatus, IoApic, LocalInterruptController, MADT, ProcessorLocalApic,
 };
 use acpi_tables::rsdp::Rsdp;
+use acpi_tables::viot::{PciDevice as ViotPciDevice, PciRange, VIOT, VirtIoPciIommu};
 use acpi_tables::xsdt::XSDT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
@@ -59,6 +60,34 @@ pub struct AcpiConfig {
     pub tables_end: GuestAddress,
     /// The PCIe root complex, if the machine has one.
     pub pci: Option<PciAcpi>,
+    /// The virtio-iommu, if the machine has one.
+    pub viot: Option<Viot>,
+}
+
+/// What the VIOT describes: the virtio-pci IOMMU on bus 0 and the buses whose every
+/// function it translates for (endpoint ID = requester ID).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Viot {
+    /// Device number of the IOMMU on bus 0 (function 0).
+    pub iommu_device: u8,
+    /// First and last bus covered.
+    pub buses: (u8, u8),
+}
+
+fn viot(v: &Viot) -> Vec<u8> {
+    let mut t = VIOT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    let handle = t.add_virtio_pci_iommu(VirtIoPciIommu::new(ViotPciDevice::new(
+        0,
+        0,
+        v.iommu_device & 31,
+        0,
+    )));
+    t.add_pci_range(PciRange::new(
+        ViotPciDevice::new(0, v.buses.0, 0, 0),
+        ViotPciDevice::new(0, v.buses.1, 31, 7),
+        &handle,
+    ));
+    bytes_of(&t)
 }
 
 /// What was written.
@@ -207,10 +236,12 @@ pub fn create_acpi_tables<M: GuestMemoryBackend>(
     let madt_addr = at.place(madt.len())?;
     let mcfg = cfg.pci.as_ref().map(pci::mcfg);
     let mcfg_addr = mcfg.as_ref().map(|m| at.place(m.len())).transpose()?;
+    let viot = cfg.viot.as_ref().map(viot);
+    let viot_addr = viot.as_ref().map(|v| at.place(v.len())).transpose()?;
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt_addr.0);
     xsdt.add_entry(madt_addr.0);
-    if let Some(addr) = mcfg_addr {
+    for addr in [mcfg_addr, viot_addr].into_iter().flatten() {
         xsdt.add_entry(addr.0);
     }
     let xsdt = bytes_of(&xsdt);
@@ -226,6 +257,9 @@ pub fn create_acpi_tables<M: GuestMemoryBackend>(
     ];
     if let (Some(addr), Some(bytes)) = (mcfg_addr, mcfg.as_ref()) {
         tables.push(("MCFG", addr, bytes));
+    }
+    if let (Some(addr), Some(bytes)) = (viot_addr, viot.as_ref()) {
+        tables.push(("VIOT", addr, bytes));
     }
     for &(sig, addr, bytes) in &tables {
         mem.write_slice(bytes, addr)

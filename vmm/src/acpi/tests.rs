@@ -22,6 +22,10 @@ fn config(num_vcpus: u8) -> AcpiConfig {
             mem32: (0xc000_0000, 0xdfff_ffff),
             mem64: (0x80_0000_0000, 0x8f_ffff_ffff),
         }),
+        viot: Some(Viot {
+            iommu_device: 31,
+            buses: (1, 4),
+        }),
     }
 }
 
@@ -87,7 +91,7 @@ fn tables_are_reachable_and_checksummed() {
         let t = create_acpi_tables(&m, &config(n)).unwrap();
         assert_eq!(t.rsdp, GuestAddress(0xe_0000));
         let all = walk(&m, t.rsdp.0);
-        for sig in ["XSDT", "FACP", "APIC", "DSDT", "MCFG"] {
+        for sig in ["XSDT", "FACP", "APIC", "DSDT", "MCFG", "VIOT"] {
             assert!(all.iter().any(|(s, _)| s == sig), "{sig} with {n} vCPUs");
         }
         for (_, addr, len) in &t.tables {
@@ -125,6 +129,32 @@ fn tables_are_reachable_and_checksummed() {
         assert_eq!(mcfg.len(), 36 + 8 + 16);
         assert_eq!(u64_at(mcfg, 44), 0xe000_0000);
         assert_eq!((mcfg[52], mcfg[53], mcfg[54], mcfg[55]), (0, 0, 0, 255));
+
+        // VIOT: two nodes from offset 48; the IOMMU node is 00:1f.0, the range covers
+        // buses 1-4 with endpoint IDs equal to requester IDs.
+        let v = find(&all, "VIOT");
+        assert_eq!(
+            (
+                u16::from_le_bytes([v[36], v[37]]),
+                u16::from_le_bytes([v[38], v[39]])
+            ),
+            (2, 48)
+        );
+        assert_eq!(
+            (v[48], u16::from_le_bytes([v[54], v[55]])),
+            (3, 0xf8),
+            "virtio-pci IOMMU 00:1f.0"
+        );
+        let r = 64;
+        assert_eq!(v[r], 1, "PCI range node");
+        assert_eq!(u32_at(v, r + 4), 0x100, "endpoint_start = first BDF");
+        assert_eq!(u16::from_le_bytes([v[r + 12], v[r + 13]]), 0x100);
+        assert_eq!(u16::from_le_bytes([v[r + 14], v[r + 15]]), 0x4ff);
+        assert_eq!(
+            u16::from_le_bytes([v[r + 16], v[r + 17]]),
+            48,
+            "output node"
+        );
 
         let fadt = find(&all, "FACP");
         let flags = u32_at(fadt, 112);

@@ -67,6 +67,11 @@ struct RunArgs {
     /// device). Repeatable.
     #[arg(long, value_name = "SPEC", value_parser = parse_net)]
     net: Vec<NetSpec>,
+    /// Add a virtio-iommu at 00:1f.0, described by an ACPI VIOT that covers every
+    /// root-port bus (hot-added functions and VFs included). DMA of devices is not
+    /// translated yet: they do not offer VIRTIO_F_ACCESS_PLATFORM.
+    #[arg(long)]
+    iommu: bool,
     /// Number of PCIe root ports, 0 to 31, each a native-hotplug slot with its own bus
     /// [default: 4].
     #[arg(long, value_name = "N")]
@@ -117,6 +122,7 @@ fn run(args: RunArgs, started: Instant) -> Result<(i32, String), VmmError> {
         api_socket: args.api_socket,
         pcie_root_ports: args.pcie_root_ports,
         net: (!args.net.is_empty()).then_some(args.net),
+        iommu: args.iommu.then_some(true),
     };
     let config = VmConfig::try_from(file.merged_with(cli))?;
     let outcome = machine::run(&config)?;

@@ -30,6 +30,7 @@ fn complex(ports: u8) -> RootComplex {
             last_bus: 255,
         },
         ports,
+        (0xdf00_0000, 0xdfff_ffff),
     )
 }
 
@@ -234,4 +235,21 @@ fn cold_plug_assigns_bars_and_routes_mmio() {
     let mem_base = (2u64 << 15) | MEMORY_BASE as u64;
     rc.ecam_write(mem_base, &0xd000u16.to_le_bytes());
     assert!(!rc.mmio_read(0xc020_0010, &mut b));
+}
+
+#[test]
+fn root_bus_endpoints() {
+    let mut rc = complex(2);
+    assert_eq!(
+        rc.add_root_device(2, Box::new(BarDevice::new())),
+        Err(PlugError::Occupied(2)),
+        "device 2 is a root port"
+    );
+    rc.add_root_device(31, Box::new(BarDevice::new())).unwrap();
+    assert_eq!(ecam32(&mut rc, 0, 31, 0, 0), 0x1041_1af4);
+    assert_eq!(ecam32(&mut rc, 0, 31, 0, BAR0 as u64), 0xdf00_0000);
+    let mut b = [0u8; 4];
+    assert!(rc.mmio_read(0xdf00_0008, &mut b));
+    assert_eq!(&b[..2], &[0, 8]);
+    assert!(!rc.mmio_read(0xdfff_0000, &mut b));
 }

@@ -14,6 +14,7 @@ use crate::cmdline::Cmdline;
 mod acpi;
 mod boot;
 mod hotplug;
+mod iommu;
 mod lifecycle;
 mod pci_enum;
 mod smp;
@@ -66,6 +67,10 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "hotplug",
         run: hotplug::run,
+    },
+    Scenario {
+        name: "iommu-requests",
+        run: iommu::run,
     },
     Scenario {
         name: "idle",

@@ -75,10 +75,24 @@ pub fn run(ctx: &Ctx) -> Result<(), Fail> {
             }
             check_legacy_matches(&ecam, f)?;
             let header = ecam.read8(f, 0x0e);
-            if dev > 0 {
+            if dev > 0 && header & 0x7f == 0 {
+                // A root-complex integrated endpoint (the virtio-iommu), after the ports.
+                let id = ecam.read32(f, 0);
+                let class = ecam.read32(f, 8) >> 8;
+                info!(
+                    ctx,
+                    "{f} [{:04x}:{:04x}] class {class:06x} integrated endpoint",
+                    id & 0xffff,
+                    id >> 16
+                );
+            } else if dev > 0 {
                 ensure!(
                     header & 0x7f == 1,
                     "{f}: header type {header:#x}, expected a bridge"
+                );
+                ensure!(
+                    usize::from(dev) == count + 1,
+                    "{f}: root ports are not contiguous"
                 );
                 let port = check_root_port(ctx, &ecam, f, count as u8 + 1)?;
                 ports[count] = Some(port);
@@ -89,13 +103,13 @@ pub fn run(ctx: &Ctx) -> Result<(), Fail> {
             }
         }
     }
-    // Nothing answers past the ports.
+    // Nothing answers right after the ports (the IOMMU, if any, is device 31).
     let absent = Bdf {
         bus: 0,
         dev: count as u8 + 1,
         func: 0,
     };
-    if count < 31 {
+    if count < 30 {
         ensure!(
             ecam.read32(absent, 0) == 0xffff_ffff,
             "{absent} answers but no device is there"

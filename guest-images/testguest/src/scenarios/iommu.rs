@@ -1,0 +1,189 @@
+//! `iommu-requests`: a ring-3 virtio-iommu driver talks to the VMM's virtio-iommu at
+//! 00:1f.0 (run the VMM with --iommu): config, the VIOT, PROBE reporting the x86 MSI window,
+//! ATTACH, MAP, UNMAP, DETACH, and the statuses of requests the device must refuse.
+
+use super::{Ctx, Fail, ensure, info};
+use crate::acpi::{self, Root};
+use crate::pcie::Ecam;
+use crate::phys;
+use crate::time;
+use crate::virtio::{Scratch, VirtioPci, Vq, flags};
+
+const VIRTIO_IOMMU: u16 = 0x1057;
+const F_INPUT_RANGE: u64 = 1 << 0;
+const F_DOMAIN_RANGE: u64 = 1 << 1;
+const F_MAP_UNMAP: u64 = 1 << 2;
+const F_PROBE: u64 = 1 << 4;
+const SCRATCH: (u64, u64) = (48 << 20, 1 << 20);
+const OK: u8 = 0;
+const INVAL: u8 = 4;
+const RANGE: u8 = 5;
+const NOENT: u8 = 6;
+const ENDPOINT: u32 = 0x0100; // 01:00.0, behind root port 1
+
+struct Driver {
+    q: Vq,
+    req: u64,
+    reply: u64,
+}
+
+impl Driver {
+    /// Sends `body` and returns the reply (`reply_len` bytes; the status is the first byte
+    /// of the last four).
+    fn send(&mut self, body: &[u8], reply_len: usize) -> Result<[u8; 96], Fail> {
+        let mut padded = [0u8; 80];
+        padded[..body.len()].copy_from_slice(body);
+        for (i, w) in padded.chunks(8).enumerate() {
+            phys::write_u64(
+                self.req + 8 * i as u64,
+                u64::from_le_bytes(w.try_into().unwrap_or([0; 8])),
+            );
+        }
+        for i in 0..12u64 {
+            phys::write_u64(self.reply + 8 * i, 0xffff_ffff_ffff_ffff);
+        }
+        self.q.set_desc(0, self.req, body.len() as u32, 1, 1);
+        self.q
+            .set_desc(1, self.reply, reply_len as u32, flags::WRITE, 0);
+        self.q.push(0);
+        self.q.notify();
+        let (done, _) = time::wait_until(|| self.q.pop_used().is_some());
+        ensure!(done, "request type {} never completed", body[0]);
+        let mut out = [0u8; 96];
+        for (i, chunk) in out.chunks_mut(8).enumerate() {
+            chunk.copy_from_slice(&phys::read_u64(self.reply + 8 * i as u64).to_le_bytes());
+        }
+        Ok(out)
+    }
+
+    fn status(&mut self, body: &[u8]) -> Result<u8, Fail> {
+        Ok(self.send(body, 4)?[0])
+    }
+}
+
+fn attach(kind: u8, domain: u32, endpoint: u32) -> [u8; 20] {
+    let mut b = [0u8; 20];
+    b[0] = kind;
+    b[4..8].copy_from_slice(&domain.to_le_bytes());
+    b[8..12].copy_from_slice(&endpoint.to_le_bytes());
+    b
+}
+
+fn map(domain: u32, start: u64, end: u64, phys: u64) -> [u8; 36] {
+    let mut b = [0u8; 36];
+    b[0] = 3;
+    b[4..8].copy_from_slice(&domain.to_le_bytes());
+    b[8..16].copy_from_slice(&start.to_le_bytes());
+    b[16..24].copy_from_slice(&end.to_le_bytes());
+    b[24..32].copy_from_slice(&phys.to_le_bytes());
+    b[32..36].copy_from_slice(&3u32.to_le_bytes());
+    b
+}
+
+fn unmap(domain: u32, start: u64, end: u64) -> [u8; 28] {
+    let mut b = [0u8; 28];
+    b[0] = 4;
+    b[4..8].copy_from_slice(&domain.to_le_bytes());
+    b[8..16].copy_from_slice(&start.to_le_bytes());
+    b[16..24].copy_from_slice(&end.to_le_bytes());
+    b
+}
+
+pub fn run(ctx: &Ctx) -> Result<(), Fail> {
+    // The VIOT names the IOMMU and covers root-port bus 1.
+    let rsdp = acpi::rsdp_at(acpi::scan_rsdp().ok_or(acpi::AcpiError::NoRsdp)?)?;
+    let viot = Root::from_rsdp(&rsdp)?
+        .find(b"VIOT")?
+        .ok_or_else(|| super::fail!("no VIOT table"))?;
+    let v = viot.bytes;
+    ensure!(
+        v.len() >= 88 && v[48] == 3 && v[64] == 1,
+        "VIOT nodes are not IOMMU + PCI range"
+    );
+    let (first, last) = (
+        u16::from_le_bytes([v[76], v[77]]),
+        u16::from_le_bytes([v[78], v[79]]),
+    );
+    ensure!(
+        first <= ENDPOINT as u16 && ENDPOINT as u16 <= last,
+        "VIOT range {first:#x}-{last:#x} misses 01:00.0"
+    );
+
+    let ecam = Ecam::from_acpi()?;
+    let dev = VirtioPci::find_on_root_bus(&ecam, VIRTIO_IOMMU)?;
+    let offered = dev.init(F_INPUT_RANGE | F_DOMAIN_RANGE | F_MAP_UNMAP | F_PROBE)?;
+    ensure!(
+        offered & F_MAP_UNMAP != 0 && offered & F_PROBE != 0,
+        "features {offered:#x}"
+    );
+    let page_mask = dev.config64(0);
+    ensure!(
+        page_mask & 0x1000 != 0,
+        "page_size_mask {page_mask:#x} lacks 4 KiB"
+    );
+    let mut scratch = Scratch::new(&ctx.boot_params, SCRATCH.0, SCRATCH.1)?;
+    let q = dev.setup_queue(&mut scratch, 0, 16, 0xffff)?;
+    let _events = dev.setup_queue(&mut scratch, 1, 16, 0xffff)?;
+    dev.driver_ok();
+    ensure!(
+        dev.status() & 0x44 == 4,
+        "status {:#x} after DRIVER_OK",
+        dev.status()
+    );
+    let mut d = Driver {
+        q,
+        req: scratch.alloc(128, 64)?,
+        reply: scratch.alloc(128, 64)?,
+    };
+    info!(
+        ctx,
+        "virtio-iommu at {}, page_size_mask {page_mask:#x}, VIOT covers {first:#06x}-{last:#06x}",
+        dev.bdf
+    );
+
+    // PROBE: the MSI window as a reserved region, then the end marker.
+    let mut probe = [0u8; 72];
+    probe[0] = 5;
+    probe[4..8].copy_from_slice(&ENDPOINT.to_le_bytes());
+    let r = d.send(&probe, 64 + 4)?;
+    ensure!(r[64] == OK, "PROBE status {}", r[64]);
+    let (kind, len, sub) = (
+        u16::from_le_bytes([r[0], r[1]]),
+        u16::from_le_bytes([r[2], r[3]]),
+        r[4],
+    );
+    let start = u64::from_le_bytes(r[8..16].try_into().unwrap_or_default());
+    let end = u64::from_le_bytes(r[16..24].try_into().unwrap_or_default());
+    ensure!(
+        (kind, len, sub, start, end) == (1, 20, 1, 0xfee0_0000, 0xfeef_ffff),
+        "PROBE property {kind}/{len}/{sub} {start:#x}-{end:#x}"
+    );
+
+    let checks: [(&str, &[u8], u8); 8] = [
+        ("attach 01:00.0 to domain 1", &attach(1, 1, ENDPOINT), OK),
+        ("map 0..4K", &map(1, 0, 0xfff, 0x40_0000), OK),
+        ("map 4K..12K", &map(1, 0x1000, 0x2fff, 0x50_0000), OK),
+        ("overlapping map", &map(1, 0x2000, 0x3fff, 0), INVAL),
+        ("unmap that splits", &unmap(1, 0x1000, 0x1fff), RANGE),
+        ("unmap two whole mappings", &unmap(1, 0, 0x2fff), OK),
+        (
+            "attach the host bridge (not covered)",
+            &attach(1, 1, 0),
+            NOENT,
+        ),
+        ("detach 01:00.0", &attach(2, 1, ENDPOINT), OK),
+    ];
+    for (what, body, want) in checks {
+        let got = d.status(body)?;
+        ensure!(got == want, "{what}: status {got}, expected {want}");
+    }
+    ensure!(
+        d.status(&attach(2, 1, ENDPOINT))? == INVAL,
+        "detaching twice was accepted"
+    );
+    info!(
+        ctx,
+        "PROBE, ATTACH, MAP, UNMAP, DETACH answered as virtio-iommu specifies"
+    );
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! Tier 2: the virtio-iommu at 00:1f.0 (`--iommu`), its VIOT, and its request queue driven
+//! by the test guest's ring-3 driver (scenario `iommu-requests`).
+
+use std::time::Duration;
+
+use tests::{RunArgs, require_kvm};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn run(scenarios: &str, vcpus: u32) {
+    let mut vm = RunArgs::testguest(scenarios, vcpus, "256M")
+        .with(&["--iommu".as_ref()])
+        .spawn();
+    let status = vm.wait_exit(DEADLINE);
+    let t = vm.transcript();
+    for s in scenarios.split(',') {
+        let pass = format!("TESTGUEST PASS {s}");
+        assert!(vm.stdout.contains(&pass), "{t}");
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{t}");
+}
+
+#[test]
+fn requests_1vcpu() {
+    if require_kvm() {
+        run("iommu-requests", 1);
+    }
+}
+
+#[test]
+fn requests_and_topology_2vcpus() {
+    if require_kvm() {
+        run("pci-enum,acpi,iommu-requests", 2);
+    }
+}
+
+#[test]
+fn thirty_one_ports_leave_no_room() {
+    let out = std::process::Command::new(tests::vmm_binary())
+        .args(["run", "--iommu", "--pcie-root-ports", "31"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("30 with --iommu"));
+}
