@@ -94,6 +94,13 @@ fn api_status_and_garbage() {
     assert_eq!(status["status"]["state"], "running");
     assert_eq!(status["status"]["vcpus"], 2);
     assert_eq!(status["status"]["memory_bytes"], 256u64 << 20);
+    // Pause answers once every vCPU is out of the guest; resume runs them again.
+    let paused = ask("{\"action\":\"pause\"}\n");
+    assert_eq!(paused["status"]["state"], "paused", "{paused}");
+    let again = ask("{\"action\":\"pause\"}\n");
+    assert_eq!(again["ok"], false, "pausing twice is refused: {again}");
+    let resumed = ask("{\"action\":\"resume\"}\n");
+    assert_eq!(resumed["status"]["state"], "running", "{resumed}");
     // The VM is unharmed by all that.
     vm.signal(libc::SIGTERM);
     let code = vm.wait_exit(DEADLINE).expect("exits").code();

@@ -202,6 +202,8 @@ pub struct RunOutcome {
 }
 
 struct StatusSource {
+    /// The vCPU threads (filled once they exist).
+    handles: Arc<Mutex<Vec<VcpuHandle>>>,
     vcpus: u8,
     memory: u64,
     template: CpuTemplate,
@@ -230,6 +232,30 @@ impl ApiHandler for VmApi {
     fn handle(&mut self, request: Request) -> Reply {
         let r = match request {
             Request::Status => Response::status(self.status.status()),
+            Request::Pause | Request::Resume => {
+                let pause = matches!(request, Request::Pause);
+                let handles = self
+                    .status
+                    .handles
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let event = if pause {
+                    VcpuEvent::Pause
+                } else {
+                    VcpuEvent::Resume
+                };
+                let refused = handles.iter().find_map(|v| v.request(event).err());
+                let parked = !pause
+                    || handles
+                        .iter()
+                        .all(|v| v.wait_parked(std::time::Duration::from_secs(5)));
+                drop(handles);
+                match (refused, parked) {
+                    (Some(e), _) => Response::error(e.to_string()),
+                    (None, false) => Response::error("vCPUs did not stop within 5 s"),
+                    (None, true) => Response::status(self.status.status()),
+                }
+            }
             Request::DeviceList => Response::slots(self.hotplug().list()),
             Request::DeviceAdd { net, port } => match self.hotplug().add_spec(net, port) {
                 Ok(info) => Response::device(info),
@@ -259,8 +285,14 @@ impl ApiHandler for VmApi {
 
 impl StatusSource {
     fn status(&self) -> VmStatus {
+        let paused = self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|v| v.state() == crate::kvm::VcpuState::Paused);
         VmStatus {
-            state: "running".into(),
+            state: if paused { "paused" } else { "running" }.into(),
             vcpus: self.vcpus,
             memory_bytes: self.memory,
             cpu_template: self.template.to_string(),
@@ -387,11 +419,13 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         signal_evt,
         done: done.clone(),
     })));
+    let vcpu_handles: Arc<Mutex<Vec<VcpuHandle>>> = Arc::new(Mutex::new(Vec::new()));
     if let Some(path) = &config.api_socket {
         let server = ApiServer::bind(
             path,
             Box::new(VmApi {
                 status: StatusSource {
+                    handles: vcpu_handles.clone(),
                     vcpus: config.vcpus,
                     memory: config.memory,
                     template,
@@ -433,11 +467,16 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         v.request(VcpuEvent::Start)
             .map_err(|e| VmmError::Runtime(e.to_string()))?;
     }
+    *vcpu_handles.lock().unwrap_or_else(|e| e.into_inner()) = vcpus;
     while !done.load(Ordering::SeqCst) {
         em.run()
             .map_err(|e| VmmError::Runtime(format!("event loop: {e:?}")))?;
     }
-    for v in &mut vcpus {
+    for v in vcpu_handles
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter_mut()
+    {
         v.exit_and_join();
     }
     SIGNAL_EVENT_FD.store(-1, Ordering::SeqCst);

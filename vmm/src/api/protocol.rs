@@ -13,6 +13,10 @@ pub const MAX_REQUEST_LEN: usize = 64 * 1024;
 pub enum Request {
     /// The VM's status.
     Status,
+    /// Stop every vCPU outside KVM_RUN; answered once they all are.
+    Pause,
+    /// Run the vCPUs again.
+    Resume,
     /// The root ports and the devices in their slots.
     DeviceList,
     /// Hot-add a device in the next free slot (or the one named).
@@ -66,7 +70,7 @@ pub struct SlotInfo {
 /// The VM's status.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct VmStatus {
-    /// "running" (more states come with pause/resume).
+    /// "running" or "paused".
     pub state: String,
     /// vCPU count.
     pub vcpus: u8,
@@ -153,7 +157,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     // a misspelt parameter is an error rather than silently dropped.
     let unit = matches!(
         value.get("action").and_then(|a| a.as_str()),
-        Some("status" | "device-list")
+        Some("status" | "device-list" | "pause" | "resume")
     );
     if unit
         && let Some(extra) = value

@@ -24,6 +24,10 @@ struct Cli {
 enum Command {
     /// The VM's state, vCPUs, memory, CPU template.
     Status,
+    /// Stop the vCPUs (answered once they are all out of the guest).
+    Pause,
+    /// Run the vCPUs again.
+    Resume,
     /// PCI devices in root-port slots.
     #[command(subcommand)]
     Device(DeviceCommand),
@@ -64,6 +68,8 @@ enum AddKind {
 fn request(cli: &Cli) -> Result<Value, String> {
     Ok(match &cli.command {
         Command::Status => json!({"action": "status"}),
+        Command::Pause => json!({"action": "pause"}),
+        Command::Resume => json!({"action": "resume"}),
         Command::Device(DeviceCommand::List) => json!({"action": "device-list"}),
         Command::Device(DeviceCommand::Add {
             kind: AddKind::Net { spec, port },

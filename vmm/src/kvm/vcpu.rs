@@ -81,6 +81,8 @@ pub trait VcpuStopSink: Send + Sync {
 struct Shared {
     state: Mutex<VcpuState>,
     changed: Condvar,
+    /// The thread is waiting outside KVM_RUN (created or paused), guest state at rest.
+    parked: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -148,6 +150,7 @@ impl VcpuHandle {
         let shared = Arc::new(Shared {
             state: Mutex::new(VcpuState::Created),
             changed: Condvar::new(),
+            parked: std::sync::atomic::AtomicBool::new(false),
         });
         let id = ctx.id;
         let thread_shared = shared.clone();
@@ -192,6 +195,31 @@ impl VcpuHandle {
         }
     }
 
+    /// Waits until the thread has left KVM_RUN after a pause (or ended); false on timeout.
+    pub fn wait_parked(&self, timeout: std::time::Duration) -> bool {
+        use std::sync::atomic::Ordering;
+        let deadline = std::time::Instant::now() + timeout;
+        let mut state = self.shared.lock();
+        loop {
+            let done = self.shared.parked.load(Ordering::SeqCst)
+                || *state == VcpuState::Exited
+                || self.thread.as_ref().is_none_or(|t| t.is_finished());
+            if done {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+
     /// Asks the thread to exit and waits for it.
     pub fn exit_and_join(&mut self) {
         let _ = self.request(VcpuEvent::Exit);
@@ -208,14 +236,22 @@ impl Drop for VcpuHandle {
     }
 }
 
-/// Waits while created or paused; returns false once the vCPU must exit.
+/// Waits while created or paused (marked parked meanwhile); returns false once the vCPU
+/// must exit.
 fn wait_runnable(shared: &Shared) -> bool {
+    use std::sync::atomic::Ordering;
     let mut state = shared.lock();
     loop {
         match *state {
-            VcpuState::Running => return true,
+            VcpuState::Running => {
+                shared.parked.store(false, Ordering::SeqCst);
+                return true;
+            }
             VcpuState::Exited => return false,
             VcpuState::Created | VcpuState::Paused => {
+                if !shared.parked.swap(true, Ordering::SeqCst) {
+                    shared.changed.notify_all();
+                }
                 state = shared
                     .changed
                     .wait(state)
