@@ -78,6 +78,32 @@ pub enum PlugError {
     IoBar,
 }
 
+/// Programs every memory BAR of `device` at the address `alloc` gives it, then turns memory
+/// decoding on, as firmware does. `Err(None)` when `alloc` finds no room; I/O BARs are
+/// refused (root ports have no I/O window).
+fn assign_bars(
+    device: &mut dyn PciDevice,
+    mut alloc: impl FnMut(super::Bar) -> Option<u64>,
+) -> Result<(), Option<PlugError>> {
+    for i in 0..6 {
+        let Some(bar) = device.config().bar(i) else {
+            continue;
+        };
+        if bar.kind == super::BarKind::Io {
+            return Err(Some(PlugError::IoBar));
+        }
+        let base = alloc(bar).ok_or(None)?;
+        let reg = super::regs::BAR0 + 4 * i;
+        device.config_write(reg, &(base as u32).to_le_bytes());
+        if bar.kind == super::BarKind::Memory64 {
+            device.config_write(reg + 4, &((base >> 32) as u32).to_le_bytes());
+        }
+    }
+    let cmd = device.config().read_u16(super::regs::COMMAND) | super::regs::CMD_MEMORY;
+    device.config_write(super::regs::COMMAND, &cmd.to_le_bytes());
+    Ok(())
+}
+
 /// The memory BAR of `cfg` that decodes `[addr, end)`, and the offset in it, if decoding is
 /// on.
 fn decode_bar(cfg: &super::ConfigSpace, addr: u64, end: u64) -> Option<(usize, u64)> {
@@ -137,26 +163,15 @@ impl RootComplex {
         if dev > 31 || taken {
             return Err(PlugError::Occupied(usize::from(dev)));
         }
-        for i in 0..6 {
-            let Some(bar) = device.config().bar(i) else {
-                continue;
-            };
-            if bar.kind == super::BarKind::Io {
-                return Err(PlugError::IoBar);
-            }
-            let base = self.root_next.next_multiple_of(bar.size);
-            if base + bar.size - 1 > self.root_window.1 {
-                return Err(PlugError::WindowFull(usize::from(dev)));
-            }
-            self.root_next = base + bar.size;
-            let reg = super::regs::BAR0 + 4 * i;
-            device.config_write(reg, &(base as u32).to_le_bytes());
-            if bar.kind == super::BarKind::Memory64 {
-                device.config_write(reg + 4, &((base >> 32) as u32).to_le_bytes());
-            }
-        }
-        let cmd = device.config().read_u16(super::regs::COMMAND) | super::regs::CMD_MEMORY;
-        device.config_write(super::regs::COMMAND, &cmd.to_le_bytes());
+        let (next, end) = (&mut self.root_next, self.root_window.1);
+        assign_bars(&mut *device, |bar| {
+            let base = next.next_multiple_of(bar.size);
+            (base + bar.size - 1 <= end).then(|| {
+                *next = base + bar.size;
+                base
+            })
+        })
+        .map_err(|e| e.unwrap_or(PlugError::WindowFull(usize::from(dev))))?;
         self.root_devices.push((dev, device));
         Ok(())
     }
@@ -299,30 +314,19 @@ impl RootComplex {
         let cfg = port.port_config();
         let mut next32 = u64::from(cfg.mem_window.0);
         let mut next64 = cfg.pref_window.0;
-        for i in 0..6 {
-            let Some(bar) = device.config().bar(i) else {
-                continue;
-            };
+        assign_bars(&mut *device, |bar| {
             let (next, limit) = if bar.kind == super::BarKind::Memory64 && bar.prefetchable {
                 (&mut next64, cfg.pref_window.1)
-            } else if bar.kind == super::BarKind::Io {
-                return Err(PlugError::IoBar);
             } else {
                 (&mut next32, u64::from(cfg.mem_window.1))
             };
             let base = next.next_multiple_of(bar.size);
-            if base + bar.size - 1 > limit {
-                return Err(PlugError::WindowFull(index));
-            }
-            *next = base + bar.size;
-            let reg = super::regs::BAR0 + 4 * i;
-            device.config_write(reg, &(base as u32).to_le_bytes());
-            if bar.kind == super::BarKind::Memory64 {
-                device.config_write(reg + 4, &((base >> 32) as u32).to_le_bytes());
-            }
-        }
-        let cmd = device.config().read_u16(super::regs::COMMAND) | super::regs::CMD_MEMORY;
-        device.config_write(super::regs::COMMAND, &cmd.to_le_bytes());
+            (base + bar.size - 1 <= limit).then(|| {
+                *next = base + bar.size;
+                base
+            })
+        })
+        .map_err(|e| e.unwrap_or(PlugError::WindowFull(index)))?;
         port.plug_cold(device)
             .map_err(|_| PlugError::Occupied(index))
     }
