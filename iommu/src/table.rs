@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::domain::{Domain, MapError, Mapping, Perm};
 use crate::rid::RequesterId;
@@ -107,6 +108,9 @@ pub struct IommuTable {
     bypass_detached: bool,
     domain_range: (DomainId, DomainId),
     subscribers: Vec<Arc<dyn ChangeSubscriber>>,
+    /// Bumped whenever a translation may have been withdrawn (unmap, attach, detach,
+    /// bypass change): caches of translations compare it and flush.
+    generation: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for IommuTable {
@@ -134,6 +138,45 @@ impl IommuTable {
             bypass_detached,
             domain_range,
             subscribers: Vec::new(),
+            generation: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The counter caches watch: when it moves, cached translations may be stale.
+    pub fn generation(&self) -> Arc<AtomicU64> {
+        self.generation.clone()
+    }
+
+    fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The mapping that translates `iova` for `ep`: `Ok(None)` when `ep` bypasses (identity),
+    /// or the fault.
+    pub fn lookup(
+        &self,
+        ep: RequesterId,
+        iova: u64,
+        access: Perm,
+    ) -> Result<Option<Mapping>, Fault> {
+        let fault = |reason| Fault {
+            reason,
+            address: iova,
+            access,
+            endpoint: ep,
+        };
+        match self.endpoint(ep) {
+            EndpointState::Bypass => Ok(None),
+            EndpointState::Detached if self.bypass_detached => Ok(None),
+            EndpointState::Detached => Err(fault(FaultReason::Domain)),
+            EndpointState::Domain(d) => self
+                .domains
+                .get(&d)
+                .and_then(|d| d.lookup(iova))
+                .filter(|m| m.perm.allows(access))
+                .copied()
+                .map(Some)
+                .ok_or_else(|| fault(FaultReason::Mapping)),
         }
     }
 
@@ -145,6 +188,7 @@ impl IommuTable {
     /// Sets whether detached endpoints bypass.
     pub fn set_bypass(&mut self, bypass: bool) {
         self.bypass_detached = bypass;
+        self.bump();
     }
 
     /// The state of `ep`.
@@ -193,6 +237,7 @@ impl IommuTable {
             EndpointState::Domain(domain)
         };
         self.endpoints.insert(ep, new);
+        self.bump();
         if let EndpointState::Domain(d) = old
             && old != new
         {
@@ -207,6 +252,7 @@ impl IommuTable {
             return Err(TableError::NotAttached(ep, domain));
         }
         self.endpoints.remove(&ep);
+        self.bump();
         self.reap(domain);
         Ok(())
     }
@@ -264,6 +310,7 @@ impl IommuTable {
             .get_mut(&domain)
             .ok_or(TableError::NoDomain(domain))?;
         let removed = d.unmap(start, end)?;
+        self.bump();
         let endpoints = self.endpoints_of(domain);
         for mapping in removed {
             self.notify(&Change::Unmap {

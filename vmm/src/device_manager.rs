@@ -24,6 +24,7 @@ use crate::kvm::irq_routing::KvmMsixRoutes;
 use crate::kvm::{IoBus, KvmError, Vm};
 use crate::memory::layout;
 use devices::interrupt::MsixDelivery;
+use devices::virtio::dma::IommuContext;
 use devices::virtio::iommu::{SharedEngine, VirtioIommu};
 use devices::virtio::transport::VirtioPciDevice;
 use iommu::IommuTable;
@@ -192,6 +193,7 @@ impl DeviceManager {
                 (0, u64::MAX),
             )));
             let device = VirtioIommu::new(engine.clone(), (0, u64::MAX), (0, u32::MAX));
+            let faults = device.fault_sink();
             let routes = KvmMsixRoutes::new(router.clone(), VirtioPciDevice::vectors_for(&device))
                 .map_err(DeviceError::EventFd)?;
             let pci_dev = VirtioPciDevice::new(
@@ -204,12 +206,21 @@ impl DeviceManager {
                 .unwrap_or_else(|e| e.into_inner())
                 .add_root_device(IOMMU_DEVICE, Box::new(pci_dev))
                 .map_err(|e| DeviceError::Hotplug(HotplugError::Slot(e.to_string())))?;
-            Some(engine)
+            Some(IommuContext {
+                engine,
+                faults: Arc::new(faults),
+            })
         } else {
             None
         };
-        let hotplug = PciHotplug::new(pci.clone(), mem.clone(), router, vm.doorbells())
-            .map_err(DeviceError::EventFd)?;
+        let hotplug = PciHotplug::new(
+            pci.clone(),
+            mem.clone(),
+            router,
+            vm.doorbells(),
+            iommu_engine.clone(),
+        )
+        .map_err(DeviceError::EventFd)?;
         let hotplug = Arc::new(Mutex::new(hotplug));
         for n in net {
             hotplug
@@ -251,7 +262,7 @@ impl DeviceManager {
             serial,
             pci,
             hotplug,
-            iommu: iommu_engine,
+            iommu: iommu_engine.map(|c| c.engine),
         })
     }
 }

@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use devices::interrupt::{DoorbellRegistry, MsixDelivery};
 use devices::pci::io::SharedRootComplex;
 use devices::pci::root_port::HotplugEvent;
+use devices::virtio::dma::IommuContext;
 use devices::virtio::net::{NetBackend, SeqpacketBackend, TapBackend, VirtioNet};
 use devices::virtio::transport::VirtioPciDevice;
+use iommu::RequesterId;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -58,6 +60,8 @@ pub struct PciHotplug {
     mem: GuestMemoryMmap,
     router: SharedRouter,
     doorbells: Arc<dyn DoorbellRegistry>,
+    /// The IOMMU devices in slots sit behind, if the machine has one.
+    iommu: Option<IommuContext>,
     devices: Vec<Entry>,
     pending: Vec<Pending>,
     next_net: usize,
@@ -91,6 +95,7 @@ impl PciHotplug {
         mem: GuestMemoryMmap,
         router: SharedRouter,
         doorbells: Arc<dyn DoorbellRegistry>,
+        iommu: Option<IommuContext>,
     ) -> std::io::Result<Self> {
         let events = Arc::new(EventFd::new(EFD_NONBLOCK)?);
         for port in lock(&pci).ports_mut() {
@@ -101,6 +106,7 @@ impl PciHotplug {
             mem,
             router,
             doorbells,
+            iommu,
             devices: Vec::new(),
             pending: Vec::new(),
             next_net: 0,
@@ -176,13 +182,19 @@ impl PciHotplug {
             .map_err(|e| HotplugError::Backend(format!("virtio-net: {e}")))?;
         let routes = KvmMsixRoutes::new(self.router.clone(), VirtioPciDevice::vectors_for(&device))
             .map_err(|e| HotplugError::Backend(format!("MSI-X routes: {e}")))?;
-        let pci_dev = Box::new(VirtioPciDevice::new(
+        let port_cfg = rc.ports()[index].port_config();
+        let mut pci_dev = VirtioPciDevice::new(
             Box::new(device),
             self.mem.clone(),
             MsixDelivery::Routed(Arc::new(routes)),
             Some(self.doorbells.clone()),
-        ));
-        let port_cfg = rc.ports()[index].port_config();
+        );
+        if let Some(ctx) = &self.iommu {
+            // Function 0 of the slot's bus.
+            let rid = RequesterId::from_routing_id(0, u16::from(port_cfg.bus) << 8);
+            pci_dev = pci_dev.behind_iommu(ctx.clone(), rid);
+        }
+        let pci_dev = Box::new(pci_dev);
         if cold {
             rc.plug_cold(index, pci_dev)
                 .map_err(|e| HotplugError::Slot(e.to_string()))?;

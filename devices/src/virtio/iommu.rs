@@ -7,8 +7,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use iommu::table::Fault;
 use iommu::virtio::{Engine, PROBE_SIZE, Request, Status, encode_fault, features};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::Bytes;
 
+use super::dma::DmaMemory;
+
+use super::dma::FaultSink;
 use super::{ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt, read_config_bytes};
 use crate::{debug_ratelimited, warn_ratelimited};
 
@@ -30,10 +33,18 @@ fn lock(e: &SharedEngine) -> MutexGuard<'_, Engine> {
 }
 
 struct Running {
-    mem: GuestMemoryMmap,
+    mem: DmaMemory,
     requests: Queue,
     events: Queue,
     interrupt: Arc<dyn VirtioInterrupt>,
+}
+
+/// The queues and the faults waiting for event buffers, shared with the [`FaultSink`]
+/// that devices' DMA reports to (from their worker threads).
+#[derive(Default)]
+struct Queues {
+    running: Option<Running>,
+    pending_faults: Vec<Fault>,
 }
 
 /// The virtio-iommu device.
@@ -41,15 +52,29 @@ pub struct VirtioIommu {
     engine: SharedEngine,
     input_range: (u64, u64),
     domain_range: (u32, u32),
-    running: Option<Running>,
-    pending_faults: Vec<Fault>,
+    queues: Arc<Mutex<Queues>>,
+}
+
+/// Reports DMA faults to a virtio-iommu's event queue.
+#[derive(Clone)]
+pub struct IommuFaults(Arc<Mutex<Queues>>);
+
+impl std::fmt::Debug for IommuFaults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IommuFaults")
+    }
+}
+
+impl FaultSink for IommuFaults {
+    fn fault(&self, fault: Fault) {
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        q.report_fault(fault);
+    }
 }
 
 impl std::fmt::Debug for VirtioIommu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VirtioIommu")
-            .field("running", &self.running.is_some())
-            .finish_non_exhaustive()
+        f.debug_struct("VirtioIommu").finish_non_exhaustive()
     }
 }
 
@@ -60,9 +85,17 @@ impl VirtioIommu {
             engine,
             input_range,
             domain_range,
-            running: None,
-            pending_faults: Vec::new(),
+            queues: Arc::new(Mutex::new(Queues::default())),
         }
+    }
+
+    /// Where devices behind this IOMMU report DMA faults.
+    pub fn fault_sink(&self) -> IommuFaults {
+        IommuFaults(self.queues.clone())
+    }
+
+    fn queues(&self) -> MutexGuard<'_, Queues> {
+        self.queues.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn config_bytes(&self) -> [u8; 0x28] {
@@ -77,9 +110,15 @@ impl VirtioIommu {
         c
     }
 
-    /// Reports a DMA fault on the event queue (kept, up to a bound, until the driver posts
-    /// event buffers).
+    /// Reports a DMA fault on the event queue.
     pub fn report_fault(&mut self, fault: Fault) {
+        self.queues().report_fault(fault);
+    }
+}
+
+impl Queues {
+    /// Queues a fault (kept, up to a bound, until the driver posts event buffers).
+    fn report_fault(&mut self, fault: Fault) {
         if self.pending_faults.len() < MAX_PENDING_FAULTS {
             self.pending_faults.push(fault);
         } else {
@@ -118,7 +157,7 @@ impl VirtioIommu {
         }
     }
 
-    fn process_requests(&mut self) {
+    fn process_requests(&mut self, engine: &SharedEngine) {
         let Some(r) = &mut self.running else { return };
         let mut used = false;
         while let Some(chain) = r.requests.pop_descriptor_chain(&r.mem) {
@@ -145,7 +184,7 @@ impl VirtioIommu {
                 (Status::DevErr, Vec::new())
             } else {
                 match Request::parse(&readable) {
-                    Ok(req) => lock(&self.engine).handle(req),
+                    Ok(req) => lock(engine).handle(req),
                     Err(s) => (s, Vec::new()),
                 }
             };
@@ -218,7 +257,7 @@ impl VirtioDevice for VirtioIommu {
         lock(&self.engine).set_features(ctx.features);
         let events = ctx.queues.remove(usize::from(EVENT_QUEUE));
         let requests = ctx.queues.remove(usize::from(REQUEST_QUEUE));
-        self.running = Some(Running {
+        self.queues().running = Some(Running {
             mem: ctx.mem,
             requests,
             events,
@@ -228,16 +267,19 @@ impl VirtioDevice for VirtioIommu {
     }
 
     fn queue_notify(&mut self, queue: u16) {
+        let engine = self.engine.clone();
+        let mut q = self.queues();
         match queue {
-            REQUEST_QUEUE => self.process_requests(),
-            EVENT_QUEUE => self.deliver_faults(),
+            REQUEST_QUEUE => q.process_requests(&engine),
+            EVENT_QUEUE => q.deliver_faults(),
             _ => {}
         }
     }
 
     fn reset(&mut self) {
-        self.running = None;
-        self.pending_faults.clear();
+        let mut q = self.queues();
+        q.running = None;
+        q.pending_faults.clear();
     }
 }
 
@@ -247,7 +289,7 @@ mod tests {
     use crate::virtio::test_utils::TestRing;
     use iommu::IommuTable;
     use iommu::virtio::{T_ATTACH, T_MAP, T_PROBE};
-    use vm_memory::GuestAddress;
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
 
     #[derive(Debug, Default)]
     struct Irqs(Mutex<Vec<u16>>);
@@ -275,7 +317,7 @@ mod tests {
         let req = TestRing::new(&mem, 0x1000, 16);
         let ev = TestRing::new(&mem, 0x2000, 16);
         dev.activate(ActivateContext {
-            mem: mem.clone(),
+            mem: crate::virtio::dma::plain(mem.clone()),
             queues: vec![req.queue(), ev.queue()],
             interrupt: Arc::new(Irqs::default()),
             features: features::MAP_UNMAP | features::PROBE,

@@ -2,6 +2,7 @@
 //! transport. Devices get their queues at DRIVER_OK and signal the driver through
 //! [`VirtioInterrupt`], which the transport backs with MSI-X.
 
+pub mod dma;
 pub mod iommu;
 pub mod net;
 #[cfg(test)]
@@ -12,7 +13,6 @@ use std::fmt;
 use std::sync::Arc;
 
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 
 /// Device status bits (virtio 1.2, 2.1).
 pub mod status {
@@ -63,8 +63,8 @@ pub enum ActivateError {
 /// What a device gets at DRIVER_OK.
 #[derive(Debug)]
 pub struct ActivateContext {
-    /// Guest memory.
-    pub mem: GuestMemoryMmap,
+    /// Guest memory as the device's DMA sees it (translated when behind the IOMMU).
+    pub mem: dma::DmaMemory,
     /// The queues, in order (those the driver did not enable are not ready).
     pub queues: Vec<Queue>,
     /// How to notify the driver.

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
+use super::dma::{self, DmaMemory, IommuContext};
 use super::{ActivateContext, NO_VECTOR, VirtioDevice, VirtioInterrupt, features, status};
 use crate::interrupt::{DoorbellRegistry, MsixDelivery};
 use crate::pci::capability::{self, MsixLocation};
@@ -21,6 +22,7 @@ use crate::pci::msix::Msix;
 use crate::pci::regs::*;
 use crate::pci::{Bar, ConfigSpace, HeaderType, PciDevice, PciId};
 use crate::{debug_ratelimited, warn_ratelimited};
+use iommu::RequesterId;
 
 /// virtio's PCI vendor ID.
 pub const VIRTIO_VENDOR_ID: u16 = 0x1af4;
@@ -104,6 +106,8 @@ pub struct VirtioPciDevice {
     signals: Arc<Signals>,
     mem: GuestMemoryMmap,
     activated: bool,
+    /// The IOMMU this function sits behind, with its requester ID.
+    iommu: Option<(IommuContext, RequesterId)>,
     doorbells: Option<Arc<dyn DoorbellRegistry>>,
     /// BAR 0's base while the doorbells are registered there.
     doorbell_base: Option<u64>,
@@ -209,8 +213,29 @@ impl VirtioPciDevice {
             device,
             mem,
             activated: false,
+            iommu: None,
             doorbells,
             doorbell_base: None,
+        }
+    }
+
+    /// Puts the function behind an IOMMU as requester `rid`: it offers
+    /// VIRTIO_F_ACCESS_PLATFORM and, once the driver accepts it, its DMA is translated.
+    pub fn behind_iommu(mut self, ctx: IommuContext, rid: RequesterId) -> Self {
+        self.iommu = Some((ctx, rid));
+        self
+    }
+
+    /// Memory as the device will see it with `features` negotiated.
+    fn dma_memory(&self, features: u64) -> DmaMemory {
+        match &self.iommu {
+            Some((ctx, rid)) => dma::behind(
+                self.mem.clone(),
+                ctx.clone(),
+                *rid,
+                features & features::ACCESS_PLATFORM != 0,
+            ),
+            None => dma::plain(self.mem.clone()),
         }
     }
 
@@ -253,9 +278,15 @@ impl VirtioPciDevice {
         }
     }
 
-    /// The features offered: the device's plus VERSION_1.
+    /// The features offered: the device's plus VERSION_1, plus ACCESS_PLATFORM behind an
+    /// IOMMU.
     fn device_features(&self) -> u64 {
-        self.device.features() | features::VERSION_1
+        let platform = if self.iommu.is_some() {
+            features::ACCESS_PLATFORM
+        } else {
+            0
+        };
+        self.device.features() | features::VERSION_1 | platform
     }
 
     fn reset(&mut self) {
@@ -304,13 +335,12 @@ impl VirtioPciDevice {
             self.common.status |= status::DEVICE_NEEDS_RESET;
             return;
         }
+        let dma = self.dma_memory(self.common.driver_features);
         let mut queues = Vec::with_capacity(self.common.queues.len());
         for (i, q) in self.common.queues.iter().enumerate() {
             // The device gets its own copy; the transport keeps the programmed values.
             let copy = if q.ready() {
-                Queue::try_from(q.state())
-                    .ok()
-                    .filter(|c| c.is_valid(&self.mem))
+                Queue::try_from(q.state()).ok().filter(|c| c.is_valid(&dma))
             } else {
                 Queue::new(q.max_size()).ok()
             };
@@ -324,7 +354,7 @@ impl VirtioPciDevice {
             }
         }
         let ctx = ActivateContext {
-            mem: self.mem.clone(),
+            mem: dma,
             queues,
             interrupt: self.signals.clone(),
             features: self.common.driver_features,

@@ -218,3 +218,28 @@ fn random_sequences_match_a_reference_model() {
         }
     }
 }
+
+#[test]
+fn lookup_and_generation() {
+    let mut t = IommuTable::default();
+    let g = t.generation();
+    let a = rid(1);
+    assert_eq!(
+        t.lookup(a, 0, Perm::R).unwrap_err().reason,
+        FaultReason::Domain
+    );
+    t.attach(a, 1, false).unwrap();
+    let after_attach = g.load(std::sync::atomic::Ordering::SeqCst);
+    t.map(1, 0x1000, 0x1fff, 0x9000, Perm::R).unwrap();
+    assert_eq!(
+        g.load(std::sync::atomic::Ordering::SeqCst),
+        after_attach,
+        "maps do not invalidate"
+    );
+    assert_eq!(t.lookup(a, 0x1800, Perm::R).unwrap().unwrap().phys, 0x9000);
+    assert!(t.lookup(a, 0x1800, Perm::W).is_err());
+    t.unmap(1, 0, u64::MAX).unwrap();
+    assert!(g.load(std::sync::atomic::Ordering::SeqCst) > after_attach);
+    t.attach(a, 0, true).unwrap();
+    assert_eq!(t.lookup(a, 0x1234, Perm::W), Ok(None), "bypass");
+}

@@ -46,7 +46,7 @@ fn setup() -> Setup {
     let tx = TestRing::new(&mem, 0x20000, 16);
     let (s, irqs) = channel();
     net.activate(ActivateContext {
-        mem: mem.clone(),
+        mem: crate::virtio::dma::plain(mem.clone()),
         queues: vec![rx.queue(), tx.queue()],
         interrupt: Arc::new(ChannelIrq(Mutex::new(s))),
         features: F_MAC | F_MRG_RXBUF | crate::virtio::features::VERSION_1,
@@ -205,7 +205,7 @@ fn reset_stops_and_restarts() {
     let tx = TestRing::new(&mem, 0x20000, 16);
     let (s, _irqs) = channel();
     net.activate(ActivateContext {
-        mem,
+        mem: crate::virtio::dma::plain(mem),
         queues: vec![rx.queue(), tx.queue()],
         interrupt: Arc::new(ChannelIrq(Mutex::new(s))),
         features: 0,

@@ -5,7 +5,9 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::Bytes;
+
+use crate::virtio::dma::DmaMemory;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -32,7 +34,7 @@ pub struct NetCounters {
 }
 
 pub(super) struct Worker {
-    mem: GuestMemoryMmap,
+    mem: DmaMemory,
     rx: Queue,
     tx: Queue,
     interrupt: Arc<dyn VirtioInterrupt>,
@@ -256,7 +258,7 @@ impl Worker {
         self.update_backend_watch(epoll);
     }
 
-    fn rx_available(&mut self, mem: &GuestMemoryMmap) -> bool {
+    fn rx_available(&mut self, mem: &DmaMemory) -> bool {
         match (
             self.rx.avail_idx(mem, std::sync::atomic::Ordering::Acquire),
             self.rx.next_avail(),
@@ -294,7 +296,7 @@ impl Worker {
 
     /// Writes header + the `len`-byte frame in `rx_buf` into as many receive chains as it
     /// takes (mergeable buffers).
-    fn deliver(&mut self, mem: &GuestMemoryMmap, len: usize) -> Result<(), NoBuffers> {
+    fn deliver(&mut self, mem: &DmaMemory, len: usize) -> Result<(), NoBuffers> {
         self.rx_buf[..NET_HDR_LEN].copy_from_slice(&rx_header(1));
         let stream = &self.rx_buf[..NET_HDR_LEN + len];
         let mut used: Vec<(u16, u32)> = Vec::new();
