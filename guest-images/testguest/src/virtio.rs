@@ -58,13 +58,16 @@ pub struct Vq {
     notify: u64,
     avail_idx: u16,
     used_seen: u16,
+    /// Added to guest-physical addresses handed to the device (IOVA = GPA + offset when
+    /// the device sits behind an IOMMU with such a mapping).
+    dma_offset: u64,
 }
 
 impl Vq {
-    /// Writes descriptor `i`.
+    /// Writes descriptor `i` for the buffer at guest-physical `addr`.
     pub fn set_desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
         let d = self.desc + 16 * u64::from(i);
-        phys::write_u64(d, addr);
+        phys::write_u64(d, addr.wrapping_add(self.dma_offset));
         phys::write_u64(
             d + 8,
             u64::from(len) | (u64::from(flags) << 32) | (u64::from(next) << 48),
@@ -128,6 +131,8 @@ pub struct VirtioPci {
     msix_table: u64,
     msix_cap: u16,
     ecam: Ecam,
+    /// Added to every address the device is given (see [`Vq`]).
+    pub dma_offset: u64,
 }
 
 /// A bump allocator over a scratch area of RAM for rings and buffers.
@@ -256,6 +261,7 @@ impl VirtioPci {
             msix_table: bar((table & 7) as u8) + u64::from(table & !7),
             msix_cap,
             ecam: *ecam,
+            dma_offset: 0,
         })
     }
 
@@ -304,7 +310,8 @@ impl VirtioPci {
         let avail = scratch.alloc(6 + 2 * n, 2)?;
         let used = scratch.alloc(6 + 8 * n, 4)?;
         mmio::write16(c + 0x18, size);
-        for (off, addr) in [(0x20u64, desc), (0x28, avail), (0x30, used)] {
+        for (off, gpa) in [(0x20u64, desc), (0x28, avail), (0x30, used)] {
+            let addr = gpa.wrapping_add(self.dma_offset);
             mmio::write32(c + off, addr as u32);
             mmio::write32(c + off + 4, (addr >> 32) as u32);
         }
@@ -323,6 +330,7 @@ impl VirtioPci {
             notify: self.notify_base + u64::from(notify_off) * u64::from(self.notify_mul),
             avail_idx: 0,
             used_seen: 0,
+            dma_offset: self.dma_offset,
         })
     }
 

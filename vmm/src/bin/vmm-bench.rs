@@ -37,6 +37,9 @@ enum Bench {
         /// Backends: socket, tap.
         #[arg(long, value_delimiter = ',', default_value = "socket,tap")]
         backends: Vec<String>,
+        /// Also measure with the device behind the virtio-iommu (translated DMA).
+        #[arg(long)]
+        iommu: bool,
     },
     /// Boot the test guest's trivial `boot` scenario repeatedly.
     Boot {
@@ -80,7 +83,8 @@ fn main() -> std::process::ExitCode {
             frames,
             sizes,
             backends,
-        } => net::run(frames, &sizes, &backends),
+            iommu,
+        } => net::run(frames, &sizes, &backends, iommu),
     }
 }
 
@@ -261,11 +265,12 @@ mod net {
     }
 
     /// One measurement: (seconds between the guest's markers, frames the receiver saw).
-    fn measure(backend: &str, frames: u64, size: u64) -> Result<(f64, u64), String> {
+    fn measure(backend: &str, frames: u64, size: u64, iommu: bool) -> Result<(f64, u64), String> {
         let vmm = super::sibling("vmm");
         let kernel = super::test_guest();
         let cmdline = format!(
-            "testguest.scenario=net-bench testguest.net_frames={frames} testguest.net_size={size}"
+            "testguest.scenario=net-bench testguest.net_frames={frames} testguest.net_size={size} testguest.net_iommu={}",
+            u8::from(iommu)
         );
         let sock = std::env::temp_dir().join(format!("vmm-bench-net-{}.sock", std::process::id()));
         let (mut cmd, counter) = match backend {
@@ -288,6 +293,9 @@ mod net {
             }
             other => return Err(format!("unknown backend {other}")),
         };
+        if iommu {
+            cmd.arg("--iommu");
+        }
         let tap_before = if counter.is_none() {
             tap_rx_packets()
         } else {
@@ -328,7 +336,7 @@ mod net {
         Ok((e.duration_since(s).as_secs_f64(), seen))
     }
 
-    pub fn run(frames: u64, sizes: &[u64], backends: &[String]) -> ExitCode {
+    pub fn run(frames: u64, sizes: &[u64], backends: &[String], iommu: bool) -> ExitCode {
         if backends.iter().any(|b| b == "tap") && !netns_with_tap() {
             eprintln!(
                 "vmm-bench: cannot create network namespace {NETNS} with {TAP} (needs root and iproute2)"
@@ -337,23 +345,31 @@ mod net {
         }
         println!("virtio-net TX from the test guest's ring-3 driver, {frames} frames per run");
         println!(
-            "{:<8} {:>6} {:>10} {:>12} {:>9} {:>10}",
+            "{:<12} {:>6} {:>10} {:>12} {:>9} {:>10}",
             "backend", "size", "seconds", "frames/s", "Gbit/s", "received"
         );
         let mut ok = true;
+        let modes: &[bool] = if iommu { &[false, true] } else { &[false] };
         for backend in backends {
             for &size in sizes {
-                match measure(backend, frames, size) {
-                    Ok((secs, seen)) => {
-                        let fps = frames as f64 / secs;
-                        let gbps = fps * size as f64 * 8.0 / 1e9;
-                        println!(
-                            "{backend:<8} {size:>6} {secs:>10.3} {fps:>12.0} {gbps:>9.3} {seen:>10}"
-                        );
-                    }
-                    Err(e) => {
-                        ok = false;
-                        println!("{backend:<8} {size:>6} failed: {e}");
+                for &through_iommu in modes {
+                    let label = if through_iommu {
+                        format!("{backend}+iommu")
+                    } else {
+                        backend.clone()
+                    };
+                    match measure(backend, frames, size, through_iommu) {
+                        Ok((secs, seen)) => {
+                            let fps = frames as f64 / secs;
+                            let gbps = fps * size as f64 * 8.0 / 1e9;
+                            println!(
+                                "{label:<12} {size:>6} {secs:>10.3} {fps:>12.0} {gbps:>9.3} {seen:>10}"
+                            );
+                        }
+                        Err(e) => {
+                            ok = false;
+                            println!("{label:<12} {size:>6} failed: {e}");
+                        }
                     }
                 }
             }

@@ -89,6 +89,57 @@ fn unmap(domain: u32, start: u64, end: u64) -> [u8; 28] {
     b
 }
 
+/// Opens the virtio-iommu and its request queue.
+fn open(ctx: &Ctx) -> Result<Driver, Fail> {
+    let ecam = Ecam::from_acpi()?;
+    let dev = VirtioPci::find_on_root_bus(&ecam, VIRTIO_IOMMU)?;
+    dev.init(F_INPUT_RANGE | F_DOMAIN_RANGE | F_MAP_UNMAP | F_PROBE)?;
+    let mut scratch = Scratch::new(&ctx.boot_params, SCRATCH.0, SCRATCH.1)?;
+    let q = dev.setup_queue(&mut scratch, 0, 16, 0xffff)?;
+    let _events = dev.setup_queue(&mut scratch, 1, 16, 0xffff)?;
+    dev.driver_ok();
+    Ok(Driver {
+        q,
+        req: scratch.alloc(128, 64)?,
+        reply: scratch.alloc(128, 64)?,
+    })
+}
+
+/// Where the virtio-net rings and buffers appear to the device: far from their
+/// guest-physical addresses, so an untranslated access could not land on them.
+const IOVA_BASE: u64 = 0x40_0000_0000;
+
+/// Puts 01:00.0 in domain 1 with the virtio-net scratch area mapped at [`IOVA_BASE`];
+/// returns the offset the driver adds to guest-physical addresses.
+pub(super) fn map_net_scratch(ctx: &Ctx) -> Result<u64, Fail> {
+    use super::virtio_net::SCRATCH as NET_SCRATCH;
+    let mut d = open(ctx)?;
+    ensure!(
+        d.status(&attach(1, 1, ENDPOINT))? == OK,
+        "attach 01:00.0 failed"
+    );
+    let m = map(1, IOVA_BASE, IOVA_BASE + NET_SCRATCH.1 - 1, NET_SCRATCH.0);
+    ensure!(d.status(&m)? == OK, "map failed");
+    info!(
+        ctx,
+        "01:00.0 in domain 1; IOVA {IOVA_BASE:#x}+{:#x} -> {:#x}", NET_SCRATCH.1, NET_SCRATCH.0
+    );
+    Ok(IOVA_BASE - NET_SCRATCH.0)
+}
+
+/// `iommu-map`: the virtio-net echo test with the device behind the IOMMU, its rings and
+/// buffers at IOVAs different from their guest-physical addresses.
+pub fn map_scenario(ctx: &Ctx) -> Result<(), Fail> {
+    use super::virtio_net::{F_ACCESS_PLATFORM, bring_up_with, echo};
+    let offset = map_net_scratch(ctx)?;
+    let mut net = bring_up_with(ctx, 64, false, F_ACCESS_PLATFORM, offset)?;
+    let frames = match ctx.cmdline.values("testguest.net_frames").last() {
+        Some(v) => v.parse().unwrap_or(32),
+        None => 32,
+    };
+    echo(ctx, &mut net, frames)
+}
+
 pub fn run(ctx: &Ctx) -> Result<(), Fail> {
     // The VIOT names the IOMMU and covers root-port bus 1.
     let rsdp = acpi::rsdp_at(acpi::scan_rsdp().ok_or(acpi::AcpiError::NoRsdp)?)?;

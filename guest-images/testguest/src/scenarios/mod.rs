@@ -73,6 +73,10 @@ pub static SCENARIOS: &[Scenario] = &[
         run: iommu::run,
     },
     Scenario {
+        name: "iommu-map",
+        run: iommu::map_scenario,
+    },
+    Scenario {
         name: "idle",
         run: lifecycle::idle,
     },

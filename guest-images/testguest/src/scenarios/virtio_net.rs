@@ -21,10 +21,12 @@ const RX_VECTOR: u8 = 0x50;
 const TX_VECTOR: u8 = 0x51;
 const CONFIG_VECTOR: u8 = 0x52;
 /// Rings and buffers live in RAM at 32 MiB (the tests give the VM 256 MiB).
-const SCRATCH: (u64, u64) = (32 << 20, 16 << 20);
+pub(super) const SCRATCH: (u64, u64) = (32 << 20, 16 << 20);
+/// VIRTIO_F_ACCESS_PLATFORM.
+pub(super) const F_ACCESS_PLATFORM: u64 = 1 << 33;
 const BUF: u64 = 2048;
 
-struct Net {
+pub(super) struct Net {
     dev: VirtioPci,
     rx: Vq,
     tx: Vq,
@@ -34,9 +36,26 @@ struct Net {
 }
 
 fn bring_up(ctx: &Ctx, queue_size: u16, tx_masked: bool) -> Result<Net, Fail> {
+    bring_up_with(ctx, queue_size, tx_masked, 0, 0)
+}
+
+/// Brings the device up accepting `extra` features, handing it addresses offset by
+/// `dma_offset` from guest-physical (IOVAs behind the IOMMU).
+pub(super) fn bring_up_with(
+    ctx: &Ctx,
+    queue_size: u16,
+    tx_masked: bool,
+    extra: u64,
+    dma_offset: u64,
+) -> Result<Net, Fail> {
     let ecam = Ecam::from_acpi()?;
-    let dev = VirtioPci::find(&ecam, VIRTIO_NET)?;
-    let offered = dev.init(F_MAC)?;
+    let mut dev = VirtioPci::find(&ecam, VIRTIO_NET)?;
+    dev.dma_offset = dma_offset;
+    let offered = dev.init(F_MAC | extra)?;
+    ensure!(
+        offered & extra == extra,
+        "the device does not offer {extra:#x}"
+    );
     ensure!(
         offered & F_MAC != 0,
         "the device does not offer VIRTIO_NET_F_MAC"
@@ -150,6 +169,11 @@ fn param(ctx: &Ctx, key: &'static str, default: u64) -> Result<u64, Fail> {
 pub fn run(ctx: &Ctx) -> Result<(), Fail> {
     let frames = param(ctx, "testguest.net_frames", 32)? as u32;
     let mut net = bring_up(ctx, 64, false)?;
+    echo(ctx, &mut net, frames)
+}
+
+/// Sends `frames` frames and checks each comes back intact (the peer echoes them).
+pub(super) fn echo(ctx: &Ctx, net: &mut Net, frames: u32) -> Result<(), Fail> {
     let (rx_irqs, tx_irqs) = (
         ring0::irq_count(BSP_CPU, RX_VECTOR),
         ring0::irq_count(BSP_CPU, TX_VECTOR),
@@ -264,7 +288,13 @@ pub fn bench(ctx: &Ctx) -> Result<(), Fail> {
         (60..=1514).contains(&size),
         "testguest.net_size must be 60..1514"
     );
-    let mut net = bring_up(ctx, 256, false)?;
+    // testguest.net_iommu=1: behind the virtio-iommu, with translated DMA.
+    let mut net = if param(ctx, "testguest.net_iommu", 0)? != 0 {
+        let offset = super::iommu::map_net_scratch(ctx)?;
+        bring_up_with(ctx, 256, false, F_ACCESS_PLATFORM, offset)?
+    } else {
+        bring_up(ctx, 256, false)?
+    };
     // Every slot holds the same frame; only the descriptors cycle.
     for slot in 0..net.tx.size {
         net.queue_tx(slot, 0, size);
