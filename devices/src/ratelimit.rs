@@ -23,20 +23,25 @@ impl RateLimit {
         }
     }
 
-    /// Whether a message may be logged now; counts it if so.
+    /// Whether a message may be logged now ([`BURST`] a second); counts it if so.
     pub fn allow(&self) -> bool {
+        self.allow_n(BURST)
+    }
+
+    /// Whether a message may be logged now with `burst` a second; counts it if so.
+    pub fn allow_n(&self, burst: u64) -> bool {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        self.allow_at(now)
+        self.allow_at(now, burst)
     }
 
-    fn allow_at(&self, now_secs: u64) -> bool {
+    fn allow_at(&self, now_secs: u64, burst: u64) -> bool {
         if self.window.swap(now_secs, Ordering::Relaxed) != now_secs {
             self.used.store(0, Ordering::Relaxed);
         }
-        self.used.fetch_add(1, Ordering::Relaxed) < BURST
+        self.used.fetch_add(1, Ordering::Relaxed) < burst
     }
 }
 
@@ -69,8 +74,8 @@ mod tests {
     #[test]
     fn burst_per_window() {
         let limit = RateLimit::new();
-        let allowed = (0..100).filter(|_| limit.allow_at(7)).count() as u64;
+        let allowed = (0..100).filter(|_| limit.allow_at(7, BURST)).count() as u64;
         assert_eq!(allowed, BURST);
-        assert!(limit.allow_at(8), "a new second opens a new window");
+        assert!(limit.allow_at(8, BURST), "a new second opens a new window");
     }
 }

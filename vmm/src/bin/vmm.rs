@@ -169,21 +169,23 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr at the level in $VMM_LOG (error, warn, info, debug, trace; default warn).
+/// Logs to stderr at the level in $VMM_LOG (error, warn, info, debug, trace; default warn),
+/// at most 50 lines a second in all: dependencies (virtio-queue) log what a guest does
+/// wrong without a limit of their own, and a guest must not be able to flood the host.
 fn env_logger_init() {
-    struct StderrLogger;
+    struct StderrLogger(devices::ratelimit::RateLimit);
     impl log::Log for StderrLogger {
         fn enabled(&self, m: &log::Metadata<'_>) -> bool {
             m.level() <= log::max_level()
         }
         fn log(&self, r: &log::Record<'_>) {
-            if self.enabled(r.metadata()) {
+            if self.enabled(r.metadata()) && self.0.allow_n(50) {
                 eprintln!("vmm: {}: {}", r.level().as_str().to_lowercase(), r.args());
             }
         }
         fn flush(&self) {}
     }
-    static LOGGER: StderrLogger = StderrLogger;
+    static LOGGER: StderrLogger = StderrLogger(devices::ratelimit::RateLimit::new());
     let level = std::env::var("VMM_LOG")
         .ok()
         .and_then(|l| l.parse().ok())

@@ -322,7 +322,9 @@ impl Worker {
                     .write_slice(&stream[written..written + take], desc.addr())
                     .is_err()
                 {
-                    warn_ratelimited!("virtio-net: RX buffer outside guest memory");
+                    warn_ratelimited!(
+                        "virtio-net: RX buffer not writable (outside RAM or an IOMMU fault)"
+                    );
                     break;
                 }
                 for off in [10usize, 11] {

@@ -23,6 +23,8 @@ const ENDPOINT: u32 = 0x0100; // 01:00.0, behind root port 1
 
 struct Driver {
     q: Vq,
+    events: Vq,
+    event_bufs: u64,
     req: u64,
     reply: u64,
 }
@@ -96,13 +98,100 @@ fn open(ctx: &Ctx) -> Result<Driver, Fail> {
     dev.init(F_INPUT_RANGE | F_DOMAIN_RANGE | F_MAP_UNMAP | F_PROBE)?;
     let mut scratch = Scratch::new(&ctx.boot_params, SCRATCH.0, SCRATCH.1)?;
     let q = dev.setup_queue(&mut scratch, 0, 16, 0xffff)?;
-    let _events = dev.setup_queue(&mut scratch, 1, 16, 0xffff)?;
+    let mut events = dev.setup_queue(&mut scratch, 1, 16, 0xffff)?;
     dev.driver_ok();
+    // Eight 24-byte event buffers for fault reports.
+    let event_bufs = scratch.alloc(8 * 32, 64)?;
+    for i in 0..8u16 {
+        events.set_desc(i, event_bufs + 32 * u64::from(i), 24, flags::WRITE, 0);
+        events.push(i);
+    }
+    events.notify();
     Ok(Driver {
         q,
+        events,
+        event_bufs,
         req: scratch.alloc(128, 64)?,
         reply: scratch.alloc(128, 64)?,
     })
+}
+
+/// `iommu-fault`: the device behind the IOMMU loses the mapping of its receive buffers
+/// while a frame arrives: the write faults, the fault is reported on the event queue, the
+/// guest memory behind the old mapping is untouched, and once the buffers are mapped again
+/// the device works on.
+pub fn fault_scenario(ctx: &Ctx) -> Result<(), Fail> {
+    use super::virtio_net::{F_ACCESS_PLATFORM, SCRATCH as NET, bring_up_with, echo};
+    const RINGS: u64 = 0x1000;
+    const RX_END: u64 = 0x21000;
+    let mut d = open(ctx)?;
+    ensure!(d.status(&attach(1, 1, ENDPOINT))? == OK, "attach failed");
+    // Three mappings: rings, receive buffers, the rest.
+    let pieces = [(0, RINGS), (RINGS, RX_END), (RX_END, NET.1)];
+    for (lo, hi) in pieces {
+        let m = map(1, IOVA_BASE + lo, IOVA_BASE + hi - 1, NET.0 + lo);
+        ensure!(d.status(&m)? == OK, "map {lo:#x}..{hi:#x} failed");
+    }
+    let offset = IOVA_BASE - NET.0;
+    let mut net = bring_up_with(ctx, 64, false, F_ACCESS_PLATFORM, offset)?;
+    ensure!(
+        net.rx_bufs == NET.0 + RINGS,
+        "receive buffers at {:#x}, not where mapped",
+        net.rx_bufs
+    );
+    echo(ctx, &mut net, 4)?;
+
+    // Mark the receive buffers, then withdraw their mapping.
+    for q in (NET.0 + RINGS..NET.0 + RX_END).step_by(8) {
+        phys::write_u64(q, 0x5a5a_5a5a_5a5a_5a5a);
+    }
+    let rx_iova = (IOVA_BASE + RINGS, IOVA_BASE + RX_END - 1);
+    ensure!(
+        d.status(&unmap(1, rx_iova.0, rx_iova.1))? == OK,
+        "unmap failed"
+    );
+    net.send_one(0x77, 200);
+    let (got, _) = time::wait_until(|| d.events.pop_used().is_some());
+    ensure!(got, "no fault event");
+    let mut ev = [0u8; 24];
+    for (i, chunk) in ev.chunks_mut(8).enumerate() {
+        chunk.copy_from_slice(&phys::read_u64(d.event_bufs + 8 * i as u64).to_le_bytes());
+    }
+    let (reason, flags, endpoint) = (
+        ev[0],
+        u32::from_le_bytes([ev[4], ev[5], ev[6], ev[7]]),
+        u32::from_le_bytes([ev[8], ev[9], ev[10], ev[11]]),
+    );
+    let address = u64::from_le_bytes(ev[16..24].try_into().unwrap_or_default());
+    ensure!(
+        reason == 2 && endpoint == ENDPOINT,
+        "fault reason {reason}, endpoint {endpoint:#x}"
+    );
+    ensure!(
+        flags & 0x102 == 0x102,
+        "fault flags {flags:#x}: expected a write with an address"
+    );
+    ensure!(
+        (rx_iova.0..=rx_iova.1).contains(&address),
+        "fault at {address:#x}, outside the receive buffers"
+    );
+    // The frame went nowhere: the buffer it would have used is returned empty, memory intact.
+    let (used, _) = time::wait_until(|| net.rx_used_empty());
+    ensure!(used, "the receive chain did not come back");
+    for q in (NET.0 + RINGS..NET.0 + RX_END).step_by(8) {
+        ensure!(
+            phys::read_u64(q) == 0x5a5a_5a5a_5a5a_5a5a,
+            "guest memory at {q:#x} changed after the unmap"
+        );
+    }
+    info!(
+        ctx,
+        "write fault at IOVA {address:#x} reported (flags {flags:#x}); memory behind it untouched"
+    );
+    // Map again: the device carries on.
+    let m = map(1, rx_iova.0, rx_iova.1, NET.0 + RINGS);
+    ensure!(d.status(&m)? == OK, "map again failed");
+    echo(ctx, &mut net, 4)
 }
 
 /// Where the virtio-net rings and buffers appear to the device: far from their
@@ -174,7 +263,7 @@ pub fn run(ctx: &Ctx) -> Result<(), Fail> {
     );
     let mut scratch = Scratch::new(&ctx.boot_params, SCRATCH.0, SCRATCH.1)?;
     let q = dev.setup_queue(&mut scratch, 0, 16, 0xffff)?;
-    let _events = dev.setup_queue(&mut scratch, 1, 16, 0xffff)?;
+    let events = dev.setup_queue(&mut scratch, 1, 16, 0xffff)?;
     dev.driver_ok();
     ensure!(
         dev.status() & 0x44 == 4,
@@ -183,6 +272,8 @@ pub fn run(ctx: &Ctx) -> Result<(), Fail> {
     );
     let mut d = Driver {
         q,
+        events,
+        event_bufs: scratch.alloc(8 * 32, 64)?,
         req: scratch.alloc(128, 64)?,
         reply: scratch.alloc(128, 64)?,
     };

@@ -77,6 +77,10 @@ pub static SCENARIOS: &[Scenario] = &[
         run: iommu::map_scenario,
     },
     Scenario {
+        name: "iommu-fault",
+        run: iommu::fault_scenario,
+    },
+    Scenario {
         name: "idle",
         run: lifecycle::idle,
     },

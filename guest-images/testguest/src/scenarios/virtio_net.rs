@@ -30,8 +30,9 @@ pub(super) struct Net {
     dev: VirtioPci,
     rx: Vq,
     tx: Vq,
-    rx_bufs: u64,
+    pub(super) rx_bufs: u64,
     tx_bufs: u64,
+    rx_posted: bool,
     mac: [u8; 6],
 }
 
@@ -99,11 +100,33 @@ pub(super) fn bring_up_with(
         tx,
         rx_bufs,
         tx_bufs,
+        rx_posted: false,
         mac,
     })
 }
 
 impl Net {
+    /// Queues one frame with sequence number `seq` and notifies.
+    pub(super) fn send_one(&mut self, seq: u32, len: usize) {
+        let slot = (seq % u32::from(self.tx.size)) as u16;
+        self.queue_tx(slot, seq, len);
+        self.tx.notify();
+    }
+
+    /// Pops a used receive chain of length 0 (a frame that could not be written) and posts
+    /// the buffer again; false if none is there.
+    pub(super) fn rx_used_empty(&mut self) -> bool {
+        while self.tx.pop_used().is_some() {}
+        match self.rx.pop_used() {
+            Some((id, 0)) => {
+                self.post_rx(id as u16);
+                self.rx.notify();
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn post_rx(&mut self, slot: u16) {
         self.rx.set_desc(
             slot,
@@ -178,8 +201,12 @@ pub(super) fn echo(ctx: &Ctx, net: &mut Net, frames: u32) -> Result<(), Fail> {
         ring0::irq_count(BSP_CPU, RX_VECTOR),
         ring0::irq_count(BSP_CPU, TX_VECTOR),
     );
-    for slot in 0..net.rx.size {
-        net.post_rx(slot);
+    // Post the receive buffers once; later calls find them posted (and re-posted as used).
+    if !net.rx_posted {
+        for slot in 0..net.rx.size {
+            net.post_rx(slot);
+        }
+        net.rx_posted = true;
     }
     net.rx.notify();
     let mut sent = 0u32;
