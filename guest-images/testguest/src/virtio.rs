@@ -197,6 +197,19 @@ impl VirtioPci {
         Err(VirtioError::NotFound(device_id))
     }
 
+    /// Opens virtio device `device_id` at function 0 of `bus`.
+    pub fn find_on_bus(ecam: &Ecam, bus: u8, device_id: u16) -> Result<Self, VirtioError> {
+        let f = Bdf {
+            bus,
+            dev: 0,
+            func: 0,
+        };
+        if ecam.read32(f, 0) == (u32::from(device_id) << 16) | 0x1af4 {
+            return Self::open(ecam, f);
+        }
+        Err(VirtioError::NotFound(device_id))
+    }
+
     /// Finds virtio device `device_id` among the integrated endpoints on bus 0.
     pub fn find_on_root_bus(ecam: &Ecam, device_id: u16) -> Result<Self, VirtioError> {
         for dev in 1..32u8 {

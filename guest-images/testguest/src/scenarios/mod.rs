@@ -81,6 +81,10 @@ pub static SCENARIOS: &[Scenario] = &[
         run: iommu::fault_scenario,
     },
     Scenario {
+        name: "iommu-isolation",
+        run: iommu::isolation_scenario,
+    },
+    Scenario {
         name: "idle",
         run: lifecycle::idle,
     },

@@ -29,9 +29,9 @@ const BUF: u64 = 2048;
 pub(super) struct Net {
     dev: VirtioPci,
     rx: Vq,
-    tx: Vq,
+    pub(super) tx: Vq,
     pub(super) rx_bufs: u64,
-    tx_bufs: u64,
+    pub(super) tx_bufs: u64,
     rx_posted: bool,
     mac: [u8; 6],
 }
@@ -50,7 +50,33 @@ pub(super) fn bring_up_with(
     dma_offset: u64,
 ) -> Result<Net, Fail> {
     let ecam = Ecam::from_acpi()?;
-    let mut dev = VirtioPci::find(&ecam, VIRTIO_NET)?;
+    let dev = VirtioPci::find(&ecam, VIRTIO_NET)?;
+    bring_up_dev(ctx, dev, SCRATCH, queue_size, tx_masked, extra, dma_offset)
+}
+
+/// Brings up the virtio-net device at function 0 of `bus`, its rings and buffers in
+/// `scratch` (base, length).
+pub(super) fn bring_up_on_bus(
+    ctx: &Ctx,
+    bus: u8,
+    scratch: (u64, u64),
+    extra: u64,
+    dma_offset: u64,
+) -> Result<Net, Fail> {
+    let ecam = Ecam::from_acpi()?;
+    let dev = VirtioPci::find_on_bus(&ecam, bus, VIRTIO_NET)?;
+    bring_up_dev(ctx, dev, scratch, 64, false, extra, dma_offset)
+}
+
+fn bring_up_dev(
+    ctx: &Ctx,
+    mut dev: VirtioPci,
+    scratch_area: (u64, u64),
+    queue_size: u16,
+    tx_masked: bool,
+    extra: u64,
+    dma_offset: u64,
+) -> Result<Net, Fail> {
     dev.dma_offset = dma_offset;
     let offered = dev.init(F_MAC | extra)?;
     ensure!(
@@ -65,7 +91,7 @@ pub(super) fn bring_up_with(
     for (i, b) in mac.iter_mut().enumerate() {
         *b = dev.config8(i as u64);
     }
-    let mut scratch = Scratch::new(&ctx.boot_params, SCRATCH.0, SCRATCH.1)?;
+    let mut scratch = Scratch::new(&ctx.boot_params, scratch_area.0, scratch_area.1)?;
     lapic::enable(SPURIOUS_VECTOR);
     let apic = lapic::id();
     dev.msix_vector(0, apic, RX_VECTOR, false);
