@@ -3,6 +3,7 @@
 
 use acpi_tables::sdt::Sdt;
 use acpi_tables::{Aml, aml};
+use devices::legacy::acpi_pm::S5_SLP_TYP;
 
 use super::{OEM_ID, OEM_REVISION, OEM_TABLE_ID, RawAml};
 
@@ -26,11 +27,14 @@ fn legacy_device(name: &str, hid: &str, uid: u8, resources: Vec<&dyn Aml>) -> Ve
     out
 }
 
-/// Builds the DSDT with `devices` added to `\_SB` after the legacy ones.
+/// Builds the DSDT: `\_S5_`, then `\_SB_` with COM1 (PNP0501: I/O 0x3F8-0x3FF, IRQ 4), the
+/// PS/2 controller (PNP0303: I/O 0x60 and 0x64, IRQ 1) and then `devices` (each an AML
+/// `Device`, e.g. the PNP0A08 host bridge and the PNP0C02 reservation).
 pub fn dsdt(devices: &[&dyn Aml]) -> Vec<u8> {
     let mut body = Vec::new();
-    // \_S5: SLP_TYP 5 for PM1a and PM1b; the FADT's sleep control register takes it.
-    let s5 = aml::Package::new(vec![&5u8, &0u8, &0u8, &0u8]);
+    // \_S5: SLP_TYP for PM1a and PM1b (and two reserved); the guest writes
+    // SLP_TYP << 2 | SLP_EN to the FADT's sleep control register, which the PM device decodes.
+    let s5 = aml::Package::new(vec![&S5_SLP_TYP, &0u8, &0u8, &0u8]);
     aml::Name::new("_S5_".into(), &s5).to_aml_bytes(&mut body);
 
     let com1 = RawAml(legacy_device(

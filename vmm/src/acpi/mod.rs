@@ -1,9 +1,13 @@
 //! ACPI tables, generated with the `acpi_tables` crate: RSDP, XSDT, FADT (hardware-reduced,
-//! with sleep and reset registers), MADT (one LAPIC per vCPU, the IOAPIC) and a DSDT whose
-//! device list grows with the machine (the PCIe host bridge comes with the PCIe work).
+//! with sleep and reset registers), MADT (one LAPIC per vCPU, the IOAPIC), a DSDT whose
+//! device list grows with the machine ([`dsdt::dsdt`] takes the extra devices: the PCIe
+//! host bridge and the ECAM reservation from [`pci`]), and MCFG and VIOT when the machine
+//! has PCIe and a virtio-iommu.
 //!
 //! Tables are laid out one after another from the RSDP (in the reserved BIOS area below
-//! 1 MiB), each 8-byte aligned, and checked to fit.
+//! 1 MiB; the RSDP 16-byte aligned, the others 8-byte aligned), checked to fit before
+//! anything is written. Where the crate lacks a setter (the MADT flags) the serialized
+//! table is patched and its checksum redone here.
 
 pub mod dsdt;
 pub mod pci;
@@ -19,7 +23,7 @@ use acpi_tables::madt::{
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::viot::{PciDevice as ViotPciDevice, PciRange, VIOT, VirtIoPciIommu};
 use acpi_tables::xsdt::XSDT;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 /// OEM ID in every table.
 pub const OEM_ID: [u8; 6] = *b"SRIOVM";
@@ -40,6 +44,12 @@ const MADT_PCAT_COMPAT: u32 = 1;
 const MADT_FLAGS_OFFSET: usize = 40;
 /// Offset of the checksum in every SDT header.
 const SDT_CHECKSUM_OFFSET: usize = 9;
+/// Length of the SDT header.
+const SDT_HEADER_LEN: usize = 36;
+/// The RSDP's alignment (on a 16-byte boundary, where OSes scanning the BIOS area look).
+const RSDP_ALIGN: u64 = 16;
+/// Every other table's alignment.
+const TABLE_ALIGN: u64 = 8;
 
 /// Where ACPI tables go and what they describe.
 #[derive(Debug, Clone)]
@@ -54,7 +64,7 @@ pub struct AcpiConfig {
     pub ioapic_id: u8,
     /// I/O base of the PM registers: sleep control (+0), sleep status (+1), reset (+2).
     pub pm_io_base: u16,
-    /// The RSDP's address; the other tables follow it.
+    /// The RSDP's address (rounded up to 16 bytes); the other tables follow it.
     pub rsdp_addr: GuestAddress,
     /// End of the area the tables may use (exclusive).
     pub tables_end: GuestAddress,
@@ -116,6 +126,9 @@ pub enum AcpiError {
     /// A vCPU count the MADT cannot describe.
     #[error("{0} vCPUs cannot be described (1 to 254)")]
     Vcpus(u8),
+    /// The PM register block (3 ports from `pm_io_base`) runs past port 0xffff.
+    #[error("PM register block at I/O port {0:#x} runs past port 0xffff")]
+    PmPorts(u16),
 }
 
 /// Raw AML bytes as an AML object.
@@ -134,8 +147,12 @@ fn bytes_of(table: &dyn Aml) -> Vec<u8> {
     v
 }
 
-/// Sets the header checksum so the bytes of `table` sum to zero.
+/// Sets the header checksum so the bytes of `table` sum to zero (a slice too short to hold
+/// an SDT header is left alone).
 pub fn fix_checksum(table: &mut [u8]) {
+    if table.len() < SDT_HEADER_LEN {
+        return;
+    }
     table[SDT_CHECKSUM_OFFSET] = 0;
     let sum = table.iter().fold(0u8, |a, b| a.wrapping_add(*b));
     table[SDT_CHECKSUM_OFFSET] = sum.wrapping_neg();
@@ -151,18 +168,32 @@ fn io_gas(port: u16) -> GAS {
     )
 }
 
-fn fadt(cfg: &AcpiConfig, dsdt: u64) -> Vec<u8> {
+/// The FADT (revision 6.5, as the crate builds it): hardware-reduced, with the sleep
+/// control/status and reset registers at `pm_io_base` +0, +1 and +2 (8-bit system I/O).
+fn fadt(cfg: &AcpiConfig, dsdt: u64) -> Result<Vec<u8>, AcpiError> {
+    use devices::legacy::acpi_pm::{RESET_REG, RESET_VALUE, SLEEP_CONTROL, SLEEP_STATUS};
+    let port = |offset: u16| {
+        cfg.pm_io_base
+            .checked_add(offset)
+            .map(io_gas)
+            .ok_or(AcpiError::PmPorts(cfg.pm_io_base))
+    };
     let mut fadt = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
         .flag(Flags::HwReducedAcpi)
         .flag(Flags::ResetRegSup)
         .dsdt_64(dsdt);
+    // The crate's dsdt_64 clears the 32-bit DSDT field; fill it in too while the DSDT is
+    // below 4 GiB, for OSes that read only that one (ACPI: X_DSDT wins when both are set).
+    if let Ok(dsdt32) = u32::try_from(dsdt) {
+        fadt.dsdt = dsdt32.into();
+    }
     fadt.iapc_boot_arch = (IAPC_8042 | IAPC_VGA_NOT_PRESENT | IAPC_CMOS_RTC_NOT_PRESENT).into();
-    fadt.reset_reg = io_gas(cfg.pm_io_base + 2);
-    fadt.reset_value = devices::legacy::acpi_pm::RESET_VALUE;
-    fadt.sleep_control_reg = io_gas(cfg.pm_io_base);
-    fadt.sleep_status_reg = io_gas(cfg.pm_io_base + 1);
+    fadt.reset_reg = port(RESET_REG)?;
+    fadt.reset_value = RESET_VALUE;
+    fadt.sleep_control_reg = port(SLEEP_CONTROL)?;
+    fadt.sleep_status_reg = port(SLEEP_STATUS)?;
     fadt.hypervisor_vendor_identity = u64::from_le_bytes(*b"SRIOVMM\0").into();
-    bytes_of(&fadt.finalize())
+    Ok(bytes_of(&fadt.finalize()))
 }
 
 fn madt(cfg: &AcpiConfig) -> Vec<u8> {
@@ -177,14 +208,16 @@ fn madt(cfg: &AcpiConfig) -> Vec<u8> {
     }
     madt.add_structure(IoApic::new(cfg.ioapic_id, cfg.ioapic_addr, 0));
     let mut bytes = bytes_of(&madt);
-    // The crate has no setter for the MADT flags.
-    bytes[MADT_FLAGS_OFFSET..MADT_FLAGS_OFFSET + 4]
-        .copy_from_slice(&MADT_PCAT_COMPAT.to_le_bytes());
+    // The crate has no setter for the MADT flags (its header field is private and always
+    // 0): patch PCAT_COMPAT in and redo the checksum.
+    if let Some(flags) = bytes.get_mut(MADT_FLAGS_OFFSET..MADT_FLAGS_OFFSET + 4) {
+        flags.copy_from_slice(&MADT_PCAT_COMPAT.to_le_bytes());
+    }
     fix_checksum(&mut bytes);
     bytes
 }
 
-/// Lays tables out from an address, 8-byte aligned, within a limit.
+/// Lays tables out one after another from an address, aligned, within a limit.
 struct Placer {
     next: u64,
     end: u64,
@@ -192,22 +225,34 @@ struct Placer {
 }
 
 impl Placer {
-    fn place(&mut self, len: usize) -> Result<GuestAddress, AcpiError> {
-        let addr = self.next.next_multiple_of(8);
-        let end = addr + len as u64;
+    /// Places a table of `len` bytes at the next `align`-byte boundary.
+    fn place_aligned(&mut self, len: usize, align: u64) -> Result<GuestAddress, AcpiError> {
+        let out_of_space = |end: u64| AcpiError::OutOfSpace {
+            need: end.saturating_sub(self.start),
+            have: self.end.saturating_sub(self.start),
+        };
+        let addr = self
+            .next
+            .checked_next_multiple_of(align)
+            .ok_or(out_of_space(u64::MAX))?;
+        let end = addr.checked_add(len as u64).ok_or(out_of_space(u64::MAX))?;
         if end > self.end {
-            return Err(AcpiError::OutOfSpace {
-                need: end - self.start,
-                have: self.end.saturating_sub(self.start),
-            });
+            return Err(out_of_space(end));
         }
         self.next = end;
         Ok(GuestAddress(addr))
     }
+
+    /// Places a table of `len` bytes at the next 8-byte boundary.
+    fn place(&mut self, len: usize) -> Result<GuestAddress, AcpiError> {
+        self.place_aligned(len, TABLE_ALIGN)
+    }
 }
 
-/// Builds every table and writes them to `mem`.
-pub fn create_acpi_tables<M: GuestMemoryBackend>(
+/// Builds every table and writes them to `mem`: the RSDP at `cfg.rsdp_addr` (rounded up to
+/// 16 bytes), then the DSDT, FADT, MADT, (MCFG, VIOT) and XSDT, each 8-byte aligned, all
+/// below `cfg.tables_end`. Nothing is written unless every table fits in that window.
+pub fn create_acpi_tables<M: GuestMemory>(
     mem: &M,
     cfg: &AcpiConfig,
 ) -> Result<AcpiTables, AcpiError> {
@@ -219,7 +264,7 @@ pub fn create_acpi_tables<M: GuestMemoryBackend>(
         end: cfg.tables_end.0,
         start: cfg.rsdp_addr.0,
     };
-    let rsdp_addr = at.place(Rsdp::len())?;
+    let rsdp_addr = at.place_aligned(Rsdp::len(), RSDP_ALIGN)?;
     let pci_devices = cfg
         .pci
         .map(|p| [pci::host_bridge(&p), pci::ecam_reservation(&p)]);
@@ -230,7 +275,7 @@ pub fn create_acpi_tables<M: GuestMemoryBackend>(
         .collect();
     let dsdt = dsdt::dsdt(&dsdt_devices);
     let dsdt_addr = at.place(dsdt.len())?;
-    let fadt = fadt(cfg, dsdt_addr.0);
+    let fadt = fadt(cfg, dsdt_addr.0)?;
     let fadt_addr = at.place(fadt.len())?;
     let madt = madt(cfg);
     let madt_addr = at.place(madt.len())?;

@@ -1,12 +1,19 @@
-//! Table layout, checksums and contents, and a decompile by `iasl -d` when it is installed.
+//! Table layout, checksums and contents, error paths, and a decompile of every table by
+//! `iasl -d` (acpica-tools) when it is installed.
 
 use super::*;
+use acpi_tables::aml;
+use devices::legacy::acpi_pm::S5_SLP_TYP;
 use vm_memory::GuestMemoryMmap;
+
+const RSDP_ADDR: u64 = 0xe_0000;
+const TABLES_END: u64 = 0x10_0000;
 
 fn mem() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
 }
 
+/// The machine without PCIe.
 fn config(num_vcpus: u8) -> AcpiConfig {
     AcpiConfig {
         num_vcpus,
@@ -14,8 +21,16 @@ fn config(num_vcpus: u8) -> AcpiConfig {
         ioapic_addr: 0xfec0_0000,
         ioapic_id: 0,
         pm_io_base: 0x600,
-        rsdp_addr: GuestAddress(0xe_0000),
-        tables_end: GuestAddress(0x10_0000),
+        rsdp_addr: GuestAddress(RSDP_ADDR),
+        tables_end: GuestAddress(TABLES_END),
+        pci: None,
+        viot: None,
+    }
+}
+
+/// The machine with the PCIe root complex and the virtio-iommu.
+fn pcie_config(num_vcpus: u8) -> AcpiConfig {
+    AcpiConfig {
         pci: Some(PciAcpi {
             ecam_base: 0xe000_0000,
             last_bus: 255,
@@ -26,6 +41,7 @@ fn config(num_vcpus: u8) -> AcpiConfig {
             iommu_device: 31,
             buses: (1, 4),
         }),
+        ..config(num_vcpus)
     }
 }
 
@@ -37,6 +53,10 @@ fn read(m: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
 
 fn sum(bytes: &[u8]) -> u8 {
     bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b))
+}
+
+fn u16_at(b: &[u8], o: usize) -> u16 {
+    u16::from_le_bytes(b[o..o + 2].try_into().unwrap())
 }
 
 fn u32_at(b: &[u8], o: usize) -> u32 {
@@ -53,171 +73,400 @@ fn table(m: &GuestMemoryMmap, addr: u64) -> Vec<u8> {
     read(m, addr, u32_at(&head, 4) as usize)
 }
 
-/// Follows RSDP -> XSDT -> tables, checking every checksum; returns tables by signature.
-fn walk(m: &GuestMemoryMmap, rsdp: u64) -> Vec<(String, Vec<u8>)> {
+/// A table found by following the pointers from the RSDP.
+struct Found {
+    sig: String,
+    addr: u64,
+    bytes: Vec<u8>,
+}
+
+/// Follows RSDP -> XSDT -> tables (and FADT -> DSDT), checking the RSDP and every
+/// checksum; returns the XSDT, then the tables in XSDT order, the DSDT after the FADT.
+fn walk(m: &GuestMemoryMmap, rsdp: u64) -> Vec<Found> {
     let r = read(m, rsdp, 36);
     assert_eq!(&r[0..8], b"RSD PTR ");
-    assert_eq!(sum(&r[..20]), 0, "RSDP v1 checksum");
-    assert_eq!(sum(&r), 0, "RSDP extended checksum");
-    assert_eq!(r[15], 2, "revision");
-    assert_eq!(u32_at(&r, 20), 36);
-    let xsdt = table(m, u64_at(&r, 24));
+    assert_eq!(sum(&r[..20]), 0, "RSDP v1 checksum (first 20 bytes)");
+    assert_eq!(sum(&r), 0, "RSDP extended checksum (36 bytes)");
+    assert_eq!(&r[9..15], &OEM_ID, "RSDP OEM ID");
+    assert_eq!(r[15], 2, "RSDP revision");
+    assert_eq!(u32_at(&r, 16), 0, "no RSDT");
+    assert_eq!(u32_at(&r, 20), 36, "RSDP length");
+    let xsdt_addr = u64_at(&r, 24);
+    let xsdt = table(m, xsdt_addr);
     assert_eq!(&xsdt[..4], b"XSDT");
     assert_eq!(sum(&xsdt), 0, "XSDT checksum");
-    let mut out = vec![("XSDT".to_string(), xsdt.clone())];
+    assert_eq!((xsdt.len() - 36) % 8, 0);
+    let mut out = vec![Found {
+        sig: "XSDT".into(),
+        addr: xsdt_addr,
+        bytes: xsdt.clone(),
+    }];
     for i in (36..xsdt.len()).step_by(8) {
-        let t = table(m, u64_at(&xsdt, i));
+        let addr = u64_at(&xsdt, i);
+        let t = table(m, addr);
         let sig = String::from_utf8_lossy(&t[..4]).to_string();
         assert_eq!(sum(&t), 0, "{sig} checksum");
-        if sig == "FACP" {
-            let dsdt = table(m, u64_at(&t, 140));
-            assert_eq!(&dsdt[..4], b"DSDT");
+        let dsdt_addr = (sig == "FACP").then(|| u64_at(&t, 140));
+        out.push(Found {
+            sig,
+            addr,
+            bytes: t,
+        });
+        if let Some(addr) = dsdt_addr {
+            let dsdt = table(m, addr);
+            assert_eq!(&dsdt[..4], b"DSDT", "FADT X_DSDT points at a DSDT");
             assert_eq!(sum(&dsdt), 0, "DSDT checksum");
-            out.push(("DSDT".into(), dsdt));
+            out.push(Found {
+                sig: "DSDT".into(),
+                addr,
+                bytes: dsdt,
+            });
         }
-        out.push((sig, t));
     }
     out
 }
 
-fn find<'a>(tables: &'a [(String, Vec<u8>)], sig: &str) -> &'a [u8] {
-    &tables.iter().find(|(s, _)| s == sig).unwrap().1
+fn find<'a>(tables: &'a [Found], sig: &str) -> &'a Found {
+    tables.iter().find(|t| t.sig == sig).unwrap()
+}
+
+/// FADT 6.5: hardware-reduced, reset and sleep registers, boot flags, both DSDT pointers.
+fn check_fadt(fadt: &[u8], dsdt_addr: u64) {
+    assert_eq!(fadt.len(), 276);
+    assert_eq!((fadt[8], fadt[131]), (6, 5), "FADT revision 6.5");
+    assert_eq!(u64_at(fadt, 140), dsdt_addr, "X_DSDT");
+    assert_eq!(u64::from(u32_at(fadt, 40)), dsdt_addr, "32-bit DSDT");
+    let flags = u32_at(fadt, 112);
+    assert_ne!(flags & (1 << 20), 0, "HW_REDUCED_ACPI");
+    assert_ne!(flags & (1 << 10), 0, "RESET_REG_SUP");
+    let boot_arch = u16_at(fadt, 109);
+    assert_ne!(boot_arch & (1 << 1), 0, "8042 present");
+    assert_ne!(boot_arch & (1 << 2), 0, "VGA not present");
+    assert_ne!(boot_arch & (1 << 5), 0, "CMOS RTC not present");
+    assert_eq!(
+        boot_arch & (1 << 3),
+        0,
+        "MSI must not be declared unsupported"
+    );
+    // Generic Address Structures: system I/O (1), 8 bits, offset 0, byte access (1).
+    let io8 = |off: usize| (fadt[off], fadt[off + 1], fadt[off + 2], fadt[off + 3]);
+    assert_eq!(io8(116), (1, 8, 0, 1), "RESET_REG");
+    assert_eq!(u64_at(fadt, 120), 0x602, "RESET_REG = pm_io_base + 2");
+    assert_eq!(fadt[128], 1, "RESET_VALUE");
+    assert_eq!(io8(244), (1, 8, 0, 1), "SLEEP_CONTROL_REG");
+    assert_eq!(u64_at(fadt, 248), 0x600, "SLEEP_CONTROL_REG = pm_io_base");
+    assert_eq!(io8(256), (1, 8, 0, 1), "SLEEP_STATUS_REG");
+    assert_eq!(
+        u64_at(fadt, 260),
+        0x601,
+        "SLEEP_STATUS_REG = pm_io_base + 1"
+    );
+    assert_eq!(&fadt[268..276], b"SRIOVMM\0", "hypervisor vendor identity");
+}
+
+/// MADT: LAPIC address, PCAT_COMPAT, n enabled LAPICs with IDs (and UIDs) 0..n, one IOAPIC,
+/// nothing else (no interrupt source overrides).
+fn check_madt(madt: &[u8], n: u8) {
+    assert_eq!(u32_at(madt, 36), 0xfee0_0000, "local APIC address");
+    assert_eq!(u32_at(madt, 40), 1, "flags = PCAT_COMPAT");
+    let (mut lapics, mut ioapics) = (Vec::new(), 0);
+    let mut off = 44;
+    while off < madt.len() {
+        let (kind, len) = (madt[off], madt[off + 1] as usize);
+        match kind {
+            0 => {
+                assert_eq!(len, 8);
+                assert_eq!(u32_at(madt, off + 4), 1, "enabled");
+                assert_eq!(madt[off + 2], madt[off + 3], "UID = APIC ID");
+                lapics.push(madt[off + 3]);
+            }
+            1 => {
+                assert_eq!(len, 12);
+                assert_eq!(madt[off + 2], 0, "IOAPIC ID");
+                assert_eq!(u32_at(madt, off + 4), 0xfec0_0000);
+                assert_eq!(u32_at(madt, off + 8), 0, "GSI base");
+                ioapics += 1;
+            }
+            other => panic!("unexpected MADT entry type {other}"),
+        }
+        off += len;
+    }
+    assert_eq!(off, madt.len(), "entries fill the MADT exactly");
+    assert_eq!(lapics, (0..n).collect::<Vec<_>>());
+    assert_eq!(ioapics, 1);
+}
+
+/// MCFG: one entry, base, segment 0, buses 0..=255.
+fn check_mcfg(mcfg: &[u8]) {
+    assert_eq!(mcfg.len(), 36 + 8 + 16);
+    assert_eq!(u64_at(mcfg, 44), 0xe000_0000);
+    assert_eq!((mcfg[52], mcfg[53], mcfg[54], mcfg[55]), (0, 0, 0, 255));
+}
+
+/// VIOT: two nodes from offset 48; the IOMMU node is 00:1f.0, the range covers buses 1-4
+/// with endpoint IDs equal to requester IDs.
+fn check_viot(v: &[u8]) {
+    assert_eq!((u16_at(v, 36), u16_at(v, 38)), (2, 48));
+    assert_eq!(
+        (v[48], u16_at(v, 54)),
+        (3, 0xf8),
+        "virtio-pci IOMMU 00:1f.0"
+    );
+    let r = 64;
+    assert_eq!(v[r], 1, "PCI range node");
+    assert_eq!(u32_at(v, r + 4), 0x100, "endpoint_start = first BDF");
+    assert_eq!(u16_at(v, r + 12), 0x100);
+    assert_eq!(u16_at(v, r + 14), 0x4ff);
+    assert_eq!(u16_at(v, r + 16), 48, "output node");
+}
+
+/// Builds the tables for `cfg` and checks everything reachable from the RSDP, the layout
+/// and what `create_acpi_tables` reports. Returns the memory and the reported tables.
+fn build_and_check(cfg: &AcpiConfig) -> (GuestMemoryMmap, AcpiTables) {
+    let n = cfg.num_vcpus;
+    let m = mem();
+    let t = create_acpi_tables(&m, cfg).unwrap();
+    assert_eq!(t.rsdp, GuestAddress(RSDP_ADDR));
+    let all = walk(&m, t.rsdp.0);
+
+    // XSDT entries, in order.
+    let mut expected = vec!["FACP", "APIC"];
+    if cfg.pci.is_some() {
+        expected.push("MCFG");
+    }
+    if cfg.viot.is_some() {
+        expected.push("VIOT");
+    }
+    let listed: Vec<&str> = all
+        .iter()
+        .filter(|f| f.sig != "XSDT" && f.sig != "DSDT")
+        .map(|f| f.sig.as_str())
+        .collect();
+    assert_eq!(listed, expected, "XSDT entries with {n} vCPUs");
+
+    // What was reported is what the pointers reach, and every table is in memory as reported.
+    let mut reported: Vec<_> = t
+        .tables
+        .iter()
+        .map(|(s, a, l)| (s.clone(), a.0, *l))
+        .collect();
+    let mut reached: Vec<_> = all
+        .iter()
+        .map(|f| (f.sig.clone(), f.addr, f.bytes.len()))
+        .collect();
+    reported.sort();
+    reached.sort();
+    assert_eq!(reported, reached);
+
+    // Layout: after the RSDP, 8-byte aligned, no overlap, below tables_end.
+    let mut spans: Vec<(u64, u64)> = t.tables.iter().map(|(_, a, l)| (a.0, *l as u64)).collect();
+    spans.sort();
+    let mut next = RSDP_ADDR + 36;
+    for (addr, len) in spans {
+        assert_eq!(addr % 8, 0, "{addr:#x} aligned");
+        assert!(addr >= next, "{addr:#x} overlaps what precedes it");
+        next = addr + len;
+    }
+    assert!(next <= TABLES_END);
+
+    // One OEM ID, OEM table ID and creator ID throughout.
+    for f in &all {
+        assert_eq!(&f.bytes[10..16], &OEM_ID, "{} OEM ID", f.sig);
+        assert_eq!(&f.bytes[16..24], &OEM_TABLE_ID, "{} OEM table ID", f.sig);
+        assert_eq!(
+            &f.bytes[28..32],
+            &acpi_tables::CREATOR_ID,
+            "{} creator",
+            f.sig
+        );
+    }
+
+    let dsdt = find(&all, "DSDT");
+    check_fadt(&find(&all, "FACP").bytes, dsdt.addr);
+    check_madt(&find(&all, "APIC").bytes, n);
+    if cfg.pci.is_some() {
+        check_mcfg(&find(&all, "MCFG").bytes);
+    }
+    if cfg.viot.is_some() {
+        check_viot(&find(&all, "VIOT").bytes);
+    }
+    (m, t)
 }
 
 #[test]
-fn tables_are_reachable_and_checksummed() {
+fn tables_for_1_2_and_254_vcpus() {
     for n in [1u8, 2, 254] {
-        let m = mem();
-        let t = create_acpi_tables(&m, &config(n)).unwrap();
-        assert_eq!(t.rsdp, GuestAddress(0xe_0000));
-        let all = walk(&m, t.rsdp.0);
-        for sig in ["XSDT", "FACP", "APIC", "DSDT", "MCFG", "VIOT"] {
-            assert!(all.iter().any(|(s, _)| s == sig), "{sig} with {n} vCPUs");
-        }
-        for (_, addr, len) in &t.tables {
-            assert!(addr.0 % 8 == 0 && addr.0 + *len as u64 <= 0x10_0000);
-        }
-
-        let madt = find(&all, "APIC");
-        assert_eq!(u32_at(madt, 36), 0xfee0_0000);
-        assert_eq!(u32_at(madt, 40), 1, "PCAT_COMPAT");
-        let (mut lapics, mut ioapics) = (Vec::new(), 0);
-        let mut off = 44;
-        while off < madt.len() {
-            let (kind, len) = (madt[off], madt[off + 1] as usize);
-            match kind {
-                0 => {
-                    assert_eq!(len, 8);
-                    assert_eq!(u32_at(madt, off + 4) & 1, 1, "enabled");
-                    assert_eq!(madt[off + 2], madt[off + 3], "UID = APIC ID");
-                    lapics.push(madt[off + 3]);
-                }
-                1 => {
-                    assert_eq!(u32_at(madt, off + 4), 0xfec0_0000);
-                    assert_eq!(u32_at(madt, off + 8), 0, "GSI base");
-                    ioapics += 1;
-                }
-                other => panic!("unexpected MADT entry type {other}"),
-            }
-            off += len;
-        }
-        assert_eq!(lapics, (0..n).collect::<Vec<_>>());
-        assert_eq!(ioapics, 1);
-
-        // MCFG: one entry, base, segment 0, buses 0..=255.
-        let mcfg = find(&all, "MCFG");
-        assert_eq!(mcfg.len(), 36 + 8 + 16);
-        assert_eq!(u64_at(mcfg, 44), 0xe000_0000);
-        assert_eq!((mcfg[52], mcfg[53], mcfg[54], mcfg[55]), (0, 0, 0, 255));
-
-        // VIOT: two nodes from offset 48; the IOMMU node is 00:1f.0, the range covers
-        // buses 1-4 with endpoint IDs equal to requester IDs.
-        let v = find(&all, "VIOT");
-        assert_eq!(
-            (
-                u16::from_le_bytes([v[36], v[37]]),
-                u16::from_le_bytes([v[38], v[39]])
-            ),
-            (2, 48)
-        );
-        assert_eq!(
-            (v[48], u16::from_le_bytes([v[54], v[55]])),
-            (3, 0xf8),
-            "virtio-pci IOMMU 00:1f.0"
-        );
-        let r = 64;
-        assert_eq!(v[r], 1, "PCI range node");
-        assert_eq!(u32_at(v, r + 4), 0x100, "endpoint_start = first BDF");
-        assert_eq!(u16::from_le_bytes([v[r + 12], v[r + 13]]), 0x100);
-        assert_eq!(u16::from_le_bytes([v[r + 14], v[r + 15]]), 0x4ff);
-        assert_eq!(
-            u16::from_le_bytes([v[r + 16], v[r + 17]]),
-            48,
-            "output node"
-        );
-
-        let fadt = find(&all, "FACP");
-        let flags = u32_at(fadt, 112);
-        assert_ne!(flags & (1 << 20), 0, "HW_REDUCED_ACPI");
-        assert_ne!(flags & (1 << 10), 0, "RESET_REG_SUP");
-        let boot_arch = u16::from_le_bytes([fadt[109], fadt[110]]);
-        assert_eq!(
-            boot_arch & 0b10_0110,
-            0b10_0110,
-            "8042, no VGA, no CMOS RTC"
-        );
-        assert_eq!(
-            boot_arch & (1 << 3),
-            0,
-            "MSI must not be declared unsupported"
-        );
-        // RESET_REG: system I/O at pm_io_base + 2, value 1.
-        assert_eq!((fadt[116], u64_at(fadt, 120), fadt[128]), (1, 0x602, 1));
-        // SLEEP_CONTROL_REG and SLEEP_STATUS_REG.
-        assert_eq!((fadt[244], u64_at(fadt, 248)), (1, 0x600));
-        assert_eq!((fadt[256], u64_at(fadt, 260)), (1, 0x601));
+        build_and_check(&config(n));
     }
 }
 
 #[test]
-fn undersized_window_is_an_error() {
-    let m = mem();
-    let mut cfg = config(254);
-    cfg.tables_end = GuestAddress(0xe_0100);
-    assert!(matches!(
-        create_acpi_tables(&m, &cfg),
-        Err(AcpiError::OutOfSpace { .. })
-    ));
-    cfg = config(0);
-    assert!(matches!(
-        create_acpi_tables(&m, &cfg),
-        Err(AcpiError::Vcpus(0))
-    ));
-    // A window outside guest memory.
-    let mut far = config(1);
-    far.rsdp_addr = GuestAddress(0x20_0000);
-    far.tables_end = GuestAddress(0x30_0000);
-    assert!(matches!(
-        create_acpi_tables(&m, &far),
-        Err(AcpiError::Write(..))
-    ));
+fn tables_with_pcie_and_viot() {
+    for n in [1u8, 2, 254] {
+        build_and_check(&pcie_config(n));
+    }
 }
 
 #[test]
-fn dsdt_has_s5_and_legacy_devices() {
-    let d = dsdt::dsdt(&[]);
-    assert_eq!(sum(&d), 0);
-    let has = |needle: &[u8]| d.windows(needle.len()).any(|w| w == needle);
-    assert!(has(b"_S5_"));
-    assert!(has(b"COM1") && has(b"PS2K") && has(b"_SB_"));
+fn rsdp_is_16_byte_aligned() {
+    let m = mem();
+    let mut cfg = config(2);
+    cfg.rsdp_addr = GuestAddress(RSDP_ADDR + 8);
+    let t = create_acpi_tables(&m, &cfg).unwrap();
+    assert_eq!(t.rsdp, GuestAddress(RSDP_ADDR + 16));
+    walk(&m, t.rsdp.0);
 }
 
-/// Decompiles every table with iasl (acpica-tools), which reports checksum and length
-/// errors and malformed AML.
+#[test]
+fn undersized_window_is_an_error_and_writes_nothing() {
+    for cfg in [config(254), pcie_config(254)] {
+        let m = mem();
+        let t = create_acpi_tables(&m, &cfg).unwrap();
+        let needed = t
+            .tables
+            .iter()
+            .map(|(_, a, l)| a.0 + *l as u64)
+            .max()
+            .unwrap();
+        let m = mem();
+        for end in RSDP_ADDR..needed {
+            let cfg = AcpiConfig {
+                tables_end: GuestAddress(end),
+                ..cfg.clone()
+            };
+            match create_acpi_tables(&m, &cfg) {
+                Err(AcpiError::OutOfSpace { need, have }) => {
+                    assert!(
+                        need > have && have == end - RSDP_ADDR,
+                        "{need} {have} {end:#x}"
+                    )
+                }
+                other => panic!("tables_end {end:#x}: {other:?}"),
+            }
+        }
+        assert!(
+            read(&m, RSDP_ADDR, (TABLES_END - RSDP_ADDR) as usize)
+                .iter()
+                .all(|b| *b == 0),
+            "nothing written when the tables do not fit"
+        );
+        let exact = AcpiConfig {
+            tables_end: GuestAddress(needed),
+            ..cfg.clone()
+        };
+        create_acpi_tables(&m, &exact).unwrap();
+    }
+}
+
+#[test]
+fn bad_configs_are_errors_not_panics() {
+    let m = mem();
+    let err = |cfg: AcpiConfig| create_acpi_tables(&m, &cfg).unwrap_err();
+
+    assert!(matches!(err(config(0)), AcpiError::Vcpus(0)));
+    assert!(matches!(err(config(255)), AcpiError::Vcpus(255)));
+
+    let mut cfg = config(1);
+    cfg.tables_end = GuestAddress(RSDP_ADDR - 0x1000);
+    assert!(matches!(err(cfg), AcpiError::OutOfSpace { have: 0, .. }));
+
+    // Arithmetic at the top of the address space.
+    let mut cfg = config(1);
+    cfg.rsdp_addr = GuestAddress(u64::MAX - 4);
+    cfg.tables_end = GuestAddress(u64::MAX);
+    assert!(matches!(err(cfg), AcpiError::OutOfSpace { .. }));
+
+    // The three PM ports must fit below 0x10000.
+    let mut cfg = config(1);
+    cfg.pm_io_base = 0xfffe;
+    assert!(matches!(err(cfg), AcpiError::PmPorts(0xfffe)));
+    let mut cfg = config(1);
+    cfg.pm_io_base = 0xfffd;
+    create_acpi_tables(&m, &cfg).unwrap();
+
+    // A window outside guest memory.
+    let mut cfg = config(1);
+    cfg.rsdp_addr = GuestAddress(0x20_0000);
+    cfg.tables_end = GuestAddress(0x30_0000);
+    assert!(matches!(err(cfg), AcpiError::Write("RSDP", _)));
+}
+
+#[test]
+fn fix_checksum_handles_any_slice() {
+    let mut short = [1u8, 2, 3];
+    fix_checksum(&mut short);
+    assert_eq!(short, [1, 2, 3]);
+    let mut t = vec![7u8; 40];
+    fix_checksum(&mut t);
+    assert_eq!(sum(&t), 0);
+}
+
+#[test]
+fn dsdt_has_s5_legacy_devices_and_extra_devices() {
+    let d = dsdt::dsdt(&[]);
+    assert_eq!(&d[..4], b"DSDT");
+    assert_eq!(u32_at(&d, 4) as usize, d.len());
+    assert_eq!(d[8], 2, "DSDT revision 2 (64-bit integers)");
+    assert_eq!(sum(&d), 0);
+    let has = |d: &[u8], needle: &[u8]| d.windows(needle.len()).position(|w| w == needle);
+    // Name (_S5_, Package (4) { 5, Zero, Zero, Zero })
+    let s5 = [
+        0x08, b'_', b'S', b'5', b'_', 0x12, 0x07, 0x04, 0x0a, S5_SLP_TYP, 0, 0, 0,
+    ];
+    assert!(has(&d, &s5).is_some(), "\\_S5_ = {{5, 0, 0, 0}}");
+    assert!(has(&d, b"_SB_").is_some() && has(&d, b"COM1").is_some());
+    assert!(has(&d, b"PS2K").is_some());
+
+    // Extra devices go into \_SB_ after the legacy ones.
+    let mut extra = Vec::new();
+    aml::Device::new(
+        "TEST".into(),
+        vec![&aml::Name::new(
+            "_HID".into(),
+            &aml::EISAName::new("PNP0C02"),
+        )],
+    )
+    .to_aml_bytes(&mut extra);
+    let d2 = dsdt::dsdt(&[&RawAml(extra.clone())]);
+    assert_eq!(sum(&d2), 0);
+    assert_eq!(d2.len(), d.len() + extra.len());
+    assert!(has(&d2, &extra).unwrap() > has(&d2, b"PS2K").unwrap());
+}
+
+/// What `iasl -d` made of one table.
+struct Decompiled {
+    ok: bool,
+    console: String,
+    dsl: String,
+}
+
+fn iasl_d(dir: &std::path::Path, name: &str, bytes: &[u8]) -> Decompiled {
+    let file = dir.join(format!("{name}.dat"));
+    std::fs::write(&file, bytes).unwrap();
+    let out = std::process::Command::new("iasl")
+        .arg("-d")
+        .arg(&file)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    Decompiled {
+        ok: out.status.success(),
+        console: String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr),
+        dsl: std::fs::read_to_string(file.with_extension("dsl")).unwrap_or_default(),
+    }
+}
+
+/// Decompiles every table with iasl (acpica-tools). iasl fails on a length that does not
+/// match the data, and marks a bad checksum in the `.dsl` only ("Incorrect checksum"), so
+/// both the console output and the `.dsl` are searched.
 #[test]
 fn iasl_decompiles_cleanly() {
-    let iasl = std::process::Command::new("iasl").arg("-v").output();
-    if iasl.is_err() {
+    if std::process::Command::new("iasl")
+        .arg("-v")
+        .output()
+        .is_err()
+    {
         let reason = "iasl is not installed (Debian package acpica-tools)";
         if std::env::var("VMM_TESTS_STRICT").is_ok_and(|v| v == "1") {
             panic!("VMM_TESTS_STRICT=1 and {reason}");
@@ -227,42 +476,66 @@ fn iasl_decompiles_cleanly() {
         let _ = writeln!(std::io::stderr(), "SKIP: {reason}");
         return;
     }
-    let m = mem();
-    let t = create_acpi_tables(&m, &config(2)).unwrap();
     let dir = std::env::temp_dir().join(format!("vmm-acpi-iasl-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for (sig, _) in walk(&m, t.rsdp.0) {
-        let (_, addr, _) = t.tables.iter().find(|(s, ..)| *s == sig).unwrap();
-        let file = dir.join(format!("{}.dat", sig.to_lowercase()));
-        std::fs::write(&file, table(&m, addr.0)).unwrap();
-        let out = std::process::Command::new("iasl")
-            .arg("-d")
-            .arg(&file)
-            .current_dir(&dir)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "iasl -d {sig}: {text}");
-        for bad in ["Invalid", "Error", "Warning", "incorrect"] {
-            assert!(!text.contains(bad), "iasl -d {sig}: {text}");
-        }
-        let dsl = std::fs::read_to_string(file.with_extension("dsl")).unwrap();
-        if sig == "DSDT" {
-            for needle in [
-                "_S5_",
-                "PNP0501",
-                "PNP0A08",
-                "PNP0C02",
-                "_OSC",
-                "33db4d5b-1ff7-401c-9657-7441c03dd766",
-                "0xDFFFFFFF",
-                "0x0000008FFFFFFFFF",
-                "0x10000000", // ECAM length in MBRD
-            ] {
-                assert!(dsl.contains(needle), "{needle} missing from:\n{dsl}");
+    let bad_words = ["error", "warning", "invalid", "incorrect"];
+    for (label, cfg) in [("base", config(2)), ("pcie", pcie_config(2))] {
+        let m = mem();
+        let t = create_acpi_tables(&m, &cfg).unwrap();
+        for f in walk(&m, t.rsdp.0) {
+            let name = format!("{label}-{}", f.sig.to_lowercase());
+            let out = iasl_d(&dir, &name, &f.bytes);
+            assert!(out.ok, "iasl -d {name}: {}", out.console);
+            let text = (out.console + &out.dsl).to_lowercase();
+            for bad in bad_words {
+                assert!(!text.contains(bad), "iasl -d {name}: {bad} in:\n{text}");
+            }
+            let mut needles = Vec::new();
+            if f.sig == "DSDT" {
+                needles.extend([
+                    "Name (_S5, Package (0x04)",
+                    "0x05, ",
+                    "PNP0501",
+                    "0x03F8,             // Range Minimum",
+                    "0x00000004,",
+                    "PNP0303",
+                    "0x0060,             // Range Minimum",
+                    "0x0064,             // Range Minimum",
+                    "0x00000001,",
+                ]);
+                if label == "pcie" {
+                    needles.extend([
+                        "PNP0A08",
+                        "PNP0C02",
+                        "_OSC",
+                        "33db4d5b-1ff7-401c-9657-7441c03dd766",
+                        "0xDFFFFFFF",
+                        "0x0000008FFFFFFFFF",
+                        "0x10000000", // ECAM length in MBRD
+                    ]);
+                }
+            }
+            for needle in needles {
+                assert!(
+                    out.dsl.contains(needle),
+                    "{needle} missing from:\n{}",
+                    out.dsl
+                );
             }
         }
     }
+
+    // The checks above can fail: a wrong checksum and a wrong length are reported.
+    let m = mem();
+    let t = create_acpi_tables(&m, &config(1)).unwrap();
+    let mut facp = find(&walk(&m, t.rsdp.0), "FACP").bytes.clone();
+    facp[9] = facp[9].wrapping_add(1);
+    let out = iasl_d(&dir, "bad-checksum", &facp);
+    assert!(out.dsl.contains("Incorrect checksum"), "{}", out.dsl);
+    let mut madt = find(&walk(&m, t.rsdp.0), "APIC").bytes.clone();
+    madt[4] += 8;
+    fix_checksum(&mut madt);
+    assert!(!iasl_d(&dir, "bad-length", &madt).ok);
+
     std::fs::remove_dir_all(dir).unwrap();
 }
