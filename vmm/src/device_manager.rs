@@ -201,7 +201,8 @@ impl DeviceManager {
                 mem.clone(),
                 MsixDelivery::Routed(Arc::new(routes)),
                 None,
-            );
+            )
+            .integrated();
             pci.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .add_root_device(IOMMU_DEVICE, Box::new(pci_dev))

@@ -63,12 +63,17 @@ pub fn pcie(port_type: u16, port_number: u8, slot: Option<SlotConfig>) -> CapByt
     c.put16(EXP_DEVCTL, 0x2810, 0x7cff);
     // Device status: error bits are RW1C (not tracked: always 0).
     let root_port = port_type == EXP_TYPE_ROOT_PORT;
-    let lnkcap = 0x1 | (1 << 4) | if root_port { LNKCAP_DLLLARC } else { 0 };
-    c.put32(EXP_LNKCAP, lnkcap | (u32::from(port_number) << 24), 0);
-    // Link control: ASPM, RCB, common clock, retrain... writable, no effect.
-    c.put16(EXP_LNKCTL, 0, 0x0ffb);
-    // Link status: 2.5 GT/s, x1; DLLLA is set while a device is present (root ports).
-    c.put16(EXP_LNKSTA, 0x1 | (1 << 4), 0);
+    // A root-complex integrated endpoint has no link: its link registers stay 0.
+    let has_link = port_type != EXP_TYPE_RC_END;
+    if has_link {
+        let lnkcap = 0x1 | (1 << 4) | if root_port { LNKCAP_DLLLARC } else { 0 };
+        c.put32(EXP_LNKCAP, lnkcap | (u32::from(port_number) << 24), 0);
+        // Link control: ASPM, RCB, common clock, clock PM... writable, no effect. Retrain
+        // Link (bit 5) always reads 0, so it is not stored.
+        c.put16(EXP_LNKCTL, 0, 0x0fdb);
+        // Link status: 2.5 GT/s, x1; DLLLA is set while a device is present (root ports).
+        c.put16(EXP_LNKSTA, 0x1 | (1 << 4), 0);
+    }
     if let Some(slot) = slot {
         let sltcap = SLTCAP_ABP
             | SLTCAP_PCP
@@ -92,16 +97,20 @@ pub fn pcie(port_type: u16, port_number: u8, slot: Option<SlotConfig>) -> CapByt
         c.put16(EXP_SLTCTL, PIC_OFF | (3 << 6), sltctl_rw);
     }
     if root_port {
-        // Root control: error and PME interrupt enables.
-        c.put16(EXP_RTCTL, 0, 0x001f);
+        // Root control: error and PME interrupt enables (CRS software visibility is not
+        // offered in Root Capabilities, so its enable reads 0).
+        c.put16(EXP_RTCTL, 0, 0x000f);
     }
     let devcap2 = if root_port { DEVCAP2_ARI } else { 0 };
     c.put32(EXP_DEVCAP2, devcap2, 0);
-    let devctl2_rw = 0x000f | if root_port { DEVCTL2_ARI } else { 0 };
+    // Only ARI forwarding is controllable (no completion timeout ranges are offered).
+    let devctl2_rw = if root_port { DEVCTL2_ARI } else { 0 };
     c.put16(EXP_DEVCTL2, 0, devctl2_rw);
-    // Supported link speeds: 2.5 GT/s.
-    c.put32(EXP_LNKCAP2, 1 << 1, 0);
-    c.put16(EXP_LNKCTL2, 1, 0x003f);
+    if has_link {
+        // Supported link speeds: 2.5 GT/s.
+        c.put32(EXP_LNKCAP2, 1 << 1, 0);
+        c.put16(EXP_LNKCTL2, 1, 0x003f);
+    }
     c
 }
 

@@ -123,7 +123,7 @@ impl ConfigSpace {
         c.w1c_u16(STATUS, STATUS_ERROR_BITS);
         c.regs[CACHE_LINE_SIZE] = 0;
         c.writable[CACHE_LINE_SIZE] = 0xff;
-        c.writable[LATENCY_TIMER] = 0xff;
+        // PCIe: the latency timers do not apply and read 0 (LATENCY_TIMER stays read-only).
         c.writable[INTERRUPT_LINE] = 0xff;
         match header {
             HeaderType::Endpoint => {
@@ -133,12 +133,7 @@ impl ConfigSpace {
             }
             HeaderType::Bridge => {
                 c.regs[HEADER_TYPE] = 1;
-                for off in [
-                    PRIMARY_BUS,
-                    SECONDARY_BUS,
-                    SUBORDINATE_BUS,
-                    SEC_LATENCY_TIMER,
-                ] {
+                for off in [PRIMARY_BUS, SECONDARY_BUS, SUBORDINATE_BUS] {
                     c.writable[off] = 0xff;
                 }
                 // I/O base/limit: 16-bit decode (low nibble 0), upper 4 bits of each RW.
@@ -156,7 +151,9 @@ impl ConfigSpace {
                 c.writable_u32(PREF_LIMIT_UPPER32, 0xffff_ffff);
                 c.writable_u16(IO_BASE_UPPER16, 0xffff);
                 c.writable_u16(IO_LIMIT_UPPER16, 0xffff);
-                c.writable_u16(BRIDGE_CONTROL, 0x0fff);
+                // Bridge control, PCIe: parity error response, SERR#, ISA, VGA, VGA 16-bit
+                // decode and secondary bus reset; bit 5 and 7..11 read 0.
+                c.writable_u16(BRIDGE_CONTROL, 0x005f);
             }
         }
         c
@@ -287,6 +284,32 @@ impl ConfigSpace {
         self.last_cap = Some(offset);
         self.next_cap = end;
         Ok(offset)
+    }
+
+    /// Replaces the body of the standard capability at `offset` (added with
+    /// [`ConfigSpace::add_capability`]) with one of the same length: its ID and next pointer
+    /// stay, the rest of `body` and `writable` take the place of the old ones.
+    pub fn replace_capability(
+        &mut self,
+        offset: usize,
+        body: &[u8],
+        writable: &[u8],
+    ) -> Result<(), ConfigError> {
+        let end = offset + body.len();
+        let found = self.capabilities().iter().any(|&(_, o)| o == offset);
+        if !found || body.len() < 2 || end > LEGACY_CONFIG_SIZE {
+            return Err(ConfigError::NoRoom {
+                id: u16::from(body.first().copied().unwrap_or(0)),
+                len: body.len(),
+                offset,
+            });
+        }
+        self.regs[offset + 2..end].copy_from_slice(&body[2..]);
+        for i in 2..body.len() {
+            self.writable[offset + i] = writable.get(i).copied().unwrap_or(0);
+            self.w1c[offset + i] = 0;
+        }
+        Ok(())
     }
 
     /// Appends an extended capability with `id` and `version`; `body` is what follows the

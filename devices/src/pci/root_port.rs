@@ -101,9 +101,11 @@ impl RootPort {
         );
         config.set_u32(PREF_BASE_UPPER32, (cfg.pref_window.0 >> 32) as u32);
         config.set_u32(PREF_LIMIT_UPPER32, (cfg.pref_window.1 >> 32) as u32);
-        // No I/O window: base above limit.
-        config.set_u8(IO_BASE, 0xf0);
-        config.set_u8(IO_LIMIT, 0x00);
+        // No I/O window (the VMM forwards no port I/O to slots): I/O base/limit and their
+        // upper halves are read-only 0, which tells the guest the window is not
+        // implemented (Linux then assigns no I/O range to the port).
+        config.writable_u16(IO_BASE, 0);
+        config.writable_u32(IO_BASE_UPPER16, 0);
         config.set_u16(COMMAND, CMD_MEMORY | CMD_MASTER);
         // Capabilities: these cannot fail on a fresh header (fixed sizes, empty chain).
         let pcie = capability::pcie(

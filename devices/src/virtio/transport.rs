@@ -219,6 +219,20 @@ impl VirtioPciDevice {
         }
     }
 
+    /// Makes the function a root-complex integrated endpoint (PCIe device type 9, no link):
+    /// what a function on the root bus is, e.g. the virtio-iommu. Functions in a root
+    /// port's slot stay PCI Express endpoints.
+    pub fn integrated(mut self) -> Self {
+        if let Some(exp) = self.config.find_capability(CAP_ID_EXP) {
+            let pcie = capability::pcie(EXP_TYPE_RC_END, 0, None);
+            // Same capability, same length: this cannot fail.
+            let _ = self
+                .config
+                .replace_capability(exp, &pcie.body, &pcie.writable);
+        }
+        self
+    }
+
     /// Puts the function behind an IOMMU as requester `rid`: it offers
     /// VIRTIO_F_ACCESS_PLATFORM and, once the driver accepts it, its DMA is translated.
     pub fn behind_iommu(mut self, ctx: IommuContext, rid: RequesterId) -> Self {

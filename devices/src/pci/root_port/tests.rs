@@ -196,3 +196,44 @@ fn no_msi_without_hpie_or_enable() {
     w16(&mut p, e + EXP_SLTCTL, SLTCTL_CCIE | SLTCTL_HPIE);
     assert_eq!(msi.count(), 1);
 }
+
+/// Registers PCIe fixes at 0 or that the port does not implement read back as such after
+/// Linux's probes: no I/O window (the 0xe0f0 probe of `pci_read_bridge_windows` reads 0),
+/// latency timers, bridge-control bits PCIe reserves, Retrain Link, CRS visibility and
+/// completion timeouts.
+#[test]
+fn unimplemented_bits_read_zero() {
+    let (mut p, _) = port();
+    for (reg, probe) in [
+        (IO_BASE, 0xe0f0),
+        (IO_BASE_UPPER16, 0xffff),
+        (IO_LIMIT_UPPER16, 0xffff),
+    ] {
+        w16(&mut p, reg, probe);
+        assert_eq!(r16(&mut p, reg), 0, "register {reg:#x}");
+    }
+    w16(&mut p, LATENCY_TIMER & !1, 0xff00);
+    assert_eq!(r16(&mut p, LATENCY_TIMER & !1) >> 8, 0, "latency timer");
+    w16(&mut p, SUBORDINATE_BUS, 0xff03);
+    assert_eq!(
+        r16(&mut p, SUBORDINATE_BUS),
+        0x0003,
+        "secondary latency timer"
+    );
+    w16(&mut p, BRIDGE_CONTROL, 0xffff);
+    assert_eq!(r16(&mut p, BRIDGE_CONTROL), 0x005f, "bridge control");
+    let e = exp(&p);
+    w16(&mut p, e + EXP_LNKCTL, 0xffff);
+    assert_eq!(r16(&mut p, e + EXP_LNKCTL) & (1 << 5), 0, "retrain link");
+    w16(&mut p, e + EXP_RTCTL, 0xffff);
+    assert_eq!(r16(&mut p, e + EXP_RTCTL), 0x000f, "root control");
+    w16(&mut p, e + EXP_DEVCTL2, 0xffff);
+    assert_eq!(
+        r16(&mut p, e + EXP_DEVCTL2),
+        DEVCTL2_ARI,
+        "device control 2"
+    );
+    // The windows the VMM programmed are still there.
+    assert!(p.forwards(0xc030_0000));
+    assert!(p.forwards(0x80_3fff_ffff));
+}

@@ -316,3 +316,23 @@ fn bad_setup_needs_reset() {
     let mut b = [0u8; 4];
     dev.bar_read(0, BAR_SIZE + 8, &mut b);
 }
+
+/// A slot function is a PCI Express endpoint with a link; an integrated one (root bus) is
+/// type 9 with no link registers, and its capability chain is otherwise unchanged.
+#[test]
+fn integrated_endpoint_has_no_link() {
+    let Setup { dev, .. } = setup();
+    let exp = dev.config().find_capability(CAP_ID_EXP).unwrap();
+    let flags = dev.config().read_u16(exp + EXP_FLAGS);
+    assert_eq!((flags >> 4) & 0xf, EXP_TYPE_ENDPOINT);
+    assert_ne!(dev.config().read_u32(exp + EXP_LNKCAP), 0);
+    let caps = dev.config().capabilities();
+
+    let dev = setup().dev.integrated();
+    assert_eq!(dev.config().capabilities(), caps);
+    let flags = dev.config().read_u16(exp + EXP_FLAGS);
+    assert_eq!((flags >> 4) & 0xf, EXP_TYPE_RC_END);
+    assert_eq!(flags & 0xf, 2, "capability version");
+    assert_eq!(dev.config().read_u32(exp + EXP_LNKCAP), 0);
+    assert_eq!(dev.config().read_u16(exp + EXP_LNKSTA), 0);
+}
