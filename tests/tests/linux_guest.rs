@@ -4,13 +4,81 @@
 //!   checks that the kernel prints its banner, takes our e820 map and parses our ACPI tables
 //!   (RSDP, XSDT, FACP, DSDT, APIC), which proves the boot protocol, e820 and RSDP
 //!   placement. On PVM this takes a minute or two (guest ring 0 is emulated).
-//! - `linux_boots_to_user_space` needs hardware-assisted KVM: on PVM, Linux user space does
-//!   not start at all (shared/reference/kvm-on-these-machines.md), so it skips there.
+//! - `linux_boots_to_user_space`, `linux_pcie_ping_and_hotplug` and `linux_behind_iommu`
+//!   need hardware-assisted KVM: on PVM, Linux user space does not start at all
+//!   (shared/reference/kvm-on-these-machines.md), so they skip there. They run the
+//!   initramfs scenarios `smoke`, `pcie` and `iommu` (guest-images/linux/scenarios/), which
+//!   were checked under QEMU's q35 machine with the same kernel and initramfs.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
-use tests::{RunArgs, SkipKind, guest_images_out, host_is_pvm, require_kvm, skip};
+use tests::{
+    RunArgs, SkipKind, VmProcess, guest_images_out, hold_connections, host_is_pvm, require_kvm,
+    skip, vmctl,
+};
+
+/// Whether Linux user space can run here; prints the skip otherwise.
+fn user_space_runs() -> bool {
+    if !require_kvm() {
+        return false;
+    }
+    if host_is_pvm() {
+        skip(
+            SkipKind::HostLimit,
+            "KVM here is PVM (software-assisted, nested): Linux user space cannot start; \
+             this test runs on hardware-assisted KVM",
+        );
+        return false;
+    }
+    true
+}
+
+/// The kernel and initramfs, with `cmdline` and `extra` flags, 2 vCPUs, 512 MiB.
+fn linux(cmdline: &str, extra: &[&std::ffi::OsStr]) -> Option<VmProcess> {
+    let (Some(kernel), Some(initrd)) = (image("vmlinux"), image("initramfs.cpio.gz")) else {
+        return None;
+    };
+    let args = RunArgs {
+        kernel,
+        initrd: Some(initrd),
+        cmdline: format!("console=ttyS0 panic=-1 {cmdline}"),
+        vcpus: 2,
+        memory: "512M".into(),
+        extra: Vec::new(),
+    };
+    Some(args.with(extra).spawn())
+}
+
+fn expect_line(vm: &mut VmProcess, budget: Duration, text: &str) {
+    let seen = vm.wait_for_stdout(budget, |l| l.contains(text));
+    assert!(seen.is_some(), "no `{text}`\n{}", vm.transcript());
+}
+
+fn temp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("vmm-linux-{}-{name}", std::process::id()))
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("runs ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits for the VMM to create TAP `name`, then gives the host side 10.0.2.2/24.
+fn host_side_of_tap(name: &str) {
+    let start = Instant::now();
+    while !Path::new("/sys/class/net").join(name).exists() {
+        assert!(start.elapsed() < Duration::from_secs(30), "no TAP {name}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ip(&["addr", "add", "10.0.2.2/24", "dev", name]);
+    ip(&["link", "set", name, "up"]);
+}
 
 fn image(name: &str) -> Option<PathBuf> {
     let p = guest_images_out().join(name);
@@ -76,29 +144,12 @@ fn linux_early_boot_smoke() {
 
 #[test]
 fn linux_boots_to_user_space() {
-    if !require_kvm() {
+    if !user_space_runs() {
         return;
     }
-    if host_is_pvm() {
-        skip(
-            SkipKind::HostLimit,
-            "KVM here is PVM (software-assisted, nested): Linux user space cannot start; \
-             this test runs on hardware-assisted KVM",
-        );
-        return;
-    }
-    let (Some(kernel), Some(initrd)) = (image("vmlinux"), image("initramfs.cpio.gz")) else {
+    let Some(mut vm) = linux("guest.scenario=smoke", &[]) else {
         return;
     };
-    let mut vm = RunArgs {
-        kernel,
-        initrd: Some(initrd),
-        cmdline: "console=ttyS0 panic=-1 guest.scenario=smoke".into(),
-        vcpus: 2,
-        memory: "512M".into(),
-        extra: Vec::new(),
-    }
-    .spawn();
     let budget = Duration::from_secs(120);
     assert!(
         vm.wait_for_stdout(budget, |l| l.contains("GUEST READY"))
@@ -112,6 +163,74 @@ fn linux_boots_to_user_space() {
         "{}",
         vm.transcript()
     );
+    let status = vm.wait_exit(budget).expect("powers off");
+    assert_eq!(status.code(), Some(0), "{}", vm.transcript());
+}
+
+/// Issue 3's Linux tier: the PCI tree, pcieport and a pciehp slot on every root port,
+/// virtio_net up and answering a ping through the TAP backend, then a virtio-net hot-added
+/// through the API appears in the guest and an orderly removal (attention button, the
+/// guest's power-off) completes.
+#[test]
+fn linux_pcie_ping_and_hotplug() {
+    if !user_space_runs() {
+        return;
+    }
+    let tap = format!("vmml{}", std::process::id() % 100_000);
+    let api = temp("api.sock");
+    let host = temp("host.sock");
+    let _peer = hold_connections(&host);
+    let net = format!("tap={tap},mac=52:54:00:00:00:15");
+    let Some(mut vm) = linux(
+        "guest.scenario=pcie guest.hotplug=1",
+        &[
+            "--pcie-root-ports".as_ref(),
+            "2".as_ref(),
+            "--net".as_ref(),
+            net.as_ref(),
+            "--api-socket".as_ref(),
+            api.as_os_str(),
+        ],
+    ) else {
+        return;
+    };
+    host_side_of_tap(&tap);
+    let budget = Duration::from_secs(180);
+    expect_line(&mut vm, budget, "GUEST READY");
+    expect_line(&mut vm, budget, "GUEST HOTPLUG READY");
+    let spec = format!("socket={}", host.display());
+    let (code, r) = vmctl(&api, &["device", "add", "net", &spec, "--port", "2"]);
+    assert_eq!(code, 0, "{r}\n{}", vm.transcript());
+    let id = r["device"]["id"].as_str().expect("device id").to_string();
+    expect_line(&mut vm, budget, "GUEST HOTPLUG ADDED");
+    // Answered once pciehp has powered the slot off and the VMM has detached the device.
+    let (code, r) = vmctl(&api, &["device", "remove", &id]);
+    assert_eq!(code, 0, "{r}\n{}", vm.transcript());
+    expect_line(&mut vm, budget, "GUEST HOTPLUG REMOVED");
+    expect_line(&mut vm, budget, "GUEST SCENARIO pcie PASS");
+    let status = vm.wait_exit(budget).expect("powers off");
+    assert_eq!(status.code(), Some(0), "{}", vm.transcript());
+}
+
+/// Issue 4's Linux tier: virtio-iommu binds from the initramfs module, one IOMMU group per
+/// endpoint, virtio_net comes up behind it.
+#[test]
+fn linux_behind_iommu() {
+    if !user_space_runs() {
+        return;
+    }
+    let host = temp("iommu-host.sock");
+    let _peer = hold_connections(&host);
+    let net = format!("socket={}", host.display());
+    let Some(mut vm) = linux(
+        "guest.scenario=iommu",
+        &["--iommu".as_ref(), "--net".as_ref(), net.as_ref()],
+    ) else {
+        return;
+    };
+    let budget = Duration::from_secs(180);
+    expect_line(&mut vm, budget, "GUEST READY");
+    expect_line(&mut vm, budget, "GUEST SCENARIO iommu PASS");
     let status = vm.wait_exit(budget).expect("powers off");
     assert_eq!(status.code(), Some(0), "{}", vm.transcript());
 }
