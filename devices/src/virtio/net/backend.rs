@@ -15,6 +15,16 @@ pub trait NetBackend: Send + Sync + std::fmt::Debug {
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize>;
     /// The descriptor to poll for readability.
     fn fd(&self) -> RawFd;
+    /// Whether every frame to and from the backend starts with a `virtio_net_hdr_v1`
+    /// ([`super::NET_HDR_LEN`] bytes), so checksum offload passes through.
+    fn has_vnet_hdr(&self) -> bool {
+        false
+    }
+    /// Says whether received frames may carry partial checksums (the driver accepted
+    /// VIRTIO_NET_F_GUEST_CSUM); backends without a header ignore it.
+    fn set_rx_offloads(&self, _partial_csum: bool) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A connected unix seqpacket socket.
@@ -172,7 +182,8 @@ impl NetBackend for SeqpacketBackend {
     }
 }
 
-/// A TAP device (IFF_TAP | IFF_NO_PI, non-blocking).
+/// A TAP device (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, non-blocking): frames carry the
+/// 12-byte virtio-net header, so checksum offload passes between guest and host kernel.
 #[derive(Debug)]
 pub struct TapBackend {
     file: File,
@@ -182,6 +193,13 @@ pub struct TapBackend {
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+/// _IOW('T', 216, int): the length of the virtio-net header on each frame.
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+/// _IOW('T', 208, unsigned int): the offloads the reader handles (TUN_F_*).
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// TUN_F_CSUM: the reader takes frames with partial checksums.
+const TUN_F_CSUM: libc::c_uint = 0x01;
 
 #[repr(C)]
 struct IfReq {
@@ -206,7 +224,7 @@ impl TapBackend {
             .open("/dev/net/tun")?;
         let mut req = IfReq {
             name: [0; 16],
-            flags: IFF_TAP | IFF_NO_PI,
+            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
             _pad: [0; 22],
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -216,10 +234,18 @@ impl TapBackend {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Self {
+        let hdr_len = super::NET_HDR_LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads an int from the pointer, which is valid.
+        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ, &hdr_len) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let tap = Self {
             file,
             name: name.to_string(),
-        })
+        };
+        // Complete checksums until a driver says it takes partial ones.
+        tap.set_rx_offloads(false)?;
+        Ok(tap)
     }
 
     /// The interface name.
@@ -241,6 +267,19 @@ impl NetBackend for TapBackend {
 
     fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
+    }
+
+    fn has_vnet_hdr(&self) -> bool {
+        true
+    }
+
+    fn set_rx_offloads(&self, partial_csum: bool) -> io::Result<()> {
+        let offloads: libc::c_uint = if partial_csum { TUN_F_CSUM } else { 0 };
+        // SAFETY: TUNSETOFFLOAD takes its argument by value; the fd is the TAP's.
+        if unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETOFFLOAD, offloads) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
 

@@ -1,9 +1,11 @@
-//! virtio-net: MAC, link status and mergeable receive buffers, with a packet backend (a
-//! unix seqpacket socket, one frame per message, or a TAP device). A worker thread per
+//! virtio-net: MAC, link status, mergeable receive buffers and checksum offload in both
+//! directions ([`offload`]), with a packet backend (a unix seqpacket socket, one frame per
+//! message, or a TAP device, which takes the virtio-net header along). A worker thread per
 //! device runs both directions: the driver's notifications and the backend's readability
 //! wake it, so no vCPU thread copies packets.
 
 pub mod backend;
+pub mod offload;
 mod worker;
 
 use std::sync::Arc;
@@ -19,7 +21,11 @@ use crate::warn_ratelimited;
 
 /// virtio device type of network cards.
 pub const VIRTIO_ID_NET: u16 = 1;
-/// Feature bits.
+/// Feature bits: the device takes frames with partial checksums.
+pub const F_CSUM: u64 = 1 << 0;
+/// The driver takes frames with partial checksums.
+pub const F_GUEST_CSUM: u64 = 1 << 1;
+/// The device has a MAC address.
 pub const F_MAC: u64 = 1 << 5;
 /// Receive buffers may be merged.
 pub const F_MRG_RXBUF: u64 = 1 << 15;
@@ -33,8 +39,7 @@ pub const RX_QUEUE: u16 = 0;
 pub const TX_QUEUE: u16 = 1;
 /// Queue size offered.
 pub const QUEUE_SIZE: u16 = 256;
-/// The header every frame carries in the rings (virtio 1.x: 12 bytes).
-pub const NET_HDR_LEN: usize = 12;
+pub use offload::NET_HDR_LEN;
 /// Largest frame accepted from the guest or the backend (without the header).
 pub const MAX_FRAME: usize = 65_562;
 
@@ -100,7 +105,7 @@ impl VirtioDevice for VirtioNet {
     }
 
     fn features(&self) -> u64 {
-        F_MAC | F_STATUS | F_MRG_RXBUF
+        F_CSUM | F_GUEST_CSUM | F_MAC | F_STATUS | F_MRG_RXBUF
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -127,6 +132,10 @@ impl VirtioDevice for VirtioNet {
             .backend
             .take()
             .ok_or_else(|| ActivateError::Backend("backend lost".into()))?;
+        if let Err(e) = backend.set_rx_offloads(ctx.features & F_GUEST_CSUM != 0) {
+            // The backend then completes checksums itself, which is always correct.
+            warn_ratelimited!("virtio-net: cannot set the backend's offloads: {e}");
+        }
         let worker = worker::Worker::new(ctx, backend, self.kicks.clone(), self.stop.clone());
         let handle = std::thread::Builder::new()
             .name("virtio-net".into())

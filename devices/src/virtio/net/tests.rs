@@ -31,8 +31,38 @@ struct Setup {
 
 const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
 
-fn setup() -> Setup {
+struct Device {
+    net: VirtioNet,
+    mem: GuestMemoryMmap,
+    rx: TestRing,
+    tx: TestRing,
+    irqs: Receiver<u16>,
+}
+
+/// A device on `backend`, activated with `features` accepted.
+fn activate(backend: Arc<dyn NetBackend>, features: u64) -> Device {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+    let mut net = VirtioNet::new(MAC, backend).unwrap();
+    let rx = TestRing::new(&mem, 0x10000, 16);
+    let tx = TestRing::new(&mem, 0x20000, 16);
+    let (s, irqs) = channel();
+    net.activate(ActivateContext {
+        mem: crate::virtio::dma::plain(mem.clone()),
+        queues: vec![rx.queue(), tx.queue()],
+        interrupt: Arc::new(ChannelIrq(Mutex::new(s))),
+        features,
+    })
+    .unwrap();
+    Device {
+        net,
+        mem,
+        rx,
+        tx,
+        irqs,
+    }
+}
+
+fn seqpacket_backend() -> (Arc<dyn NetBackend>, UnixStream) {
     let (ours, peer) = backend::seqpacket_pair().unwrap();
     // SAFETY: `ours` is a valid open socket; making it non-blocking changes no memory.
     unsafe {
@@ -41,24 +71,22 @@ fn setup() -> Setup {
     }
     peer.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let mut net = VirtioNet::new(MAC, Arc::new(SeqpacketBackend::from_fd(ours))).unwrap();
-    let rx = TestRing::new(&mem, 0x10000, 16);
-    let tx = TestRing::new(&mem, 0x20000, 16);
-    let (s, irqs) = channel();
-    net.activate(ActivateContext {
-        mem: crate::virtio::dma::plain(mem.clone()),
-        queues: vec![rx.queue(), tx.queue()],
-        interrupt: Arc::new(ChannelIrq(Mutex::new(s))),
-        features: F_MAC | F_MRG_RXBUF | crate::virtio::features::VERSION_1,
-    })
-    .unwrap();
+    (Arc::new(SeqpacketBackend::from_fd(ours)), peer)
+}
+
+fn setup() -> Setup {
+    let (backend, peer) = seqpacket_backend();
+    let d = activate(
+        backend,
+        F_MAC | F_MRG_RXBUF | crate::virtio::features::VERSION_1,
+    );
     Setup {
-        net,
-        mem,
-        rx,
-        tx,
+        net: d.net,
+        mem: d.mem,
+        rx: d.rx,
+        tx: d.tx,
         peer,
-        irqs,
+        irqs: d.irqs,
     }
 }
 
@@ -244,5 +272,260 @@ fn transmit_waits_for_a_full_backend() {
     // The last chain is returned after its frame went out.
     while tx.used_idx() < 16 {
         wait_irq(&irqs, TX_QUEUE);
+    }
+}
+
+/// The RFC 1071 sum of `parts`, folded, not complemented.
+fn fold_sum(parts: &[&[u8]]) -> u16 {
+    let mut sum = 0u32;
+    for (i, b) in parts.iter().flat_map(|p| p.iter()).enumerate() {
+        sum += if i % 2 == 0 {
+            u32::from(*b) << 8
+        } else {
+            u32::from(*b)
+        };
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+const ETH_IP: usize = 14 + 20;
+
+/// An Ethernet/IPv4/UDP frame with a valid IP header checksum; the UDP checksum is
+/// partial (the pseudo-header sum, as Linux leaves it for CHECKSUM_PARTIAL).
+fn partial_udp_frame(
+    macs: ([u8; 6], [u8; 6]),
+    ips: ([u8; 4], [u8; 4]),
+    ports: (u16, u16),
+    payload: &[u8],
+) -> Vec<u8> {
+    let udp_len = 8 + payload.len() as u16;
+    let mut f = Vec::new();
+    f.extend_from_slice(&macs.1);
+    f.extend_from_slice(&macs.0);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&(20 + udp_len).to_be_bytes());
+    ip[6] = 0x40; // don't fragment
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&ips.0);
+    ip[16..20].copy_from_slice(&ips.1);
+    let c = !fold_sum(&[&ip]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&ports.0.to_be_bytes());
+    f.extend_from_slice(&ports.1.to_be_bytes());
+    f.extend_from_slice(&udp_len.to_be_bytes());
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&ips.0);
+    pseudo.extend_from_slice(&ips.1);
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&udp_len.to_be_bytes());
+    f.extend_from_slice(&fold_sum(&[&pseudo]).to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Whether the UDP checksum of an Ethernet/IPv4/UDP frame verifies.
+fn udp_checksum_ok(f: &[u8]) -> bool {
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&f[14 + 12..14 + 20]);
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&((f.len() - ETH_IP) as u16).to_be_bytes());
+    fold_sum(&[&pseudo, &f[ETH_IP..]]) == 0xffff
+}
+
+fn csum_hdr() -> offload::NetHdr {
+    offload::NetHdr {
+        flags: offload::HDR_F_NEEDS_CSUM,
+        csum_start: ETH_IP as u16,
+        csum_offset: 6,
+        ..Default::default()
+    }
+}
+
+/// Queues `frame` behind `hdr` on the TX ring and notifies.
+fn transmit(d: &mut Device, hdr: offload::NetHdr, frame: &[u8]) {
+    d.mem
+        .write_slice(&hdr.to_bytes(), GuestAddress(0x40000))
+        .unwrap();
+    d.mem.write_slice(frame, GuestAddress(0x41000)).unwrap();
+    d.tx.add_chain(&[
+        (0x40000, NET_HDR_LEN as u32, false),
+        (0x41000, frame.len() as u32, false),
+    ]);
+    d.net.queue_notify(TX_QUEUE);
+}
+
+/// A partial checksum from the guest reaches a bare-frame backend completed; a header
+/// asking for segmentation (never offered) drops the frame.
+#[test]
+fn transmit_completes_partial_checksums_for_bare_backends() {
+    let (backend, mut peer) = seqpacket_backend();
+    let mut d = activate(backend, F_CSUM | F_MRG_RXBUF);
+    let f = partial_udp_frame(
+        (MAC, [2, 0, 0, 0, 0, 1]),
+        ([10, 0, 2, 15], [10, 0, 2, 2]),
+        (5000, 6000),
+        b"checksum me, please",
+    );
+    assert!(!udp_checksum_ok(&f));
+    let gso = offload::NetHdr {
+        gso_type: 1,
+        ..csum_hdr()
+    };
+    transmit(&mut d, gso, &f);
+    wait_irq(&d.irqs, TX_QUEUE);
+    transmit(&mut d, csum_hdr(), &f);
+    wait_irq(&d.irqs, TX_QUEUE);
+    let mut got = vec![0u8; 2048];
+    let n = peer.read(&mut got).unwrap();
+    assert_eq!(n, f.len(), "only the second frame goes out");
+    assert!(udp_checksum_ok(&got[..n]));
+    assert_eq!(got[..ETH_IP + 6], f[..ETH_IP + 6]);
+    assert_eq!(got[ETH_IP + 8..n], f[ETH_IP + 8..]);
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A TAP named for this test and process, addressed 10.201.N.1/24 with a static neighbour
+/// 10.201.N.2 (the device's MAC), IPv6 off so nothing else crosses it.
+fn tap_for_test(n: u8) -> Option<(Arc<dyn NetBackend>, String, [u8; 6])> {
+    let name = format!("vmmck{n}x{}", std::process::id() % 10_000);
+    let tap = match TapBackend::open(&name) {
+        Ok(t) => t,
+        Err(e) => {
+            let reason = format!("cannot create TAP {name} ({e}): needs root and /dev/net/tun");
+            if std::env::var_os("VMM_TESTS_STRICT").is_some_and(|v| v == "1") {
+                panic!("{reason}");
+            }
+            println!("SKIP: {reason}");
+            return None;
+        }
+    };
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+    let mac = MAC
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let host = format!("10.201.{n}.1/24");
+    let guest = format!("10.201.{n}.2");
+    ip(&["addr", "add", &host, "dev", &name]).unwrap();
+    ip(&["link", "set", &name, "up"]).unwrap();
+    ip(&["neigh", "replace", &guest, "lladdr", &mac, "dev", &name]).unwrap();
+    let addr = std::fs::read_to_string(format!("/sys/class/net/{name}/address")).unwrap();
+    let mut host_mac = [0u8; 6];
+    for (i, part) in addr.trim().split(':').enumerate().take(6) {
+        host_mac[i] = u8::from_str_radix(part, 16).unwrap();
+    }
+    Some((Arc::new(tap), name, host_mac))
+}
+
+/// Waits for a used RX buffer holding a UDP frame to `port`; returns header and frame.
+fn receive_udp(d: &mut Device, port: u16) -> (offload::NetHdr, Vec<u8>) {
+    for i in 0..8u64 {
+        d.rx.add_chain(&[(0x100000 + i * 0x1000, 2048, true)]);
+    }
+    d.net.queue_notify(RX_QUEUE);
+    let mut seen = 0;
+    loop {
+        wait_irq(&d.irqs, RX_QUEUE);
+        while seen < d.rx.used_idx() {
+            let (id, len) = d.rx.used_elem(seen);
+            seen += 1;
+            let mut buf = vec![0u8; len as usize];
+            // Chains are single buffers, posted in order from 0x100000.
+            d.mem
+                .read_slice(&mut buf, GuestAddress(0x100000 + u64::from(id) * 0x1000))
+                .unwrap();
+            let hdr = offload::NetHdr::parse(buf[..NET_HDR_LEN].try_into().unwrap());
+            let f = buf[NET_HDR_LEN..].to_vec();
+            if f.len() >= ETH_IP + 8
+                && f[12..14] == [8, 0]
+                && f[14 + 9] == 17
+                && u16::from_be_bytes([f[ETH_IP + 2], f[ETH_IP + 3]]) == port
+            {
+                return (hdr, f);
+            }
+            assert!(seen < 8, "no UDP frame to port {port} among 8");
+        }
+    }
+}
+
+/// Checksum offload against the host kernel through a real TAP: with GUEST_CSUM the
+/// kernel hands over (and the guest gets) a partial checksum with NEEDS_CSUM; without it,
+/// a complete one and no flags. A guest frame with a partial checksum and NEEDS_CSUM is
+/// delivered by the host's UDP stack, which drops bad checksums.
+#[test]
+fn tap_checksum_offload_with_the_host_kernel() {
+    for (n, guest_csum) in [(1u8, true), (2, false)] {
+        let Some((backend, name, host_mac)) = tap_for_test(n) else {
+            return;
+        };
+        let features = F_CSUM | F_MRG_RXBUF | if guest_csum { F_GUEST_CSUM } else { 0 };
+        let mut d = activate(backend, features);
+        let host_ip = [10, 201, n, 1];
+        let sock = std::net::UdpSocket::bind((std::net::Ipv4Addr::from(host_ip), 0)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let host_port = sock.local_addr().unwrap().port();
+
+        // Host to guest.
+        sock.send_to(
+            b"to the guest",
+            (std::net::Ipv4Addr::new(10, 201, n, 2), 7000),
+        )
+        .unwrap();
+        let (hdr, f) = receive_udp(&mut d, 7000);
+        assert_eq!(&f[ETH_IP + 8..], b"to the guest");
+        if guest_csum {
+            assert_eq!(hdr.flags & offload::HDR_F_NEEDS_CSUM, 1, "{name}: {hdr:?}");
+            assert_eq!(
+                (hdr.csum_start, hdr.csum_offset),
+                (ETH_IP as u16, 6),
+                "{hdr:?}"
+            );
+        } else {
+            assert_eq!(
+                hdr,
+                offload::NetHdr {
+                    num_buffers: 1,
+                    ..Default::default()
+                }
+            );
+            assert!(udp_checksum_ok(&f), "complete checksum for a plain driver");
+        }
+
+        // Guest to host: the partial checksum only verifies if the flag went along.
+        let f = partial_udp_frame(
+            (MAC, host_mac),
+            ([10, 201, n, 2], host_ip),
+            (7000, host_port),
+            b"to the host",
+        );
+        transmit(&mut d, csum_hdr(), &f);
+        let mut buf = [0u8; 64];
+        let (len, from) = sock
+            .recv_from(&mut buf)
+            .expect("the host stack takes the frame");
+        assert_eq!(&buf[..len], b"to the host");
+        assert_eq!(from.port(), 7000);
+        drop(d);
     }
 }

@@ -11,7 +11,8 @@ use crate::virtio::dma::DmaMemory;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{MAX_FRAME, NET_HDR_LEN, NetBackend, RX_QUEUE, TX_QUEUE};
+use super::offload::{self, NET_HDR_LEN};
+use super::{F_GUEST_CSUM, MAX_FRAME, NetBackend, RX_QUEUE, TX_QUEUE};
 use crate::virtio::{ActivateContext, VirtioInterrupt};
 use crate::{debug_ratelimited, warn_ratelimited};
 
@@ -54,14 +55,11 @@ pub(super) struct Worker {
     want_rx: bool,
     /// The backend refused a frame: TX waits for it to become writable.
     tx_blocked: bool,
+    /// The driver takes partial checksums on received frames (VIRTIO_NET_F_GUEST_CSUM).
+    guest_csum: bool,
+    /// Frames to and from the backend carry the virtio-net header.
+    backend_hdr: bool,
     counters: NetCounters,
-}
-
-/// The virtio_net_hdr of a received frame: no offloads, `num_buffers` buffers.
-fn rx_header(num_buffers: u16) -> [u8; NET_HDR_LEN] {
-    let mut h = [0u8; NET_HDR_LEN];
-    h[10..12].copy_from_slice(&num_buffers.to_le_bytes());
-    h
 }
 
 impl Worker {
@@ -73,6 +71,7 @@ impl Worker {
     ) -> Self {
         let tx = ctx.queues.remove(usize::from(TX_QUEUE));
         let rx = ctx.queues.remove(usize::from(RX_QUEUE));
+        let backend_hdr = backend.has_vnet_hdr();
         Self {
             mem: ctx.mem,
             rx,
@@ -87,6 +86,8 @@ impl Worker {
             backend_interest: EventSet::empty(),
             want_rx: false,
             tx_blocked: false,
+            guest_csum: ctx.features & F_GUEST_CSUM != 0,
+            backend_hdr,
             counters: NetCounters::default(),
         }
     }
@@ -187,7 +188,21 @@ impl Worker {
                 }
             }
             if ok && !cut_short && frame.len() > NET_HDR_LEN {
-                match self.backend.send(&frame[NET_HDR_LEN..]) {
+                if let Err(e) = offload::prepare_tx(&mut frame, self.backend_hdr) {
+                    self.counters.tx_dropped += 1;
+                    warn_ratelimited!("virtio-net: TX chain {head} dropped: {e}");
+                    if self.tx.add_used(&mem, head, 0).is_err() {
+                        warn_ratelimited!("virtio-net: cannot return TX chain {head}");
+                    }
+                    used = true;
+                    continue;
+                }
+                let out = if self.backend_hdr {
+                    &frame[..]
+                } else {
+                    &frame[NET_HDR_LEN..]
+                };
+                match self.backend.send(out) {
                     Ok(()) => self.counters.tx_frames += 1,
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {
                         // Full: give the chain back and wait for room.
@@ -224,8 +239,12 @@ impl Worker {
         loop {
             let len = match self.pending.take() {
                 Some(n) => n,
-                None => match self.backend.recv(&mut self.rx_buf[NET_HDR_LEN..]) {
-                    Ok(n) => n,
+                None => match self.receive() {
+                    Ok(Some(n)) => n,
+                    Ok(None) => {
+                        self.counters.rx_dropped += 1;
+                        continue;
+                    }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::InvalidData => {
                         self.counters.rx_dropped += 1;
@@ -256,6 +275,31 @@ impl Worker {
         // Watch the backend while the guest has buffers; otherwise wait for a kick.
         self.want_rx = self.pending.is_none() && self.rx_available(&mem);
         self.update_backend_watch(epoll);
+    }
+
+    /// Receives one frame into `rx_buf` behind its header and readies the header for the
+    /// guest: `Ok(Some(len))` with the frame's length, `Ok(None)` for a frame that was
+    /// dropped (short, or a header this device cannot honour).
+    fn receive(&mut self) -> std::io::Result<Option<usize>> {
+        let len = if self.backend_hdr {
+            let n = self.backend.recv(&mut self.rx_buf)?;
+            if n < NET_HDR_LEN {
+                debug_ratelimited!("virtio-net: {n}-byte frame from the backend dropped");
+                return Ok(None);
+            }
+            n - NET_HDR_LEN
+        } else {
+            let n = self.backend.recv(&mut self.rx_buf[NET_HDR_LEN..])?;
+            self.rx_buf[..NET_HDR_LEN].fill(0);
+            n
+        };
+        match offload::prepare_rx(&mut self.rx_buf[..NET_HDR_LEN + len], self.guest_csum) {
+            Ok(()) => Ok(Some(len)),
+            Err(e) => {
+                debug_ratelimited!("virtio-net: frame from the backend dropped: {e}");
+                Ok(None)
+            }
+        }
     }
 
     fn rx_available(&mut self, mem: &DmaMemory) -> bool {
@@ -297,7 +341,8 @@ impl Worker {
     /// Writes header + the `len`-byte frame in `rx_buf` into as many receive chains as it
     /// takes (mergeable buffers).
     fn deliver(&mut self, mem: &DmaMemory, len: usize) -> Result<(), NoBuffers> {
-        self.rx_buf[..NET_HDR_LEN].copy_from_slice(&rx_header(1));
+        // num_buffers, fixed up below once the count is known.
+        self.rx_buf[10..NET_HDR_LEN].copy_from_slice(&1u16.to_le_bytes());
         let stream = &self.rx_buf[..NET_HDR_LEN + len];
         let mut used: Vec<(u16, u32)> = Vec::new();
         let mut written = 0usize;
