@@ -11,7 +11,7 @@ use devices::legacy::{
 };
 use devices::pci::io::{ConfigPorts, EcamWindow, MemoryWindow, SharedRootComplex};
 use devices::pci::root_complex::CONFIG_ADDRESS_PORT;
-use devices::pci::{EcamLayout, RootComplex, RootPort, RootPortConfig};
+use devices::pci::{EcamLayout, RootComplex, RootPort};
 use devices::power::PowerEventSink;
 use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
@@ -23,6 +23,7 @@ use crate::hotplug::{HotplugError, PciHotplug, SharedHotplug};
 use crate::kvm::irq_routing::KvmMsixRoutes;
 use crate::kvm::{IoBus, KvmError, Vm};
 use crate::memory::layout;
+use crate::pci_resources::PciPlan;
 use devices::interrupt::MsixDelivery;
 use devices::virtio::dma::IommuContext;
 use devices::virtio::iommu::{SharedEngine, VirtioIommu};
@@ -91,49 +92,6 @@ pub struct DeviceManager {
 /// The virtio-iommu's device number on bus 0.
 pub const IOMMU_DEVICE: u8 = 31;
 
-/// Requester IDs the IOMMU covers: every function on every root-port bus.
-pub fn iommu_covered_rids(root_ports: u8) -> Vec<std::ops::RangeInclusive<u16>> {
-    if root_ports == 0 {
-        return Vec::new();
-    }
-    let first = root_port_config(0).bus;
-    let last = root_port_config(root_ports - 1).bus;
-    vec![u16::from(first) << 8..=(u16::from(last) << 8) | 0xff]
-}
-
-/// Size of each root port's 32-bit window.
-const PORT_MEM32_SIZE: u64 = 16 << 20;
-/// Size of each root port's 64-bit prefetchable window.
-const PORT_MEM64_SIZE: u64 = 2 << 30;
-use crate::config::MAX_ROOT_PORTS;
-
-/// The settings of root port `index` (0-based): port and bus number index + 1, and its
-/// slices of the 32-bit and 64-bit PCI windows, pre-programmed as firmware would, large
-/// enough for an SR-IOV adapter's VF BARs.
-pub fn root_port_config(index: u8) -> RootPortConfig {
-    let i = u64::from(index);
-    let mem32 = layout::PCI_MMIO32_START + i * PORT_MEM32_SIZE;
-    let mem64 = layout::PCI_MMIO64_START + i * PORT_MEM64_SIZE;
-    RootPortConfig {
-        port_number: index + 1,
-        bus: index + 1,
-        mem_window: (mem32 as u32, (mem32 + PORT_MEM32_SIZE - 1) as u32),
-        pref_window: (mem64, mem64 + PORT_MEM64_SIZE - 1),
-    }
-}
-
-// Every port's windows fit the machine's windows.
-const _: () = {
-    assert!(
-        layout::PCI_MMIO32_START + MAX_ROOT_PORTS as u64 * PORT_MEM32_SIZE
-            <= layout::PCI_MMIO32_END
-    );
-    assert!(
-        layout::PCI_MMIO64_START + MAX_ROOT_PORTS as u64 * PORT_MEM64_SIZE
-            <= layout::PCI_MMIO64_END
-    );
-};
-
 fn pio_range(base: u16, len: u16) -> Result<PioRange, DeviceError> {
     PioRange::new(PioAddress(base), len).map_err(DeviceError::Bus)
 }
@@ -145,7 +103,7 @@ impl DeviceManager {
         vm: &Vm,
         power: Arc<dyn PowerEventSink>,
         console: serial::SerialOut,
-        root_ports: u8,
+        plan: &PciPlan,
         mem: &GuestMemoryMmap,
         net: &[NetConfig],
         iommu: bool,
@@ -153,8 +111,10 @@ impl DeviceManager {
         let mut io = IoManager::new();
 
         let msi = vm.msi_sink();
-        let ports = (0..root_ports.min(MAX_ROOT_PORTS))
-            .map(|i| RootPort::new(root_port_config(i), msi.clone()))
+        let ports = plan
+            .ports
+            .iter()
+            .map(|cfg| RootPort::new(*cfg, msi.clone()))
             .collect();
         let ecam = EcamLayout {
             base: layout::ECAM_START,
@@ -163,7 +123,7 @@ impl DeviceManager {
         let pci = Arc::new(Mutex::new(RootComplex::new(
             ecam,
             ports,
-            layout::ROOT_DEVICES_WINDOW,
+            plan.root_devices_window,
         )));
         io.register_mmio(
             MmioRange::new(MmioAddress(ecam.base), ecam.size()).map_err(DeviceError::Bus)?,
@@ -189,7 +149,7 @@ impl DeviceManager {
         let iommu_engine = if iommu {
             let engine = Arc::new(Mutex::new(Engine::new(
                 IommuTable::default(),
-                iommu_covered_rids(root_ports),
+                plan.iommu_covered_rids(),
                 (0, u64::MAX),
             )));
             let device = VirtioIommu::new(engine.clone(), (0, u64::MAX), (0, u32::MAX));

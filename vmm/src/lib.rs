@@ -14,4 +14,5 @@ pub mod hotplug;
 pub mod kvm;
 pub mod machine;
 pub mod memory;
+pub mod pci_resources;
 pub mod stats;

@@ -24,6 +24,7 @@ use crate::hotplug::{PciHotplug, SharedHotplug};
 use crate::kvm::vcpu::{VcpuContext, VcpuStop, VcpuStopSink, install_kick_handler};
 use crate::kvm::{KvmError, StopReason, VcpuEvent, VcpuHandle, Vm};
 use crate::memory::{GuestRam, MemoryError, layout};
+use crate::pci_resources::PciPlan;
 
 /// Everything that can stop a VM from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,9 @@ pub enum VmmError {
     /// ACPI tables.
     #[error("cannot build the ACPI tables")]
     Acpi(#[source] acpi::AcpiError),
+    /// PCI bus numbers or windows.
+    #[error("cannot lay out the PCI hierarchy")]
+    PciResources(#[from] crate::pci_resources::ResourceError),
     /// The API socket.
     #[error(transparent)]
     Api(#[from] ApiError),
@@ -306,7 +310,7 @@ type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 /// Loads kernel, initrd, command line, boot tables, ACPI and the zero page; returns the
 /// entry point.
-fn load_guest(config: &VmConfig, ram: &GuestRam) -> Result<GuestAddress, VmmError> {
+fn load_guest(config: &VmConfig, ram: &GuestRam, plan: &PciPlan) -> Result<GuestAddress, VmmError> {
     let mem = ram.memory();
     let kernel = boot::load_kernel(mem, config.kernel.path())?;
     let initrd = config
@@ -342,13 +346,13 @@ fn load_guest(config: &VmConfig, ram: &GuestRam) -> Result<GuestAddress, VmmErro
                 ),
                 mem64: (layout::PCI_MMIO64_START, layout::PCI_MMIO64_END - 1),
             }),
-            viot: (config.iommu && config.pcie_root_ports > 0).then(|| Viot {
-                iommu_device: crate::device_manager::IOMMU_DEVICE,
-                buses: (
-                    crate::device_manager::root_port_config(0).bus,
-                    crate::device_manager::root_port_config(config.pcie_root_ports - 1).bus,
-                ),
-            }),
+            viot: plan
+                .port_buses()
+                .filter(|_| config.iommu)
+                .map(|buses| Viot {
+                    iommu_device: crate::device_manager::IOMMU_DEVICE,
+                    buses,
+                }),
         },
     )
     .map_err(VmmError::Acpi)?;
@@ -386,7 +390,8 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         }
     }
     let ram = GuestRam::new(config.memory)?;
-    let entry = load_guest(config, &ram)?;
+    let plan = PciPlan::new(config.pcie_root_ports)?;
+    let entry = load_guest(config, &ram, &plan)?;
     let vm = Vm::new(config.vcpus)?;
     vm.register_memory(ram.memory())?;
 
@@ -395,7 +400,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         &vm,
         monitor.clone(),
         Box::new(Stdout::new()),
-        config.pcie_root_ports,
+        &plan,
         ram.memory(),
         &config.net,
         config.iommu,

@@ -1,9 +1,9 @@
 //! The VM's GSI routing table: KVM's default routes for the ISA and IOAPIC pins, plus MSI
 //! routes for irqfds that MSI-X vectors are bound to. KVM_SET_GSI_ROUTING replaces the
-//! whole table, so the table is kept here and committed whole on every change.
+//! whole table, so the table is kept here and committed whole on every change. GSIs come
+//! from vm-allocator's `IdAllocator`, so those of a removed device are reused by the next.
 
 use std::collections::BTreeMap;
-use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use devices::interrupt::MsiRoutes;
@@ -12,6 +12,7 @@ use kvm_bindings::{
     KVM_IRQCHIP_PIC_SLAVE, KvmIrqRouting, kvm_irq_routing_entry,
 };
 use kvm_ioctls::VmFd;
+use vm_allocator::IdAllocator;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 /// First GSI above the IOAPIC's 24 pins.
@@ -54,7 +55,7 @@ fn default_routes() -> Vec<kvm_irq_routing_entry> {
 #[derive(Debug)]
 struct Table {
     msi: BTreeMap<u32, kvm_irq_routing_entry>,
-    next_gsi: u32,
+    gsis: IdAllocator,
 }
 
 /// The routing table of a VM.
@@ -76,7 +77,8 @@ impl GsiRouter {
             vm,
             table: Mutex::new(Table {
                 msi: BTreeMap::new(),
-                next_gsi: FIRST_MSI_GSI,
+                gsis: IdAllocator::new(FIRST_MSI_GSI, MAX_GSI - 1)
+                    .map_err(std::io::Error::other)?,
             }),
         };
         r.commit(&r.lock())?;
@@ -95,16 +97,25 @@ impl GsiRouter {
         self.vm.set_gsi_routing(&routing).map_err(io_err)
     }
 
-    /// Reserves `n` GSIs for MSI routes.
-    pub fn allocate(&self, n: u32) -> std::io::Result<Range<u32>> {
+    /// Reserves `n` GSIs for MSI routes (the lowest free ones, not necessarily
+    /// consecutive); all or none.
+    pub fn allocate(&self, n: u32) -> std::io::Result<Vec<u32>> {
         let mut t = self.lock();
-        let start = t.next_gsi;
-        let end = start
-            .checked_add(n)
-            .filter(|e| *e <= MAX_GSI)
-            .ok_or_else(|| std::io::Error::other("out of GSIs for MSI routes"))?;
-        t.next_gsi = end;
-        Ok(start..end)
+        let mut got = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            match t.gsis.allocate_id() {
+                Ok(g) => got.push(g),
+                Err(e) => {
+                    for g in got {
+                        let _ = t.gsis.free_id(g);
+                    }
+                    return Err(std::io::Error::other(format!(
+                        "out of GSIs for MSI routes: {e}"
+                    )));
+                }
+            }
+        }
+        Ok(got)
     }
 
     /// Routes `gsi` to the MSI `address`/`data`.
@@ -122,11 +133,12 @@ impl GsiRouter {
         self.commit(&t)
     }
 
-    /// Drops the routes of `gsis`.
-    pub fn remove(&self, gsis: Range<u32>) -> std::io::Result<()> {
+    /// Drops the routes of `gsis` and frees them for reuse.
+    pub fn remove(&self, gsis: &[u32]) -> std::io::Result<()> {
         let mut t = self.lock();
-        for g in gsis {
+        for &g in gsis {
             t.msi.remove(&g);
+            let _ = t.gsis.free_id(g);
         }
         self.commit(&t)
     }
@@ -135,7 +147,8 @@ impl GsiRouter {
 /// The MSI-X vectors of one function, each an irqfd on its own GSI.
 pub struct KvmMsixRoutes {
     router: Arc<GsiRouter>,
-    gsis: Range<u32>,
+    /// The GSI of each vector.
+    gsis: Vec<u32>,
     irqfds: Vec<EventFd>,
 }
 
@@ -151,17 +164,31 @@ impl KvmMsixRoutes {
     /// `vectors` irqfds on fresh GSIs of `router`.
     pub fn new(router: Arc<GsiRouter>, vectors: u16) -> std::io::Result<Self> {
         let gsis = router.allocate(u32::from(vectors))?;
-        let mut irqfds = Vec::with_capacity(usize::from(vectors));
-        for gsi in gsis.clone() {
-            let fd = EventFd::new(EFD_NONBLOCK)?;
-            router.vm.register_irqfd(&fd, gsi).map_err(io_err)?;
-            irqfds.push(fd);
-        }
-        Ok(Self {
+        // Built up in place so that on an error, Drop unregisters and frees what was done.
+        let mut routes = Self {
             router,
-            gsis,
-            irqfds,
-        })
+            gsis: Vec::with_capacity(usize::from(vectors)),
+            irqfds: Vec::with_capacity(usize::from(vectors)),
+        };
+        let mut pending = gsis.into_iter();
+        for gsi in pending.by_ref() {
+            let registered = EventFd::new(EFD_NONBLOCK).and_then(|fd| {
+                routes.router.vm.register_irqfd(&fd, gsi).map_err(io_err)?;
+                Ok(fd)
+            });
+            match registered {
+                Ok(fd) => {
+                    routes.gsis.push(gsi);
+                    routes.irqfds.push(fd);
+                }
+                Err(e) => {
+                    let rest: Vec<u32> = std::iter::once(gsi).chain(pending).collect();
+                    let _ = routes.router.remove(&rest);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(routes)
     }
 
     /// The irqfd of `vector` (what an out-of-process device would be given).
@@ -172,10 +199,10 @@ impl KvmMsixRoutes {
 
 impl MsiRoutes for KvmMsixRoutes {
     fn set_route(&self, vector: u16, address: u64, data: u32) -> std::io::Result<()> {
-        let gsi = self.gsis.start + u32::from(vector);
-        if !self.gsis.contains(&gsi) {
-            return Err(std::io::Error::other("vector out of range"));
-        }
+        let gsi = *self
+            .gsis
+            .get(usize::from(vector))
+            .ok_or_else(|| std::io::Error::other("vector out of range"))?;
         self.router.set_msi(gsi, address, data)
     }
 
@@ -188,12 +215,61 @@ impl MsiRoutes for KvmMsixRoutes {
 
 impl Drop for KvmMsixRoutes {
     fn drop(&mut self) {
-        for (fd, gsi) in self.irqfds.iter().zip(self.gsis.clone()) {
+        for (fd, &gsi) in self.irqfds.iter().zip(&self.gsis) {
             let _ = self.router.vm.unregister_irqfd(fd, gsi);
         }
-        let _ = self.router.remove(self.gsis.clone());
+        let _ = self.router.remove(&self.gsis);
     }
 }
 
 /// Shared so every function's routes commit to one table.
 pub type SharedRouter = Arc<GsiRouter>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A VM with an in-kernel irqchip, or None (with a SKIP line) without /dev/kvm.
+    fn vm() -> Option<Arc<VmFd>> {
+        let kvm = match kvm_ioctls::Kvm::new() {
+            Ok(k) => k,
+            Err(e) => {
+                assert!(
+                    std::env::var_os("VMM_TESTS_STRICT").is_none_or(|v| v != "1"),
+                    "/dev/kvm: {e}"
+                );
+                println!("SKIP: /dev/kvm is not usable: {e}");
+                return None;
+            }
+        };
+        let vm = kvm.create_vm().expect("create a VM");
+        vm.create_irq_chip().expect("in-kernel irqchip");
+        Some(Arc::new(vm))
+    }
+
+    /// GSIs of dropped routes go to the next function that asks (hot-unplug then plug
+    /// again cannot run out of GSIs), and a route is set by vector.
+    #[test]
+    fn gsis_of_removed_functions_are_reused() {
+        let Some(vm) = vm() else { return };
+        let router = Arc::new(GsiRouter::new(vm).unwrap());
+        let a = KvmMsixRoutes::new(router.clone(), 3).unwrap();
+        let b = KvmMsixRoutes::new(router.clone(), 2).unwrap();
+        assert_eq!(a.gsis, vec![24, 25, 26]);
+        assert_eq!(b.gsis, vec![27, 28]);
+        a.set_route(2, 0xfee0_0000, 0x4041).unwrap();
+        assert!(a.set_route(3, 0xfee0_0000, 0x4041).is_err());
+        assert!(router.lock().msi.contains_key(&26));
+        drop(a);
+        assert!(router.lock().msi.is_empty(), "routes of a dropped function go");
+        let c = KvmMsixRoutes::new(router.clone(), 4).unwrap();
+        assert_eq!(c.gsis, vec![24, 25, 26, 29]);
+        for _ in 0..1000 {
+            let d = KvmMsixRoutes::new(router.clone(), 3).unwrap();
+            assert_eq!(d.gsis, vec![30, 31, 32]);
+        }
+        // Asking for more than is left takes nothing.
+        assert!(router.allocate(MAX_GSI).is_err());
+        assert_eq!(router.allocate(1).unwrap(), vec![30]);
+    }
+}

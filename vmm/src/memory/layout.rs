@@ -47,9 +47,6 @@ pub const MMIO_HOLE_END: u64 = 4 * GIB;
 pub const PCI_MMIO32_START: u64 = MMIO_HOLE_START;
 /// End of the 32-bit PCI MMIO window (exclusive).
 pub const PCI_MMIO32_END: u64 = 0xe000_0000;
-/// BARs of devices on bus 0 (the virtio-iommu): the last 16 MiB of the 32-bit window,
-/// after the 31 root ports' 16 MiB slices (inclusive end).
-pub const ROOT_DEVICES_WINDOW: (u64, u64) = (0xdf00_0000, 0xdfff_ffff);
 /// The ECAM window: 1 MiB per bus, buses 0..=255.
 pub const ECAM_START: u64 = 0xe000_0000;
 /// Last bus ECAM decodes.
