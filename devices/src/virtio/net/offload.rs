@@ -180,4 +180,4 @@ pub fn prepare_rx(frame: &mut [u8], guest_csum: bool) -> Result<(), OffloadError
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

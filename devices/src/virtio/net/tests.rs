@@ -275,19 +275,7 @@ fn transmit_waits_for_a_full_backend() {
     }
 }
 
-/// The RFC 1071 sum of `parts`, folded, not complemented.
-fn fold_sum(parts: &[&[u8]]) -> u16 {
-    let mut sum = 0u32;
-    for (i, b) in parts.iter().flat_map(|p| p.iter()).enumerate() {
-        sum += if i % 2 == 0 {
-            u32::from(*b) << 8
-        } else {
-            u32::from(*b)
-        };
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
+use super::offload::tests::reference_sum as fold_sum;
 
 const ETH_IP: usize = 14 + 20;
 

@@ -6,8 +6,9 @@ use super::*;
 const ETH: usize = 14;
 const IP: usize = 20;
 
-/// A byte-at-a-time reference sum, independent of `ones_complement_sum`.
-fn reference_sum(parts: &[&[u8]]) -> u16 {
+/// A byte-at-a-time reference sum (folded, not complemented), independent of
+/// `ones_complement_sum`; the worker's tests use it too.
+pub(in crate::virtio::net) fn reference_sum(parts: &[&[u8]]) -> u16 {
     let bytes: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
     let mut sum: u32 = 0;
     for (i, b) in bytes.iter().enumerate() {
