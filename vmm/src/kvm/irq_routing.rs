@@ -261,7 +261,10 @@ mod tests {
         assert!(a.set_route(3, 0xfee0_0000, 0x4041).is_err());
         assert!(router.lock().msi.contains_key(&26));
         drop(a);
-        assert!(router.lock().msi.is_empty(), "routes of a dropped function go");
+        assert!(
+            router.lock().msi.is_empty(),
+            "routes of a dropped function go"
+        );
         let c = KvmMsixRoutes::new(router.clone(), 4).unwrap();
         assert_eq!(c.gsis, vec![24, 25, 26, 29]);
         for _ in 0..1000 {
