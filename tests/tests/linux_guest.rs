@@ -56,6 +56,13 @@ fn expect_line(vm: &mut VmProcess, budget: Duration, text: &str) {
     assert!(seen.is_some(), "no `{text}`\n{}", vm.transcript());
 }
 
+/// The scenario passes and the guest powers off with status 0.
+fn scenario_passes(vm: &mut VmProcess, budget: Duration, scenario: &str) {
+    expect_line(vm, budget, &format!("GUEST SCENARIO {scenario} PASS"));
+    let status = vm.wait_exit(budget).expect("powers off");
+    assert_eq!(status.code(), Some(0), "{}", vm.transcript());
+}
+
 fn temp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("vmm-linux-{}-{name}", std::process::id()))
 }
@@ -151,20 +158,8 @@ fn linux_boots_to_user_space() {
         return;
     };
     let budget = Duration::from_secs(120);
-    assert!(
-        vm.wait_for_stdout(budget, |l| l.contains("GUEST READY"))
-            .is_some(),
-        "{}",
-        vm.transcript()
-    );
-    assert!(
-        vm.wait_for_stdout(budget, |l| l.contains("GUEST SCENARIO smoke PASS"))
-            .is_some(),
-        "{}",
-        vm.transcript()
-    );
-    let status = vm.wait_exit(budget).expect("powers off");
-    assert_eq!(status.code(), Some(0), "{}", vm.transcript());
+    expect_line(&mut vm, budget, "GUEST READY");
+    scenario_passes(&mut vm, budget, "smoke");
 }
 
 /// Issue 3's Linux tier: the PCI tree, pcieport and a pciehp slot on every root port,
@@ -207,9 +202,7 @@ fn linux_pcie_ping_and_hotplug() {
     let (code, r) = vmctl(&api, &["device", "remove", &id]);
     assert_eq!(code, 0, "{r}\n{}", vm.transcript());
     expect_line(&mut vm, budget, "GUEST HOTPLUG REMOVED");
-    expect_line(&mut vm, budget, "GUEST SCENARIO pcie PASS");
-    let status = vm.wait_exit(budget).expect("powers off");
-    assert_eq!(status.code(), Some(0), "{}", vm.transcript());
+    scenario_passes(&mut vm, budget, "pcie");
 }
 
 /// Issue 4's Linux tier: virtio-iommu binds from the initramfs module, one IOMMU group per
@@ -230,7 +223,5 @@ fn linux_behind_iommu() {
     };
     let budget = Duration::from_secs(180);
     expect_line(&mut vm, budget, "GUEST READY");
-    expect_line(&mut vm, budget, "GUEST SCENARIO iommu PASS");
-    let status = vm.wait_exit(budget).expect("powers off");
-    assert_eq!(status.code(), Some(0), "{}", vm.transcript());
+    scenario_passes(&mut vm, budget, "iommu");
 }

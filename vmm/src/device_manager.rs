@@ -156,13 +156,12 @@ impl DeviceManager {
             let faults = device.fault_sink();
             let routes = KvmMsixRoutes::new(router.clone(), VirtioPciDevice::vectors_for(&device))
                 .map_err(DeviceError::EventFd)?;
-            let pci_dev = VirtioPciDevice::new(
+            let pci_dev = VirtioPciDevice::new_integrated(
                 Box::new(device),
                 mem.clone(),
                 MsixDelivery::Routed(Arc::new(routes)),
                 None,
-            )
-            .integrated();
+            );
             pci.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .add_root_device(IOMMU_DEVICE, Box::new(pci_dev))

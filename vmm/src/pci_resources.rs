@@ -55,54 +55,35 @@ pub struct PciPlan {
     pub root_devices_window: (u64, u64),
 }
 
-/// Allocators over the machine's bus numbers and MMIO windows.
-#[derive(Debug)]
-struct PciResources {
-    buses: IdAllocator,
-    mem32: AddressAllocator,
-    mem64: AddressAllocator,
-}
-
-impl PciResources {
-    fn new() -> Result<Self, ResourceError> {
+impl PciPlan {
+    /// Hands out the resources of a machine with `root_ports` root ports.
+    pub fn new(root_ports: u8) -> Result<Self, ResourceError> {
         let window = |what, start: u64, end: u64| {
             AddressAllocator::new(start, end - start)
                 .map_err(|source| ResourceError::Window { what, source })
         };
-        Ok(Self {
-            buses: IdAllocator::new(1, u32::from(layout::ECAM_LAST_BUS)).map_err(|source| {
+        let mut buses =
+            IdAllocator::new(1, u32::from(layout::ECAM_LAST_BUS)).map_err(|source| {
                 ResourceError::Window {
                     what: "bus",
                     source,
                 }
-            })?,
-            mem32: window("32-bit", layout::PCI_MMIO32_START, layout::PCI_MMIO32_END)?,
-            mem64: window("64-bit", layout::PCI_MMIO64_START, layout::PCI_MMIO64_END)?,
-        })
-    }
-}
-
-impl PciPlan {
-    /// Hands out the resources of a machine with `root_ports` root ports.
-    pub fn new(root_ports: u8) -> Result<Self, ResourceError> {
-        let mut r = PciResources::new()?;
+            })?;
+        let mut mem32 = window("32-bit", layout::PCI_MMIO32_START, layout::PCI_MMIO32_END)?;
+        let mut mem64 = window("64-bit", layout::PCI_MMIO64_START, layout::PCI_MMIO64_END)?;
         let exhausted = |port, what| move |source| ResourceError::Exhausted { port, what, source };
-        let root = r
-            .mem32
+        let root = mem32
             .allocate(ROOT_DEVICES_SIZE, ROOT_DEVICES_SIZE, AllocPolicy::LastMatch)
             .map_err(exhausted(u8::MAX, "32-bit window"))?;
         let mut ports = Vec::with_capacity(usize::from(root_ports));
         for index in 0..root_ports {
-            let bus = r
-                .buses
+            let bus = buses
                 .allocate_id()
                 .map_err(exhausted(index, "bus numbers"))?;
-            let mem32 = r
-                .mem32
+            let slice32 = mem32
                 .allocate(PORT_MEM32_SIZE, PORT_MEM32_SIZE, AllocPolicy::FirstMatch)
                 .map_err(exhausted(index, "32-bit window"))?;
-            let mem64 = r
-                .mem64
+            let slice64 = mem64
                 .allocate(PORT_MEM64_SIZE, PORT_MEM64_SIZE, AllocPolicy::FirstMatch)
                 .map_err(exhausted(index, "64-bit window"))?;
             ports.push(RootPortConfig {
@@ -110,8 +91,8 @@ impl PciPlan {
                 // IDs come from 1..=ECAM_LAST_BUS (a u8).
                 bus: bus as u8,
                 // The 32-bit window lies below 4 GiB.
-                mem_window: (mem32.start() as u32, mem32.end() as u32),
-                pref_window: (mem64.start(), mem64.end()),
+                mem_window: (slice32.start() as u32, slice32.end() as u32),
+                pref_window: (slice64.start(), slice64.end()),
             });
         }
         Ok(Self {

@@ -286,32 +286,6 @@ impl ConfigSpace {
         Ok(offset)
     }
 
-    /// Replaces the body of the standard capability at `offset` (added with
-    /// [`ConfigSpace::add_capability`]) with one of the same length: its ID and next pointer
-    /// stay, the rest of `body` and `writable` take the place of the old ones.
-    pub fn replace_capability(
-        &mut self,
-        offset: usize,
-        body: &[u8],
-        writable: &[u8],
-    ) -> Result<(), ConfigError> {
-        let end = offset + body.len();
-        let found = self.capabilities().iter().any(|&(_, o)| o == offset);
-        if !found || body.len() < 2 || end > LEGACY_CONFIG_SIZE {
-            return Err(ConfigError::NoRoom {
-                id: u16::from(body.first().copied().unwrap_or(0)),
-                len: body.len(),
-                offset,
-            });
-        }
-        self.regs[offset + 2..end].copy_from_slice(&body[2..]);
-        for i in 2..body.len() {
-            self.writable[offset + i] = writable.get(i).copied().unwrap_or(0);
-            self.w1c[offset + i] = 0;
-        }
-        Ok(())
-    }
-
     /// Appends an extended capability with `id` and `version`; `body` is what follows the
     /// 4-byte header. Returns the header's offset.
     pub fn add_ext_capability(

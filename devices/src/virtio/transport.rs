@@ -124,13 +124,35 @@ impl std::fmt::Debug for VirtioPciDevice {
 }
 
 impl VirtioPciDevice {
-    /// Wraps `device`; its DMA uses `mem`, its interrupts go to `msi`; with `doorbells`,
-    /// queue notifications become doorbells wherever the guest maps BAR 0.
+    /// Wraps `device` as a PCI Express endpoint (what sits in a root port's slot); its DMA
+    /// uses `mem`, its interrupts go to `msi`; with `doorbells`, queue notifications
+    /// become doorbells wherever the guest maps BAR 0.
     pub fn new(
         device: Box<dyn VirtioDevice>,
         mem: GuestMemoryMmap,
         delivery: MsixDelivery,
         doorbells: Option<Arc<dyn DoorbellRegistry>>,
+    ) -> Self {
+        Self::build(device, mem, delivery, doorbells, EXP_TYPE_ENDPOINT)
+    }
+
+    /// Like [`VirtioPciDevice::new`], as a root-complex integrated endpoint (PCIe device
+    /// type 9, no link): what a function on the root bus is, e.g. the virtio-iommu.
+    pub fn new_integrated(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        delivery: MsixDelivery,
+        doorbells: Option<Arc<dyn DoorbellRegistry>>,
+    ) -> Self {
+        Self::build(device, mem, delivery, doorbells, EXP_TYPE_RC_END)
+    }
+
+    fn build(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        delivery: MsixDelivery,
+        doorbells: Option<Arc<dyn DoorbellRegistry>>,
+        pcie_type: u16,
     ) -> Self {
         let dtype = device.device_type();
         let class = match dtype {
@@ -154,7 +176,7 @@ impl VirtioPciDevice {
         let vectors = Self::vectors_for(device.as_ref());
         // A fresh endpoint has room for all of these: they cannot fail.
         let _ = config.add_bar(0, Bar::mem32(BAR_SIZE));
-        let pcie = capability::pcie(EXP_TYPE_ENDPOINT, 0, None);
+        let pcie = capability::pcie(pcie_type, 0, None);
         let _ = config.add_capability(&pcie.body, &pcie.writable);
         let msix = capability::msix(
             vectors,
@@ -217,20 +239,6 @@ impl VirtioPciDevice {
             doorbells,
             doorbell_base: None,
         }
-    }
-
-    /// Makes the function a root-complex integrated endpoint (PCIe device type 9, no link):
-    /// what a function on the root bus is, e.g. the virtio-iommu. Functions in a root
-    /// port's slot stay PCI Express endpoints.
-    pub fn integrated(mut self) -> Self {
-        if let Some(exp) = self.config.find_capability(CAP_ID_EXP) {
-            let pcie = capability::pcie(EXP_TYPE_RC_END, 0, None);
-            // Same capability, same length: this cannot fail.
-            let _ = self
-                .config
-                .replace_capability(exp, &pcie.body, &pcie.writable);
-        }
-        self
     }
 
     /// Puts the function behind an IOMMU as requester `rid`: it offers

@@ -164,29 +164,17 @@ impl KvmMsixRoutes {
     /// `vectors` irqfds on fresh GSIs of `router`.
     pub fn new(router: Arc<GsiRouter>, vectors: u16) -> std::io::Result<Self> {
         let gsis = router.allocate(u32::from(vectors))?;
-        // Built up in place so that on an error, Drop unregisters and frees what was done.
+        // Should a registration fail, dropping `routes` unregisters the irqfds registered
+        // so far (paired with the first GSIs) and frees every GSI.
         let mut routes = Self {
             router,
-            gsis: Vec::with_capacity(usize::from(vectors)),
+            gsis,
             irqfds: Vec::with_capacity(usize::from(vectors)),
         };
-        let mut pending = gsis.into_iter();
-        for gsi in pending.by_ref() {
-            let registered = EventFd::new(EFD_NONBLOCK).and_then(|fd| {
-                routes.router.vm.register_irqfd(&fd, gsi).map_err(io_err)?;
-                Ok(fd)
-            });
-            match registered {
-                Ok(fd) => {
-                    routes.gsis.push(gsi);
-                    routes.irqfds.push(fd);
-                }
-                Err(e) => {
-                    let rest: Vec<u32> = std::iter::once(gsi).chain(pending).collect();
-                    let _ = routes.router.remove(&rest);
-                    return Err(e);
-                }
-            }
+        for &gsi in &routes.gsis {
+            let fd = EventFd::new(EFD_NONBLOCK)?;
+            routes.router.vm.register_irqfd(&fd, gsi).map_err(io_err)?;
+            routes.irqfds.push(fd);
         }
         Ok(routes)
     }

@@ -104,21 +104,22 @@ fn ones_complement_sum(data: &[u8]) -> u16 {
     sum as u16
 }
 
+/// Where the checksum field `start + offset` lies in a `len`-byte frame, if it fits.
+fn checksum_field(len: usize, start: u16, offset: u16) -> Result<usize, OffloadError> {
+    let at = usize::from(start) + usize::from(offset);
+    if at + 2 > len {
+        return Err(OffloadError::ChecksumOutOfFrame { start, offset, len });
+    }
+    Ok(at)
+}
+
 /// Completes a partial checksum: sums `frame[start..]` (the checksum field holds the
 /// pseudo-header sum) and stores the complement at `start + offset`, as Linux's
 /// `skb_checksum_help` does. A result of 0 is stored as 0xffff (the same value in one's
 /// complement, and the one UDP requires).
 pub fn complete_checksum(frame: &mut [u8], start: u16, offset: u16) -> Result<(), OffloadError> {
-    let out_of_frame = OffloadError::ChecksumOutOfFrame {
-        start,
-        offset,
-        len: frame.len(),
-    };
-    let (s, at) = (usize::from(start), usize::from(start) + usize::from(offset));
-    if at + 2 > frame.len() {
-        return Err(out_of_frame);
-    }
-    let sum = !ones_complement_sum(&frame[s..]);
+    let at = checksum_field(frame.len(), start, offset)?;
+    let sum = !ones_complement_sum(&frame[usize::from(start)..]);
     let sum = if sum == 0 { 0xffff } else { sum };
     frame[at..at + 2].copy_from_slice(&sum.to_be_bytes());
     Ok(())
@@ -139,14 +140,7 @@ pub fn prepare_tx(frame: &mut [u8], backend_hdr: bool) -> Result<(), OffloadErro
         if backend_hdr {
             // The host kernel checks the offsets (virtio_net_hdr_to_skb); check them here
             // too, so a bad frame is counted as dropped by this device.
-            let end = usize::from(h.csum_start) + usize::from(h.csum_offset) + 2;
-            if end > body.len() {
-                return Err(OffloadError::ChecksumOutOfFrame {
-                    start: h.csum_start,
-                    offset: h.csum_offset,
-                    len: body.len(),
-                });
-            }
+            checksum_field(body.len(), h.csum_start, h.csum_offset)?;
         } else {
             complete_checksum(body, h.csum_start, h.csum_offset)?;
         }

@@ -187,16 +187,17 @@ impl Worker {
                     break;
                 }
             }
-            if ok && !cut_short && frame.len() > NET_HDR_LEN {
-                if let Err(e) = offload::prepare_tx(&mut frame, self.backend_hdr) {
-                    self.counters.tx_dropped += 1;
-                    warn_ratelimited!("virtio-net: TX chain {head} dropped: {e}");
-                    if self.tx.add_used(&mem, head, 0).is_err() {
-                        warn_ratelimited!("virtio-net: cannot return TX chain {head}");
+            let ok = ok
+                && !cut_short
+                && frame.len() > NET_HDR_LEN
+                && match offload::prepare_tx(&mut frame, self.backend_hdr) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        warn_ratelimited!("virtio-net: TX chain {head}: {e}");
+                        false
                     }
-                    used = true;
-                    continue;
-                }
+                };
+            if ok {
                 let out = if self.backend_hdr {
                     &frame[..]
                 } else {

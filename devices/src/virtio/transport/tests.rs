@@ -328,7 +328,12 @@ fn integrated_endpoint_has_no_link() {
     assert_ne!(dev.config().read_u32(exp + EXP_LNKCAP), 0);
     let caps = dev.config().capabilities();
 
-    let dev = setup().dev.integrated();
+    let dev = VirtioPciDevice::new_integrated(
+        Box::new(Fixture::default()),
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap(),
+        crate::interrupt::MsixDelivery::Signal(Arc::new(RecordingMsi::default())),
+        None,
+    );
     assert_eq!(dev.config().capabilities(), caps);
     let flags = dev.config().read_u16(exp + EXP_FLAGS);
     assert_eq!((flags >> 4) & 0xf, EXP_TYPE_RC_END);
