@@ -50,6 +50,8 @@ scenario_tests! {
     timer_2vcpus: "timer", 2;
     acpi_1vcpu: "acpi", 1;
     acpi_2vcpus: "acpi", 2;
+    ioapic_1vcpu: "ioapic", 1;
+    ioapic_2vcpus: "ioapic", 2;
     all_four_2vcpus: "boot,smp,timer,acpi", 2;
     smp_4vcpus: "smp", 4;
 }

@@ -5,9 +5,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use devices::interrupt::{EventFdLine, LineTrigger};
+use devices::interrupt::LineTrigger;
+use devices::legacy::ioapic::IOAPIC_WINDOW;
 use devices::legacy::{
-    AcpiPmDevice, DebugExitDevice, I8042, SerialDevice, acpi_pm, debug_exit, i8042, serial,
+    AcpiPmDevice, DebugExitDevice, I8042, Ioapic, IoapicLine, SerialDevice, acpi_pm, debug_exit,
+    i8042, serial,
 };
 use devices::pci::io::{ConfigPorts, EcamWindow, MemoryWindow, SharedRootComplex};
 use devices::pci::root_complex::CONFIG_ADDRESS_PORT;
@@ -16,12 +18,11 @@ use devices::power::PowerEventSink;
 use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::config::NetConfig;
 use crate::hotplug::{HotplugError, PciHotplug, SharedHotplug};
 use crate::kvm::irq_routing::KvmMsixRoutes;
-use crate::kvm::{IoBus, KvmError, Vm};
+use crate::kvm::{IoBus, Vm};
 use crate::memory::layout;
 use crate::pci_resources::PciPlan;
 use devices::interrupt::MsixDelivery;
@@ -37,9 +38,6 @@ pub enum DeviceError {
     /// An eventfd could not be created.
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
-    /// An irqfd could not be registered.
-    #[error("cannot route a device interrupt")]
-    Irq(#[source] KvmError),
     /// Two devices claim the same addresses.
     #[error("cannot register a device on the I/O bus")]
     Bus(#[source] vm_device::bus::Error),
@@ -48,9 +46,10 @@ pub enum DeviceError {
     Hotplug(#[source] HotplugError),
 }
 
-/// The I/O address space as vCPUs see it.
+/// The I/O address space as vCPUs see it, and the IOAPIC that takes their EOIs.
 pub struct Bus {
     io: IoManager,
+    ioapic: Arc<Mutex<Ioapic>>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -72,6 +71,12 @@ impl IoBus for Bus {
     fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
         self.io.mmio_write(MmioAddress(addr), data).is_ok()
     }
+    fn ioapic_eoi(&self, vector: u8) {
+        self.ioapic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .end_of_interrupt(vector);
+    }
 }
 
 /// The devices of a VM.
@@ -89,6 +94,9 @@ pub struct DeviceManager {
     pub iommu: Option<SharedEngine>,
 }
 
+/// The IOAPIC's ID (the MADT's).
+pub const IOAPIC_ID: u8 = 0;
+
 /// The virtio-iommu's device number on bus 0.
 pub const IOMMU_DEVICE: u8 = 31;
 
@@ -97,8 +105,9 @@ fn pio_range(base: u16, len: u16) -> Result<PioRange, DeviceError> {
 }
 
 impl DeviceManager {
-    /// Creates the legacy devices: COM1 on IRQ 4, the i8042, the ACPI PM registers and the
-    /// debug-exit port. Power events go to `power`.
+    /// Creates the devices: the PCIe root complex with its root ports, the virtio-iommu when
+    /// asked for, the virtio-net devices of `net`, the IOAPIC, COM1 on its pin 4, the
+    /// i8042, the ACPI PM registers and the debug-exit port. Power events go to `power`.
     pub fn new(
         vm: &Vm,
         power: Arc<dyn PowerEventSink>,
@@ -146,6 +155,7 @@ impl DeviceManager {
             .map_err(DeviceError::Bus)?;
         }
         let router = vm.gsi_router().map_err(DeviceError::EventFd)?;
+        let router_for_ioapic = router.clone();
         let iommu_engine = if iommu {
             let engine = Arc::new(Mutex::new(Engine::new(
                 IommuTable::default(),
@@ -190,10 +200,18 @@ impl DeviceManager {
                 .map_err(DeviceError::Hotplug)?;
         }
 
-        let irq = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
-        vm.register_irqfd(&irq, serial::COM1_IRQ)
-            .map_err(DeviceError::Irq)?;
-        let line = LineTrigger(Arc::new(EventFdLine::new(irq)));
+        let pins = KvmMsixRoutes::ioapic_pins(router_for_ioapic).map_err(DeviceError::EventFd)?;
+        let ioapic = Arc::new(Mutex::new(Ioapic::new(IOAPIC_ID, Arc::new(pins))));
+        io.register_mmio(
+            MmioRange::new(MmioAddress(layout::IOAPIC_START), IOAPIC_WINDOW)
+                .map_err(DeviceError::Bus)?,
+            ioapic.clone(),
+        )
+        .map_err(DeviceError::Bus)?;
+        let line = LineTrigger(Arc::new(IoapicLine::new(
+            ioapic.clone(),
+            serial::COM1_IRQ as usize,
+        )));
         let serial = Arc::new(Mutex::new(SerialDevice::new(line, console)));
         io.register_pio(
             pio_range(serial::COM1_BASE, serial::SERIAL_PORTS)?,
@@ -218,7 +236,7 @@ impl DeviceManager {
         .map_err(DeviceError::Bus)?;
 
         Ok(Self {
-            bus: Arc::new(Bus { io }),
+            bus: Arc::new(Bus { io, ioapic }),
             serial,
             pci,
             hotplug,

@@ -25,6 +25,7 @@ mod acpi;
 mod bootparams;
 mod cmdline;
 mod cpu;
+mod ioapic;
 mod lapic;
 mod mem;
 mod mmio;

@@ -6,8 +6,7 @@
 //!
 //! Tables are laid out one after another from the RSDP (in the reserved BIOS area below
 //! 1 MiB; the RSDP 16-byte aligned, the others 8-byte aligned), checked to fit before
-//! anything is written. Where the crate lacks a setter (the MADT flags) the serialized
-//! table is patched and its checksum redone here.
+//! anything is written.
 
 pub mod dsdt;
 pub mod pci;
@@ -38,10 +37,6 @@ const IAPC_8042: u16 = 1 << 1;
 const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
 /// FADT IAPC_BOOT_ARCH: no CMOS RTC (none is emulated; Linux then does not probe it).
 const IAPC_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
-/// MADT flags: the machine also has 8259 PICs (KVM's in-kernel ones).
-const MADT_PCAT_COMPAT: u32 = 1;
-/// Offset of the MADT flags.
-const MADT_FLAGS_OFFSET: usize = 40;
 /// Offset of the checksum in every SDT header.
 const SDT_CHECKSUM_OFFSET: usize = 9;
 /// Length of the SDT header.
@@ -207,14 +202,8 @@ fn madt(cfg: &AcpiConfig) -> Vec<u8> {
         madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
     }
     madt.add_structure(IoApic::new(cfg.ioapic_id, cfg.ioapic_addr, 0));
-    let mut bytes = bytes_of(&madt);
-    // The crate has no setter for the MADT flags (its header field is private and always
-    // 0): patch PCAT_COMPAT in and redo the checksum.
-    if let Some(flags) = bytes.get_mut(MADT_FLAGS_OFFSET..MADT_FLAGS_OFFSET + 4) {
-        flags.copy_from_slice(&MADT_PCAT_COMPAT.to_le_bytes());
-    }
-    fix_checksum(&mut bytes);
-    bytes
+    // Flags stay 0 (the crate's value): no PCAT_COMPAT, as the machine has no 8259 PICs.
+    bytes_of(&madt)
 }
 
 /// Lays tables out one after another from an address, aligned, within a limit.

@@ -22,6 +22,9 @@ pub trait IoBus {
     fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool;
     /// An MMIO write; `false` if no device claims the address.
     fn mmio_write(&self, addr: u64, data: &[u8]) -> bool;
+    /// A local APIC signalled the EOI of a level-triggered IOAPIC vector
+    /// (KVM_EXIT_IOAPIC_EOI, split irqchip).
+    fn ioapic_eoi(&self, vector: u8);
 }
 
 /// Why a vCPU stopped running the guest.
@@ -101,8 +104,12 @@ pub fn handle_exit(exit: VcpuExit<'_>, bus: &dyn IoBus) -> ExitAction {
             ExitAction::Continue
         }
         VcpuExit::Intr => ExitAction::Interrupted,
-        // Handled by the in-kernel IOAPIC; nothing to do if it shows up.
-        VcpuExit::IoapicEoi(_) | VcpuExit::IrqWindowOpen => ExitAction::Continue,
+        VcpuExit::IoapicEoi(vector) => {
+            bus.ioapic_eoi(vector);
+            ExitAction::Continue
+        }
+        // Only requested for PIC interrupts, and there is no PIC.
+        VcpuExit::IrqWindowOpen => ExitAction::Continue,
         VcpuExit::Hlt => ExitAction::Stop(StopReason::Halted),
         VcpuExit::Shutdown => ExitAction::Stop(StopReason::TripleFault),
         VcpuExit::InternalError => ExitAction::Stop(StopReason::InternalError),
@@ -126,6 +133,7 @@ mod tests {
     #[derive(Default)]
     struct TestBus {
         writes: RefCell<Vec<(u64, Vec<u8>)>>,
+        eois: RefCell<Vec<u8>>,
     }
 
     impl IoBus for TestBus {
@@ -147,6 +155,19 @@ mod tests {
             self.writes.borrow_mut().push((addr, data.to_vec()));
             (0x1000..0x2000).contains(&addr)
         }
+        fn ioapic_eoi(&self, vector: u8) {
+            self.eois.borrow_mut().push(vector);
+        }
+    }
+
+    #[test]
+    fn ioapic_eois_reach_the_bus() {
+        let bus = TestBus::default();
+        assert_eq!(
+            handle_exit(VcpuExit::IoapicEoi(0x31), &bus),
+            ExitAction::Continue
+        );
+        assert_eq!(*bus.eois.borrow(), vec![0x31]);
     }
 
     #[test]

@@ -1,55 +1,28 @@
-//! The VM's GSI routing table: KVM's default routes for the ISA and IOAPIC pins, plus MSI
-//! routes for irqfds that MSI-X vectors are bound to. KVM_SET_GSI_ROUTING replaces the
-//! whole table, so the table is kept here and committed whole on every change. GSIs come
-//! from vm-allocator's `IdAllocator`, so those of a removed device are reused by the next.
+//! The VM's GSI routing table. Under KVM's split irqchip every route is an MSI: GSIs 0-23
+//! carry the IOAPIC's pins (the emulated IOAPIC sets each route from the pin's
+//! redirection entry; KVM scans these routes for level-triggered vectors that need an EOI
+//! exit), GSIs from 24 up carry the MSI-X vectors of PCI functions, each bound to an
+//! irqfd. KVM_SET_GSI_ROUTING replaces the whole table, so the table is kept here and
+//! committed whole on every change. MSI-X GSIs come from vm-allocator's `IdAllocator`, so
+//! those of a removed device are reused by the next.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use devices::interrupt::MsiRoutes;
-use kvm_bindings::{
-    KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
-    KVM_IRQCHIP_PIC_SLAVE, KvmIrqRouting, kvm_irq_routing_entry,
-};
+use devices::legacy::ioapic::IOAPIC_PINS;
+use kvm_bindings::{KVM_IRQ_ROUTING_MSI, KvmIrqRouting, kvm_irq_routing_entry};
 use kvm_ioctls::VmFd;
 use vm_allocator::IdAllocator;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-/// First GSI above the IOAPIC's 24 pins.
-const FIRST_MSI_GSI: u32 = 24;
+/// First GSI above the IOAPIC's pins.
+const FIRST_MSI_GSI: u32 = IOAPIC_PINS as u32;
 /// Routes KVM accepts on these machines.
 const MAX_GSI: u32 = 4096;
 
 fn io_err(e: kvm_ioctls::Error) -> std::io::Error {
     std::io::Error::from_raw_os_error(e.errno())
-}
-
-fn irqchip(gsi: u32, chip: u32, pin: u32) -> kvm_irq_routing_entry {
-    let mut e = kvm_irq_routing_entry {
-        gsi,
-        type_: KVM_IRQ_ROUTING_IRQCHIP,
-        ..Default::default()
-    };
-    e.u.irqchip.irqchip = chip;
-    e.u.irqchip.pin = pin;
-    e
-}
-
-/// KVM's default routing: GSI 0-15 to the PICs and the IOAPIC, 16-23 to the IOAPIC.
-fn default_routes() -> Vec<kvm_irq_routing_entry> {
-    let mut v = Vec::new();
-    for gsi in 0..24 {
-        if gsi < 16 {
-            let chip = if gsi < 8 {
-                KVM_IRQCHIP_PIC_MASTER
-            } else {
-                KVM_IRQCHIP_PIC_SLAVE
-            };
-            v.push(irqchip(gsi, chip, gsi % 8));
-        }
-        v.push(irqchip(gsi, KVM_IRQCHIP_IOAPIC, gsi));
-    }
-    v
 }
 
 #[derive(Debug)]
@@ -71,7 +44,7 @@ impl std::fmt::Debug for GsiRouter {
 }
 
 impl GsiRouter {
-    /// A router for `vm`, with the default routes installed.
+    /// A router for `vm`, with no routes yet.
     pub fn new(vm: Arc<VmFd>) -> std::io::Result<Self> {
         let r = Self {
             vm,
@@ -90,8 +63,7 @@ impl GsiRouter {
     }
 
     fn commit(&self, t: &Table) -> std::io::Result<()> {
-        let mut entries = default_routes();
-        entries.extend(t.msi.values().copied());
+        let entries: Vec<_> = t.msi.values().copied().collect();
         let routing = KvmIrqRouting::from_entries(&entries)
             .map_err(|_| std::io::Error::other("too many GSI routes"))?;
         self.vm.set_gsi_routing(&routing).map_err(io_err)
@@ -133,6 +105,15 @@ impl GsiRouter {
         self.commit(&t)
     }
 
+    /// Drops the routes of `gsis` (not from the allocator) without freeing them.
+    fn drop_routes(&self, gsis: &[u32]) -> std::io::Result<()> {
+        let mut t = self.lock();
+        for g in gsis {
+            t.msi.remove(g);
+        }
+        self.commit(&t)
+    }
+
     /// Drops the routes of `gsis` and frees them for reuse.
     pub fn remove(&self, gsis: &[u32]) -> std::io::Result<()> {
         let mut t = self.lock();
@@ -144,12 +125,15 @@ impl GsiRouter {
     }
 }
 
-/// The MSI-X vectors of one function, each an irqfd on its own GSI.
+/// The MSI-X vectors of one function, or the pins of the IOAPIC, each an irqfd on its own
+/// GSI.
 pub struct KvmMsixRoutes {
     router: Arc<GsiRouter>,
     /// The GSI of each vector.
     gsis: Vec<u32>,
     irqfds: Vec<EventFd>,
+    /// The GSIs came from the router's allocator (and go back to it on drop).
+    allocated: bool,
 }
 
 impl std::fmt::Debug for KvmMsixRoutes {
@@ -164,12 +148,23 @@ impl KvmMsixRoutes {
     /// `vectors` irqfds on fresh GSIs of `router`.
     pub fn new(router: Arc<GsiRouter>, vectors: u16) -> std::io::Result<Self> {
         let gsis = router.allocate(u32::from(vectors))?;
+        Self::bind(router, gsis, true)
+    }
+
+    /// One irqfd per IOAPIC pin, on GSIs 0-23 (vector n = pin n = GSI n), the GSIs KVM's
+    /// split irqchip reserves for the IOAPIC.
+    pub fn ioapic_pins(router: Arc<GsiRouter>) -> std::io::Result<Self> {
+        Self::bind(router, (0..FIRST_MSI_GSI).collect(), false)
+    }
+
+    fn bind(router: Arc<GsiRouter>, gsis: Vec<u32>, allocated: bool) -> std::io::Result<Self> {
         // Should a registration fail, dropping `routes` unregisters the irqfds registered
         // so far (paired with the first GSIs) and frees every GSI.
         let mut routes = Self {
             router,
+            irqfds: Vec::with_capacity(gsis.len()),
             gsis,
-            irqfds: Vec::with_capacity(usize::from(vectors)),
+            allocated,
         };
         for &gsi in &routes.gsis {
             let fd = EventFd::new(EFD_NONBLOCK)?;
@@ -206,7 +201,11 @@ impl Drop for KvmMsixRoutes {
         for (fd, &gsi) in self.irqfds.iter().zip(&self.gsis) {
             let _ = self.router.vm.unregister_irqfd(fd, gsi);
         }
-        let _ = self.router.remove(&self.gsis);
+        if self.allocated {
+            let _ = self.router.remove(&self.gsis);
+        } else {
+            let _ = self.router.drop_routes(&self.gsis);
+        }
     }
 }
 
@@ -217,7 +216,7 @@ pub type SharedRouter = Arc<GsiRouter>;
 mod tests {
     use super::*;
 
-    /// A VM with an in-kernel irqchip, or None (with a SKIP line) without /dev/kvm.
+    /// A VM with a split irqchip, or None (with a SKIP line) without /dev/kvm.
     fn vm() -> Option<Arc<VmFd>> {
         let kvm = match kvm_ioctls::Kvm::new() {
             Ok(k) => k,
@@ -231,7 +230,12 @@ mod tests {
             }
         };
         let vm = kvm.create_vm().expect("create a VM");
-        vm.create_irq_chip().expect("in-kernel irqchip");
+        let mut split = kvm_bindings::kvm_enable_cap {
+            cap: kvm_bindings::KVM_CAP_SPLIT_IRQCHIP,
+            ..Default::default()
+        };
+        split.args[0] = u64::from(FIRST_MSI_GSI);
+        vm.enable_cap(&split).expect("split irqchip");
         Some(Arc::new(vm))
     }
 
@@ -262,5 +266,30 @@ mod tests {
         // Asking for more than is left takes nothing.
         assert!(router.allocate(MAX_GSI).is_err());
         assert_eq!(router.allocate(1).unwrap(), vec![30]);
+    }
+
+    /// The IOAPIC's pins sit on GSIs 0-23, outside the allocator: routes come and go with
+    /// the pins, MSI-X functions never get those GSIs, and dropping the pins frees nothing
+    /// of the allocator's.
+    #[test]
+    fn ioapic_pins_use_the_reserved_gsis() {
+        let Some(vm) = vm() else { return };
+        let router = Arc::new(GsiRouter::new(vm).unwrap());
+        let pins = KvmMsixRoutes::ioapic_pins(router.clone()).unwrap();
+        assert_eq!(pins.gsis, (0..24).collect::<Vec<_>>());
+        pins.set_route(4, 0xfee0_0000, 0x4030).unwrap();
+        pins.set_route(9, 0xfee0_0000, 0xc031).unwrap();
+        pins.trigger(4).unwrap();
+        assert!(pins.set_route(24, 0xfee0_0000, 0x4030).is_err());
+        let f = KvmMsixRoutes::new(router.clone(), 2).unwrap();
+        assert_eq!(f.gsis, vec![24, 25]);
+        assert_eq!(
+            router.lock().msi.keys().copied().collect::<Vec<_>>(),
+            vec![4, 9]
+        );
+        drop(pins);
+        assert!(router.lock().msi.is_empty());
+        drop(f);
+        assert_eq!(router.allocate(1).unwrap(), vec![24]);
     }
 }

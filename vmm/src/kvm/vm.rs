@@ -1,8 +1,9 @@
-//! The KVM VM: memory slots, the in-kernel irqchip (PIC, IOAPIC, LAPICs) and PIT, irqfds,
-//! and vCPU creation with CPUID, MSRs, LAPIC and boot registers.
+//! The KVM VM: memory slots, KVM's split irqchip (local APICs in the kernel; the IOAPIC in
+//! this process, no PIC, no PIT), irqfds, and vCPU creation with CPUID, MSRs, LAPIC and
+//! boot registers.
 
 use kvm_bindings::{
-    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, Msrs, kvm_pit_config, kvm_userspace_memory_region,
+    KVM_CAP_SPLIT_IRQCHIP, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_enable_cap, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -17,6 +18,7 @@ use kvm_ioctls::{IoEventAddress, NoDatamatch};
 use crate::boot::cpuid::{CpuTemplate, vcpu_cpuid};
 use crate::boot::regs;
 use crate::memory::layout;
+use devices::legacy::ioapic::IOAPIC_PINS;
 
 /// Errors from KVM.
 #[derive(Debug, thiserror::Error)]
@@ -47,10 +49,21 @@ fn ioctl<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, Kv
 pub struct Vm {
     kvm: Kvm,
     fd: Arc<VmFd>,
+    /// KVM emulates the LAPIC timer's TSC-deadline mode.
+    tsc_deadline: bool,
 }
 
+/// CPUID.1:ECX bit 24, the LAPIC timer's TSC-deadline mode. KVM emulates it without listing
+/// it in KVM_GET_SUPPORTED_CPUID; the VMM sets it when KVM_CAP_TSC_DEADLINE_TIMER says so.
+/// With no PIT, it is what lets Linux skip calibrating the LAPIC timer against one.
+const CPUID_1_ECX_TSC_DEADLINE: u32 = 24;
+
 impl Vm {
-    /// Creates the VM, the in-kernel irqchip and PIT, and KVM's private pages in the hole.
+    /// Creates the VM with a split irqchip (local APICs in KVM, [`IOAPIC_PINS`] GSIs
+    /// reserved for the IOAPIC this process emulates) and KVM's private pages in the hole.
+    ///
+    /// Neither a PIC nor a PIT is created: both would cost SRCU grace periods at creation
+    /// and teardown (tens of milliseconds), and guests use the LAPIC timer and kvmclock.
     pub fn new(num_vcpus: u8) -> Result<Self, KvmError> {
         let kvm = Kvm::new().map_err(KvmError::Open)?;
         let version = kvm.get_api_version();
@@ -58,7 +71,7 @@ impl Vm {
             return Err(KvmError::ApiVersion(version));
         }
         for cap in [
-            Cap::Irqchip,
+            Cap::SplitIrqchip,
             Cap::Irqfd,
             Cap::Ioeventfd,
             Cap::UserMemory,
@@ -81,15 +94,20 @@ impl Vm {
             "KVM_SET_IDENTITY_MAP_ADDR",
             fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_START),
         )?;
-        ioctl("KVM_CREATE_IRQCHIP", fd.create_irq_chip())?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
+        let mut split = kvm_enable_cap {
+            cap: KVM_CAP_SPLIT_IRQCHIP,
             ..Default::default()
         };
-        ioctl("KVM_CREATE_PIT2", fd.create_pit2(pit))?;
+        split.args[0] = IOAPIC_PINS as u64;
+        ioctl(
+            "KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)",
+            fd.enable_cap(&split),
+        )?;
+        let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
         Ok(Self {
             kvm,
             fd: Arc::new(fd),
+            tsc_deadline,
         })
     }
 
@@ -139,11 +157,6 @@ impl Vm {
         Ok(())
     }
 
-    /// Routes writes to `fd` to GSI `gsi` (an ISA IRQ below 16 reaches PIC and IOAPIC).
-    pub fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), KvmError> {
-        ioctl("KVM_IRQFD", self.fd.register_irqfd(fd, gsi))
-    }
-
     /// Creates vCPU `id` of `num_vcpus`, configured with CPUID, MSRs, FPU and LAPIC. The
     /// boot vCPU (id 0) also gets its 64-bit entry registers; the others stay in KVM's
     /// wait-for-SIPI state, as application processors do on hardware.
@@ -159,7 +172,12 @@ impl Vm {
             "KVM_GET_SUPPORTED_CPUID",
             self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
         )?;
-        let entries = vcpu_cpuid(supported.as_slice(), template, id, num_vcpus);
+        let mut entries = vcpu_cpuid(supported.as_slice(), template, id, num_vcpus);
+        if self.tsc_deadline {
+            for e in entries.iter_mut().filter(|e| e.function == 1) {
+                e.ecx |= 1 << CPUID_1_ECX_TSC_DEADLINE;
+            }
+        }
         let cpuid = ioctl(
             "building the CPUID table",
             kvm_bindings::CpuId::from_entries(&entries)

@@ -14,6 +14,7 @@ use crate::cmdline::Cmdline;
 mod acpi;
 mod boot;
 mod hotplug;
+mod ioapic;
 mod iommu;
 mod lifecycle;
 mod pci_enum;
@@ -47,6 +48,10 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "acpi",
         run: acpi::run,
+    },
+    Scenario {
+        name: "ioapic",
+        run: ioapic::run,
     },
     Scenario {
         name: "pci-enum",
