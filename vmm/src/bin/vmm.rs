@@ -68,8 +68,8 @@ struct RunArgs {
     #[arg(long, value_name = "SPEC", value_parser = parse_net)]
     net: Vec<NetSpec>,
     /// Add a virtio-iommu at 00:1f.0, described by an ACPI VIOT that covers every
-    /// root-port bus (hot-added functions and VFs included). DMA of devices is not
-    /// translated yet: they do not offer VIRTIO_F_ACCESS_PLATFORM.
+    /// root-port bus (hot-added functions and VFs included). Devices behind it offer
+    /// VIRTIO_F_ACCESS_PLATFORM and their DMA is translated by it.
     #[arg(long)]
     iommu: bool,
     /// Number of PCIe root ports, 0 to 31, each a native-hotplug slot with its own bus
@@ -130,7 +130,7 @@ fn run(args: RunArgs, started: Instant) -> Result<(i32, String), VmmError> {
         let stats = ExitStats {
             wall_us: started.elapsed().as_micros() as u64,
             peak_rss_kib: peak_rss_kib(),
-            guest_touched_kib: outcome.guest_touched_bytes / 1024,
+            guest_touched_kib: outcome.guest_touched_bytes().unwrap_or(0) / 1024,
         };
         if let Ok(json) = serde_json::to_string(&stats) {
             eprintln!("{STATS_PREFIX}{json}");

@@ -5,7 +5,7 @@ use std::ffi::CStr;
 use std::fs::File;
 use std::os::fd::FromRawFd;
 
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 
 use super::layout::{self, RamRange};
 
@@ -79,25 +79,18 @@ impl GuestRam {
         self.size
     }
 
-    /// Bytes of guest RAM that are resident, i.e. that the guest (or the VMM) touched.
-    pub fn resident_bytes(&self) -> u64 {
-        const PAGE: usize = 4096;
-        let mut total = 0u64;
-        for region in self.mem.iter() {
-            let len = region.len() as usize;
-            let Ok(host) = self.mem.get_host_address(region.start_addr()) else {
-                continue;
-            };
-            let mut vec = vec![0u8; len.div_ceil(PAGE)];
-            // SAFETY: `host..host+len` is one mapping owned by `self.mem` for its lifetime,
-            // page aligned, and `vec` has one byte per page of it.
-            let rc = unsafe { libc::mincore(host.cast(), len, vec.as_mut_ptr()) };
-            if rc == 0 {
-                total += vec.iter().filter(|b| *b & 1 != 0).count() as u64 * PAGE as u64;
-            }
-        }
-        total
+    /// Gives up the mappings and keeps the memfd, for figures taken after the VM ends.
+    pub fn into_memfd(self) -> File {
+        self.memfd
     }
+}
+
+/// Bytes of guest RAM the guest or the VMM touched: the blocks allocated to the memfd, in
+/// one fstat whatever the size (the pages mincore would find resident; guest RAM is not
+/// swapped out here).
+pub fn touched_bytes(memfd: &File) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(memfd.metadata()?.blocks() * 512)
 }
 
 /// The name used for the memfd (shows in /proc/PID/maps).
@@ -106,14 +99,14 @@ pub const MEMFD_NAME: &CStr = c"guest-ram";
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::Bytes;
+    use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
 
     #[test]
     fn ram_is_backed_and_laid_out() {
         let ram = GuestRam::new(64 << 20).unwrap();
         assert_eq!(ram.memory().num_regions(), 1);
         assert_eq!(ram.memfd().metadata().unwrap().len(), 64 << 20);
-        let before = ram.resident_bytes();
+        let before = touched_bytes(ram.memfd()).unwrap();
         ram.memory()
             .write_obj(0xdead_beefu32, GuestAddress(0x10_0000))
             .unwrap();
@@ -123,7 +116,50 @@ mod tests {
                 .unwrap(),
             0xdead_beef
         );
-        assert!(ram.resident_bytes() >= before + 4096);
+        assert!(touched_bytes(ram.memfd()).unwrap() >= before + 4096);
         assert!(ram.memory().read_obj::<u8>(GuestAddress(64 << 20)).is_err());
+    }
+
+    /// Resident bytes of the mappings by mincore, page by page: what the fstat figure
+    /// stands in for.
+    fn mincore_bytes(ram: &GuestRam) -> u64 {
+        const PAGE: usize = 4096;
+        let mut total = 0;
+        for region in ram.memory().iter() {
+            let len = region.len() as usize;
+            let host = ram.memory().get_host_address(region.start_addr()).unwrap();
+            let mut vec = vec![0u8; len.div_ceil(PAGE)];
+            // SAFETY: `host..host+len` is one page-aligned mapping owned by `ram` for the
+            // duration of the call, and `vec` has one byte per page of it.
+            let rc = unsafe { libc::mincore(host.cast(), len, vec.as_mut_ptr()) };
+            assert_eq!(rc, 0);
+            total += vec.iter().filter(|b| *b & 1 != 0).count() as u64 * PAGE as u64;
+        }
+        total
+    }
+
+    /// The memfd's block count and mincore over the mappings agree, below and above the
+    /// 32-bit hole (two regions of one file).
+    #[test]
+    fn touched_bytes_counts_what_mincore_counts() {
+        let ram = GuestRam::new((3 << 30) + (256 << 20)).unwrap();
+        assert_eq!(ram.memory().num_regions(), 2);
+        assert_eq!(touched_bytes(ram.memfd()).unwrap(), mincore_bytes(&ram));
+        for gpa in [
+            0x1000u64,
+            0x20_0000,
+            0x20_0008,
+            0x8000_0000,
+            0x1_0000_0000,
+            0x1_0800_0000,
+        ] {
+            ram.memory().write_obj(1u64, GuestAddress(gpa)).unwrap();
+        }
+        let touched = touched_bytes(ram.memfd()).unwrap();
+        assert!(
+            touched >= 5 * 4096,
+            "five distinct pages written: {touched}"
+        );
+        assert_eq!(touched, mincore_bytes(&ram));
     }
 }
