@@ -21,7 +21,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::config::NetConfig;
 use crate::hotplug::{HotplugError, PciHotplug, SharedHotplug};
-use crate::kvm::irq_routing::KvmMsixRoutes;
+use crate::kvm::irq_routing::{KvmIoapicPins, KvmMsixRoutes};
 use crate::kvm::{IoBus, Vm};
 use crate::memory::layout;
 use crate::pci_resources::PciPlan;
@@ -92,6 +92,16 @@ pub struct DeviceManager {
     pub hotplug: SharedHotplug,
     /// The virtio-iommu's engine, when the machine has one.
     pub iommu: Option<SharedEngine>,
+    /// The VM's GSI routes.
+    router: Arc<crate::kvm::irq_routing::GsiRouter>,
+}
+
+impl DeviceManager {
+    /// The VM is ending: the devices go with it, without undoing their KVM registrations
+    /// one by one (the VM's fd releases them all).
+    pub fn release_with_vm(self) {
+        self.router.close();
+    }
 }
 
 /// The IOAPIC's ID (the MADT's).
@@ -156,6 +166,7 @@ impl DeviceManager {
         }
         let router = vm.gsi_router().map_err(DeviceError::EventFd)?;
         let router_for_ioapic = router.clone();
+        let router_for_teardown = router.clone();
         let iommu_engine = if iommu {
             let engine = Arc::new(Mutex::new(Engine::new(
                 IommuTable::default(),
@@ -200,8 +211,8 @@ impl DeviceManager {
                 .map_err(DeviceError::Hotplug)?;
         }
 
-        let pins = KvmMsixRoutes::ioapic_pins(router_for_ioapic).map_err(DeviceError::EventFd)?;
-        let ioapic = Arc::new(Mutex::new(Ioapic::new(IOAPIC_ID, Arc::new(pins))));
+        let pins = Arc::new(KvmIoapicPins::new(router_for_ioapic));
+        let ioapic = Arc::new(Mutex::new(Ioapic::new(IOAPIC_ID, pins)));
         io.register_mmio(
             MmioRange::new(MmioAddress(layout::IOAPIC_START), IOAPIC_WINDOW)
                 .map_err(DeviceError::Bus)?,
@@ -241,6 +252,7 @@ impl DeviceManager {
             pci,
             hotplug,
             iommu: iommu_engine.map(|c| c.engine),
+            router: router_for_teardown,
         })
     }
 }

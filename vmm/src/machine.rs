@@ -501,6 +501,12 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
     let end = monitor
         .take()
         .ok_or_else(|| VmmError::Runtime("event loop ended without a reason".into()))?;
+    // Tear down in the order that costs least: devices without undoing their KVM
+    // registrations, then the VM (its fd takes irqfds, routes and memory slots at once),
+    // and guest RAM last, when no KVM MMU notifier has to walk it any more.
+    drop(em);
+    devices.release_with_vm();
+    drop(vm);
     Ok(RunOutcome {
         end,
         guest_ram: ram.into_memfd(),

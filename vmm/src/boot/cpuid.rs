@@ -58,16 +58,23 @@ impl fmt::Display for CpuTemplate {
     }
 }
 
-/// Whether /dev/kvm is PVM: the kvm_pvm module is loaded and the CPU has neither VMX nor SVM.
+/// Whether /dev/kvm is PVM: the kvm_pvm module is loaded and the CPU has neither VMX nor SVM
+/// (read with the CPUID instruction: one stat and two instructions, no /proc/cpuinfo).
 pub fn host_kvm_is_pvm() -> bool {
-    if !Path::new("/sys/module/kvm_pvm").exists() {
-        return false;
-    }
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    !cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("flags"))
-        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+    Path::new("/sys/module/kvm_pvm").exists() && !host_has_hardware_virtualization()
+}
+
+/// CPUID.1:ECX.VMX or CPUID.80000001h:ECX.SVM.
+fn host_has_hardware_virtualization() -> bool {
+    use std::arch::x86_64::__cpuid;
+    const L1_ECX_VMX: u32 = 1 << 5;
+    const EXT1_ECX_SVM: u32 = 1 << 2;
+    // Leaf 0x8000_0000 reports the highest extended leaf, checked before asking for
+    // 0x8000_0001.
+    let vmx = __cpuid(1).ecx & L1_ECX_VMX != 0;
+    let svm =
+        __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & EXT1_ECX_SVM != 0;
+    vmx || svm
 }
 
 /// Bit positions, by leaf and register.

@@ -35,6 +35,8 @@ struct Table {
 pub struct GsiRouter {
     vm: Arc<VmFd>,
     table: Mutex<Table>,
+    /// The VM is ending: see [`GsiRouter::close`].
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for GsiRouter {
@@ -53,9 +55,22 @@ impl GsiRouter {
                 gsis: IdAllocator::new(FIRST_MSI_GSI, MAX_GSI - 1)
                     .map_err(std::io::Error::other)?,
             }),
+            closing: std::sync::atomic::AtomicBool::new(false),
         };
         r.commit(&r.lock())?;
         Ok(r)
+    }
+
+    /// The VM is ending: closing its fd releases every route and irqfd at once, so routes
+    /// dropped from now on skip their one-by-one KVM_IRQFD deassigns and routing commits
+    /// (each deassign can wait for the kernel to flush its irqfd work).
+    pub fn close(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn is_closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
@@ -125,15 +140,12 @@ impl GsiRouter {
     }
 }
 
-/// The MSI-X vectors of one function, or the pins of the IOAPIC, each an irqfd on its own
-/// GSI.
+/// The MSI-X vectors of one function, each an irqfd on its own GSI.
 pub struct KvmMsixRoutes {
     router: Arc<GsiRouter>,
     /// The GSI of each vector.
     gsis: Vec<u32>,
     irqfds: Vec<EventFd>,
-    /// The GSIs came from the router's allocator (and go back to it on drop).
-    allocated: bool,
 }
 
 impl std::fmt::Debug for KvmMsixRoutes {
@@ -148,23 +160,12 @@ impl KvmMsixRoutes {
     /// `vectors` irqfds on fresh GSIs of `router`.
     pub fn new(router: Arc<GsiRouter>, vectors: u16) -> std::io::Result<Self> {
         let gsis = router.allocate(u32::from(vectors))?;
-        Self::bind(router, gsis, true)
-    }
-
-    /// One irqfd per IOAPIC pin, on GSIs 0-23 (vector n = pin n = GSI n), the GSIs KVM's
-    /// split irqchip reserves for the IOAPIC.
-    pub fn ioapic_pins(router: Arc<GsiRouter>) -> std::io::Result<Self> {
-        Self::bind(router, (0..FIRST_MSI_GSI).collect(), false)
-    }
-
-    fn bind(router: Arc<GsiRouter>, gsis: Vec<u32>, allocated: bool) -> std::io::Result<Self> {
         // Should a registration fail, dropping `routes` unregisters the irqfds registered
         // so far (paired with the first GSIs) and frees every GSI.
         let mut routes = Self {
             router,
             irqfds: Vec::with_capacity(gsis.len()),
             gsis,
-            allocated,
         };
         for &gsi in &routes.gsis {
             let fd = EventFd::new(EFD_NONBLOCK)?;
@@ -198,14 +199,92 @@ impl MsiRoutes for KvmMsixRoutes {
 
 impl Drop for KvmMsixRoutes {
     fn drop(&mut self) {
+        if self.router.is_closing() {
+            return;
+        }
         for (fd, &gsi) in self.irqfds.iter().zip(&self.gsis) {
             let _ = self.router.vm.unregister_irqfd(fd, gsi);
         }
-        if self.allocated {
-            let _ = self.router.remove(&self.gsis);
-        } else {
-            let _ = self.router.drop_routes(&self.gsis);
+        let _ = self.router.remove(&self.gsis);
+    }
+}
+
+/// The IOAPIC's pins: pin n is GSI n (0-23, the GSIs KVM's split irqchip reserves for the
+/// IOAPIC), bound to an irqfd the first time the IOAPIC routes it, so pins a guest never
+/// unmasks cost nothing at start or exit.
+pub struct KvmIoapicPins {
+    router: Arc<GsiRouter>,
+    irqfds: Mutex<[Option<EventFd>; IOAPIC_PINS]>,
+}
+
+impl std::fmt::Debug for KvmIoapicPins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvmIoapicPins").finish_non_exhaustive()
+    }
+}
+
+impl KvmIoapicPins {
+    /// The pins of `router`'s VM, none bound yet.
+    pub fn new(router: Arc<GsiRouter>) -> Self {
+        Self {
+            router,
+            irqfds: Mutex::new(std::array::from_fn(|_| None)),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, [Option<EventFd>; IOAPIC_PINS]> {
+        self.irqfds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn pin_index(pin: u16) -> std::io::Result<usize> {
+    let i = usize::from(pin);
+    if i < IOAPIC_PINS {
+        Ok(i)
+    } else {
+        Err(std::io::Error::other("no such IOAPIC pin"))
+    }
+}
+
+impl MsiRoutes for KvmIoapicPins {
+    fn set_route(&self, pin: u16, address: u64, data: u32) -> std::io::Result<()> {
+        let i = pin_index(pin)?;
+        let mut irqfds = self.lock();
+        if irqfds[i].is_none() {
+            let fd = EventFd::new(EFD_NONBLOCK)?;
+            self.router
+                .vm
+                .register_irqfd(&fd, u32::from(pin))
+                .map_err(io_err)?;
+            irqfds[i] = Some(fd);
+        }
+        self.router.set_msi(u32::from(pin), address, data)
+    }
+
+    fn trigger(&self, pin: u16) -> std::io::Result<()> {
+        let i = pin_index(pin)?;
+        match &self.lock()[i] {
+            Some(fd) => fd.write(1),
+            None => Err(std::io::Error::other(
+                "IOAPIC pin raised before it was routed",
+            )),
+        }
+    }
+}
+
+impl Drop for KvmIoapicPins {
+    fn drop(&mut self) {
+        if self.router.is_closing() {
+            return;
+        }
+        let mut gsis = Vec::new();
+        for (gsi, fd) in self.lock().iter().enumerate() {
+            if let Some(fd) = fd {
+                let _ = self.router.vm.unregister_irqfd(fd, gsi as u32);
+                gsis.push(gsi as u32);
+            }
+        }
+        let _ = self.router.drop_routes(&gsis);
     }
 }
 
@@ -268,19 +347,27 @@ mod tests {
         assert_eq!(router.allocate(1).unwrap(), vec![30]);
     }
 
-    /// The IOAPIC's pins sit on GSIs 0-23, outside the allocator: routes come and go with
-    /// the pins, MSI-X functions never get those GSIs, and dropping the pins frees nothing
-    /// of the allocator's.
+    /// The IOAPIC's pins sit on GSIs 0-23, outside the allocator, bound when first routed:
+    /// routes come and go with the pins, MSI-X functions never get those GSIs, and dropping
+    /// the pins frees nothing of the allocator's.
     #[test]
     fn ioapic_pins_use_the_reserved_gsis() {
         let Some(vm) = vm() else { return };
         let router = Arc::new(GsiRouter::new(vm).unwrap());
-        let pins = KvmMsixRoutes::ioapic_pins(router.clone()).unwrap();
-        assert_eq!(pins.gsis, (0..24).collect::<Vec<_>>());
+        let pins = KvmIoapicPins::new(router.clone());
+        assert!(pins.trigger(4).is_err(), "not routed yet");
         pins.set_route(4, 0xfee0_0000, 0x4030).unwrap();
+        pins.set_route(4, 0xfee0_1000, 0x4030).unwrap();
         pins.set_route(9, 0xfee0_0000, 0xc031).unwrap();
         pins.trigger(4).unwrap();
+        assert!(pins.trigger(9).is_ok());
+        assert!(pins.trigger(5).is_err());
         assert!(pins.set_route(24, 0xfee0_0000, 0x4030).is_err());
+        assert_eq!(
+            pins.lock().iter().filter(|p| p.is_some()).count(),
+            2,
+            "an irqfd per routed pin"
+        );
         let f = KvmMsixRoutes::new(router.clone(), 2).unwrap();
         assert_eq!(f.gsis, vec![24, 25]);
         assert_eq!(
@@ -291,5 +378,18 @@ mod tests {
         assert!(router.lock().msi.is_empty());
         drop(f);
         assert_eq!(router.allocate(1).unwrap(), vec![24]);
+    }
+
+    /// Once the router is closed, dropped routes leave the table alone (the VM's fd takes
+    /// them all when it closes).
+    #[test]
+    fn closed_router_skips_teardown() {
+        let Some(vm) = vm() else { return };
+        let router = Arc::new(GsiRouter::new(vm).unwrap());
+        let f = KvmMsixRoutes::new(router.clone(), 2).unwrap();
+        f.set_route(0, 0xfee0_0000, 0x4030).unwrap();
+        router.close();
+        drop(f);
+        assert_eq!(router.lock().msi.len(), 1);
     }
 }

@@ -51,6 +51,8 @@ pub struct Vm {
     fd: Arc<VmFd>,
     /// KVM emulates the LAPIC timer's TSC-deadline mode.
     tsc_deadline: bool,
+    /// KVM_GET_SUPPORTED_CPUID, asked once per VM rather than once per vCPU.
+    supported_cpuid: std::sync::OnceLock<Vec<kvm_bindings::kvm_cpuid_entry2>>,
 }
 
 /// CPUID.1:ECX bit 24, the LAPIC timer's TSC-deadline mode. KVM emulates it without listing
@@ -108,6 +110,7 @@ impl Vm {
             kvm,
             fd: Arc::new(fd),
             tsc_deadline,
+            supported_cpuid: std::sync::OnceLock::new(),
         })
     }
 
@@ -168,11 +171,17 @@ impl Vm {
         entry: GuestAddress,
     ) -> Result<VcpuFd, KvmError> {
         let vcpu = ioctl("KVM_CREATE_VCPU", self.fd.create_vcpu(u64::from(id)))?;
-        let supported = ioctl(
-            "KVM_GET_SUPPORTED_CPUID",
-            self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
-        )?;
-        let mut entries = vcpu_cpuid(supported.as_slice(), template, id, num_vcpus);
+        let supported = match self.supported_cpuid.get() {
+            Some(s) => s,
+            None => {
+                let s = ioctl(
+                    "KVM_GET_SUPPORTED_CPUID",
+                    self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
+                )?;
+                self.supported_cpuid.get_or_init(|| s.as_slice().to_vec())
+            }
+        };
+        let mut entries = vcpu_cpuid(supported, template, id, num_vcpus);
         if self.tsc_deadline {
             for e in entries.iter_mut().filter(|e| e.function == 1) {
                 e.ecx |= 1 << CPUID_1_ECX_TSC_DEADLINE;

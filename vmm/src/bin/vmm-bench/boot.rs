@@ -26,8 +26,8 @@ pub struct Options {
     /// Guest memory sizes, in MiB (M) or GiB (G).
     #[arg(long, value_delimiter = ',', default_value = "256M,4G")]
     memory: Vec<String>,
-    /// `trivial`: a guest this bench writes, one byte to COM1 then a reset (every VMM can
-    /// run it). `testguest`: the test guest's `boot` scenario (our vmm only).
+    /// `trivial`: a guest this bench writes, one byte to COM1 then a power-off (every VMM
+    /// can run it). `testguest`: the test guest's `boot` scenario (our vmm only).
     #[arg(long, default_value = "trivial")]
     guest: String,
     /// Other VMMs to run alongside: `firecracker=PATH`, `cloud-hypervisor=PATH`.
@@ -298,7 +298,7 @@ fn bench_size(
         if guest.testguest {
             "test guest `boot` scenario"
         } else {
-            "trivial (COM1 byte, then reset)"
+            "trivial (COM1 byte, then power-off)"
         },
         o.vcpus
     );

@@ -2,7 +2,7 @@
 //!
 //! `vmm-bench boot [--runs N] [--vcpus N] [--memory 256M,4G] [--guest trivial|testguest]
 //! [--compare firecracker=PATH,cloud-hypervisor=PATH]` starts whole VMM processes that boot
-//! a trivial guest (one byte to COM1, then reset) and prints wall time, CPU time and peak
+//! a trivial guest (one byte to COM1, then power-off) and prints wall time, CPU time and peak
 //! RSS from process start to exit, as medians with min and max; with `--compare`, other
 //! VMMs run the same guest in alternation with ours.
 //!

@@ -8,18 +8,19 @@ pub const LOAD_ADDR: u64 = 0x10_0000;
 /// The byte it prints.
 pub const MARKER: u8 = b'x';
 
-/// The code: `out 0x3f8, 'x'`, then an i8042 reset (`out 0x64, 0xfe`: our vmm and
-/// Firecracker stop there), then an ACPI S5 sleep (`out 0x600, 0x34`: SLP_TYP 5 with
-/// SLP_EN, which Cloud Hypervisor's shutdown device takes), then `hlt` forever.
+/// The code: `out 0x3f8, 'x'`, then an ACPI S5 sleep (`out 0x600, 0x34`: SLP_TYP 5 with
+/// SLP_EN, where our vmm and Cloud Hypervisor power off), then an i8042 reset (`out 0x64,
+/// 0xfe`: Firecracker stops there; Cloud Hypervisor would reboot, hence the order), then
+/// `hlt` forever.
 const CODE: &[u8] = &[
     0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
     0xb0, MARKER, // mov al, 'x'
     0xee,   // out dx, al
-    0x66, 0xba, 0x64, 0x00, // mov dx, 0x64
-    0xb0, 0xfe, // mov al, 0xfe
-    0xee, // out dx, al
     0x66, 0xba, 0x00, 0x06, // mov dx, 0x600
     0xb0, 0x34, // mov al, 0x34
+    0xee, // out dx, al
+    0x66, 0xba, 0x64, 0x00, // mov dx, 0x64
+    0xb0, 0xfe, // mov al, 0xfe
     0xee, // out dx, al
     0xf4, // hlt
     0xeb, 0xfd, // jmp hlt
