@@ -11,9 +11,9 @@ use devices::legacy::{
     AcpiPmDevice, DebugExitDevice, I8042, Ioapic, IoapicLine, SerialDevice, acpi_pm, debug_exit,
     i8042, serial,
 };
-use devices::pci::io::{ConfigPorts, EcamWindow, MemoryWindow, SharedRootComplex};
+use devices::pci::io::{ConfigPorts, EcamWindow, MemoryWindow};
 use devices::pci::root_complex::CONFIG_ADDRESS_PORT;
-use devices::pci::{EcamLayout, RootComplex, RootPort};
+use devices::pci::{EcamLayout, FunctionCard, PciRoot, RootComplex, RootPort};
 use devices::power::PowerEventSink;
 use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
@@ -87,7 +87,7 @@ pub struct DeviceManager {
     /// The console, which the VMM feeds with host input.
     pub serial: Arc<Mutex<SerialDevice>>,
     /// The PCIe root complex.
-    pub pci: SharedRootComplex,
+    pub pci: PciRoot,
     /// The devices in root-port slots.
     pub hotplug: SharedHotplug,
     /// The virtio-iommu's engine, when the machine has one.
@@ -139,11 +139,7 @@ impl DeviceManager {
             base: layout::ECAM_START,
             last_bus: layout::ECAM_LAST_BUS,
         };
-        let pci = Arc::new(Mutex::new(RootComplex::new(
-            ecam,
-            ports,
-            plan.root_devices_window,
-        )));
+        let pci = PciRoot::new(RootComplex::new(ecam, ports, plan.root_devices_window));
         io.register_mmio(
             MmioRange::new(MmioAddress(ecam.base), ecam.size()).map_err(DeviceError::Bus)?,
             Arc::new(EcamWindow(pci.clone())),
@@ -183,10 +179,11 @@ impl DeviceManager {
                 MsixDelivery::Routed(Arc::new(routes)),
                 None,
             );
-            pci.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .add_root_device(IOMMU_DEVICE, Box::new(pci_dev))
-                .map_err(|e| DeviceError::Hotplug(HotplugError::Slot(e.to_string())))?;
+            pci.add_root_device(
+                IOMMU_DEVICE,
+                FunctionCard::single(Box::new(pci_dev)).shared(),
+            )
+            .map_err(|e| DeviceError::Hotplug(HotplugError::Slot(e.to_string())))?;
             Some(IommuContext {
                 engine,
                 faults: Arc::new(faults),

@@ -2,12 +2,12 @@
 //! hot-add and removal (orderly through the attention button and the guest's power-off,
 //! or by surprise) for the API.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use devices::interrupt::{DoorbellRegistry, MsixDelivery};
-use devices::pci::io::SharedRootComplex;
 use devices::pci::root_port::HotplugEvent;
+use devices::pci::{FunctionCard, PciRoot};
 use devices::virtio::dma::IommuContext;
 use devices::virtio::net::{NetBackend, SeqpacketBackend, TapBackend, VirtioNet};
 use devices::virtio::transport::VirtioPciDevice;
@@ -56,7 +56,7 @@ struct Pending {
 
 /// The devices in slots.
 pub struct PciHotplug {
-    pci: SharedRootComplex,
+    pci: PciRoot,
     mem: GuestMemoryMmap,
     router: SharedRouter,
     doorbells: Arc<dyn DoorbellRegistry>,
@@ -77,10 +77,6 @@ impl std::fmt::Debug for PciHotplug {
     }
 }
 
-fn lock(rc: &SharedRootComplex) -> MutexGuard<'_, devices::pci::RootComplex> {
-    rc.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn mac_string(mac: &[u8; 6]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
@@ -91,16 +87,18 @@ fn mac_string(mac: &[u8; 6]) -> String {
 impl PciHotplug {
     /// A registry over the root ports of `pci`; ejections wake [`PciHotplug::event_fd`].
     pub fn new(
-        pci: SharedRootComplex,
+        pci: PciRoot,
         mem: GuestMemoryMmap,
         router: SharedRouter,
         doorbells: Arc<dyn DoorbellRegistry>,
         iommu: Option<IommuContext>,
     ) -> std::io::Result<Self> {
         let events = Arc::new(EventFd::new(EFD_NONBLOCK)?);
-        for port in lock(&pci).ports_mut() {
-            port.set_notifier(events.clone());
-        }
+        pci.with(|rc| {
+            for port in rc.ports_mut() {
+                port.set_notifier(events.clone());
+            }
+        });
         Ok(Self {
             pci,
             mem,
@@ -121,12 +119,17 @@ impl PciHotplug {
 
     /// Every root port and its device.
     pub fn list(&self) -> Vec<SlotInfo> {
-        let rc = lock(&self.pci);
-        rc.ports()
-            .iter()
+        let ports: Vec<u8> = self.pci.with(|rc| {
+            rc.ports()
+                .iter()
+                .map(|p| p.port_config().port_number)
+                .collect()
+        });
+        ports
+            .into_iter()
             .enumerate()
-            .map(|(i, p)| SlotInfo {
-                port: p.port_config().port_number,
+            .map(|(i, port)| SlotInfo {
+                port,
                 device: self
                     .devices
                     .iter()
@@ -145,24 +148,24 @@ impl PciHotplug {
         port: Option<u8>,
         cold: bool,
     ) -> Result<DeviceInfo, HotplugError> {
-        let mut rc = lock(&self.pci);
-        let index = match port {
-            Some(n) => {
-                let i = usize::from(n)
-                    .checked_sub(1)
-                    .ok_or_else(|| HotplugError::Slot(format!("no root port {n}")))?;
-                if rc.ports().get(i).is_none() {
-                    return Err(HotplugError::Slot(format!("no root port {n}")));
+        let (index, port_cfg) = self.pci.with(|rc| {
+            let index = match port {
+                Some(n) => {
+                    let i = usize::from(n)
+                        .checked_sub(1)
+                        .filter(|&i| i < rc.ports().len())
+                        .ok_or_else(|| HotplugError::Slot(format!("no root port {n}")))?;
+                    if rc.ports()[i].occupied() || self.pending.iter().any(|p| p.entry.port == i) {
+                        return Err(HotplugError::Slot(format!("root port {n} is occupied")));
+                    }
+                    i
                 }
-                if rc.ports()[i].occupied() || self.pending.iter().any(|p| p.entry.port == i) {
-                    return Err(HotplugError::Slot(format!("root port {n} is occupied")));
-                }
-                i
-            }
-            None => rc
-                .free_port()
-                .ok_or_else(|| HotplugError::Slot("no free root port".into()))?,
-        };
+                None => rc
+                    .free_port()
+                    .ok_or_else(|| HotplugError::Slot("no free root port".into()))?,
+            };
+            Ok((index, rc.ports()[index].port_config()))
+        })?;
         let (backend, backend_name): (Arc<dyn NetBackend>, String) = match &net.backend {
             NetBackendConfig::Socket(path) => (
                 Arc::new(SeqpacketBackend::connect(path).map_err(|e| {
@@ -182,7 +185,6 @@ impl PciHotplug {
             .map_err(|e| HotplugError::Backend(format!("virtio-net: {e}")))?;
         let routes = KvmMsixRoutes::new(self.router.clone(), VirtioPciDevice::vectors_for(&device))
             .map_err(|e| HotplugError::Backend(format!("MSI-X routes: {e}")))?;
-        let port_cfg = rc.ports()[index].port_config();
         let mut pci_dev = VirtioPciDevice::new(
             Box::new(device),
             self.mem.clone(),
@@ -194,13 +196,14 @@ impl PciHotplug {
             let rid = RequesterId::from_routing_id(0, u16::from(port_cfg.bus) << 8);
             pci_dev = pci_dev.behind_iommu(ctx.clone(), rid);
         }
-        let pci_dev = Box::new(pci_dev);
+        let card = FunctionCard::single(Box::new(pci_dev)).shared();
         if cold {
-            rc.plug_cold(index, pci_dev)
+            self.pci
+                .plug_cold(index, card)
                 .map_err(|e| HotplugError::Slot(e.to_string()))?;
         } else {
-            rc.ports_mut()[index]
-                .plug(pci_dev)
+            self.pci
+                .with(|rc| rc.ports_mut()[index].plug(card))
                 .map_err(|_| HotplugError::Slot(format!("root port {} is occupied", index + 1)))?;
         }
         let info = DeviceInfo {
@@ -249,14 +252,15 @@ impl PciHotplug {
             .position(|e| e.info.id == id)
             .ok_or_else(|| HotplugError::NoDevice(id.to_string()))?;
         let entry = self.devices.remove(pos);
-        let mut rc = lock(&self.pci);
-        let port = &mut rc.ports_mut()[entry.port];
         if surprise {
-            // Dropping the device stops its worker and closes its backend.
-            drop(port.surprise_remove());
+            // The card is dropped once the root complex's lock is released: its worker
+            // stops and its backend closes.
+            self.pci
+                .with(|rc| rc.ports_mut()[entry.port].surprise_remove());
             return Ok(Some(entry.info));
         }
-        port.request_eject();
+        self.pci
+            .with(|rc| rc.ports_mut()[entry.port].request_eject());
         self.pending.push(Pending {
             ticket,
             entry,
@@ -269,18 +273,18 @@ impl PciHotplug {
     pub fn poll(&mut self) -> Vec<(u64, Response)> {
         let _ = self.events.read();
         let mut done = Vec::new();
-        let mut rc = lock(&self.pci);
         let now = Instant::now();
-        let ejected: Vec<usize> = rc
-            .ports_mut()
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(i, port)| {
-                port.take_events()
-                    .contains(&HotplugEvent::Ejected)
-                    .then_some(i)
-            })
-            .collect();
+        let ejected: Vec<usize> = self.pci.with(|rc| {
+            rc.ports_mut()
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, port)| {
+                    port.take_events()
+                        .contains(&HotplugEvent::Ejected)
+                        .then_some(i)
+                })
+                .collect()
+        });
         // A slot the guest powered off on its own (sysfs `power`): its device is gone.
         self.devices.retain(|e| !ejected.contains(&e.port));
         let mut still = Vec::new();

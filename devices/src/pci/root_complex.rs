@@ -1,8 +1,20 @@
-//! The root complex: the host bridge and root ports on bus 0, each port's slot on its own
-//! bus, and the decoding of configuration cycles from ECAM (MMIO) and from the legacy
-//! 0xCF8/0xCFC port pair, which stay coherent because both land in the same models.
+//! The root complex: the host bridge and root ports on bus 0, each port's slot (a card, on
+//! its own bus), integrated endpoints on bus 0, and the decoding of configuration cycles
+//! from ECAM (MMIO) and from the legacy 0xCF8/0xCFC port pair, which stay coherent because
+//! both land in the same models.
+//!
+//! [`RootComplex`] is the routing state; [`PciRoot`] is how vCPUs and the VMM reach it. Its
+//! lock covers routing only: a config cycle or a memory access is routed under the lock
+//! (the host bridge and the root ports, which live in the root complex, are accessed
+//! there), and a card is locked and called only after the root complex's lock is released.
+//! MSIs that root ports raise and cards that leave their slots are handled after release
+//! too ([`Deferred`]).
 
-use super::{HostBridge, PciDevice, RootPort};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::card::{BarError, SharedCard, lock_card};
+use super::root_port::Deferred;
+use super::{Bar, BarKind, HostBridge, PciDevice, RootPort, RootPortConfig};
 use crate::debug_ratelimited;
 
 /// The ECAM window: base address and the buses it decodes (bus 0 at `base`).
@@ -61,64 +73,46 @@ impl ConfigAddress {
     }
 }
 
-/// Why a device cannot be plugged.
+/// Why a card cannot be plugged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlugError {
     /// No root port with this index.
     #[error("there is no root port {0}")]
     NoSuchPort(usize),
-    /// The slot holds a device already.
+    /// The slot holds a card already.
     #[error("the slot of root port {0} is occupied")]
     Occupied(usize),
-    /// The device's BARs do not fit the port's windows.
-    #[error("the device's BARs do not fit the windows of root port {0}")]
-    WindowFull(usize),
-    /// I/O BARs are not supported behind root ports (they have no I/O window).
-    #[error("devices with I/O BARs are not supported")]
-    IoBar,
+    /// The card's BARs do not fit the windows.
+    #[error("the BARs do not fit the windows of {0}")]
+    Bars(String, #[source] BarError),
 }
 
-/// Programs every memory BAR of `device` at the address `alloc` gives it, then turns memory
-/// decoding on, as firmware does. `Err(None)` when `alloc` finds no room; I/O BARs are
-/// refused (root ports have no I/O window).
-fn assign_bars(
-    device: &mut dyn PciDevice,
-    mut alloc: impl FnMut(super::Bar) -> Option<u64>,
-) -> Result<(), Option<PlugError>> {
-    for i in 0..6 {
-        let Some(bar) = device.config().bar(i) else {
-            continue;
-        };
-        if bar.kind == super::BarKind::Io {
-            return Err(Some(PlugError::IoBar));
-        }
-        let base = alloc(bar).ok_or(None)?;
-        let reg = super::regs::BAR0 + 4 * i;
-        device.config_write(reg, &(base as u32).to_le_bytes());
-        if bar.kind == super::BarKind::Memory64 {
-            device.config_write(reg + 4, &((base >> 32) as u32).to_le_bytes());
-        }
-    }
-    let cmd = device.config().read_u16(super::regs::COMMAND) | super::regs::CMD_MEMORY;
-    device.config_write(super::regs::COMMAND, &cmd.to_le_bytes());
-    Ok(())
+/// Hands out addresses from a window for BARs, each aligned to its size.
+struct BumpWindow {
+    next: u64,
+    /// Inclusive end.
+    end: u64,
 }
 
-/// The memory BAR of `cfg` that decodes `[addr, end)`, and the offset in it, if decoding is
-/// on.
-fn decode_bar(cfg: &super::ConfigSpace, addr: u64, end: u64) -> Option<(usize, u64)> {
-    if !cfg.memory_enabled() {
-        return None;
+impl BumpWindow {
+    fn take(&mut self, size: u64) -> Option<u64> {
+        let base = self.next.checked_next_multiple_of(size)?;
+        let last = base.checked_add(size - 1)?;
+        (last <= self.end).then(|| {
+            self.next = last + 1;
+            base
+        })
     }
-    (0..6).find_map(|i| {
-        let bar = cfg.bar(i)?;
-        let base = cfg.bar_address(i)?;
-        let inside = bar.kind != super::BarKind::Io
-            && base != 0
-            && addr >= base
-            && end <= base.checked_add(bar.size)?;
-        inside.then(|| (i, addr - base))
-    })
+}
+
+/// Where a config cycle lands.
+enum Target<'a> {
+    /// A function of the root complex itself (host bridge, root port).
+    Local(&'a mut dyn PciDevice),
+    /// A function of a card: the card and the devfn it answers to.
+    Card(SharedCard, u8),
+    /// Nothing.
+    Absent,
 }
 
 /// The root complex.
@@ -127,8 +121,8 @@ pub struct RootComplex {
     host_bridge: HostBridge,
     ports: Vec<RootPort>,
     /// Root-complex integrated endpoints on bus 0 (the virtio-iommu), by device number.
-    root_devices: Vec<(u8, Box<dyn PciDevice>)>,
-    /// Where their BARs go, and the next free address.
+    root_devices: Vec<(u8, SharedCard)>,
+    /// Where their BARs go (inclusive end), and the next free address.
     root_window: (u64, u64),
     root_next: u64,
     ecam: EcamLayout,
@@ -150,32 +144,6 @@ impl RootComplex {
         }
     }
 
-    /// Puts an integrated endpoint on bus 0 at device `dev` (after the root ports), with its
-    /// BARs assigned in the root window and memory decoding on.
-    pub fn add_root_device(
-        &mut self,
-        dev: u8,
-        mut device: Box<dyn PciDevice>,
-    ) -> Result<(), PlugError> {
-        let taken = dev == 0
-            || usize::from(dev) <= self.ports.len()
-            || self.root_devices.iter().any(|(d, _)| *d == dev);
-        if dev > 31 || taken {
-            return Err(PlugError::Occupied(usize::from(dev)));
-        }
-        let (next, end) = (&mut self.root_next, self.root_window.1);
-        assign_bars(&mut *device, |bar| {
-            let base = next.next_multiple_of(bar.size);
-            (base + bar.size - 1 <= end).then(|| {
-                *next = base + bar.size;
-                base
-            })
-        })
-        .map_err(|e| e.unwrap_or(PlugError::WindowFull(usize::from(dev))))?;
-        self.root_devices.push((dev, device));
-        Ok(())
-    }
-
     /// The ECAM window.
     pub fn ecam(&self) -> EcamLayout {
         self.ecam
@@ -191,154 +159,157 @@ impl RootComplex {
         &self.ports
     }
 
-    /// The function a config cycle reaches, if any.
-    fn target(&mut self, bus: u8, devfn: u8) -> Option<&mut dyn PciDevice> {
-        if bus == 0 {
-            let (dev, func) = (devfn >> 3, devfn & 7);
-            if func != 0 {
-                return None;
-            }
-            if dev == 0 {
-                return Some(&mut self.host_bridge);
-            }
-            if let Some(p) = self.ports.get_mut(usize::from(dev) - 1) {
-                return Some(p);
-            }
-            return self
-                .root_devices
-                .iter_mut()
-                .find(|(d, _)| *d == dev)
-                .map(|(_, d)| &mut **d as &mut dyn PciDevice);
-        }
-        let port = self.ports.iter_mut().find(|p| {
-            let (sec, sub) = p.bus_range();
-            sec != 0 && sec <= bus && bus <= sub
-        })?;
-        let (sec, _) = port.bus_range();
-        // Only the secondary bus holds a device; a PCIe link has device 0 only, unless
-        // ARI forwarding lets devfn carry an 8-bit function number.
-        if bus != sec || (devfn >> 3 != 0 && !port.ari_forwarding()) {
-            return None;
-        }
-        // Multi-function devices come with SR-IOV; until then function 0 only.
-        if devfn != 0 {
-            return None;
-        }
-        port.device_mut().map(|d| &mut **d as &mut dyn PciDevice)
-    }
-
-    /// A config read; absent functions read all ones.
-    pub fn config_read(&mut self, addr: ConfigAddress, data: &mut [u8]) {
-        match self.target(addr.bus, addr.devfn) {
-            Some(dev) => dev.config_read(addr.reg, data),
-            None => data.fill(0xff),
-        }
-    }
-
-    /// A config write; absent functions ignore it.
-    pub fn config_write(&mut self, addr: ConfigAddress, data: &[u8]) {
-        match self.target(addr.bus, addr.devfn) {
-            Some(dev) => dev.config_write(addr.reg, data),
-            None => debug_ratelimited!(
-                "pci: config write to absent {:02x}:{:02x}.{}",
-                addr.bus,
-                addr.devfn >> 3,
-                addr.devfn & 7
-            ),
-        }
-    }
-
-    /// The BAR of a device behind a root port that decodes `[addr, addr + len)`: the port
-    /// must forward memory (COMMAND.MEM, address in one of its windows) and the device must
-    /// decode it (COMMAND.MEM).
-    fn bar_target(&mut self, addr: u64, len: usize) -> Option<(&mut dyn PciDevice, usize, u64)> {
-        let end = addr.checked_add(len as u64)?;
-        if (self.root_window.0..=self.root_window.1).contains(&addr) {
-            for (_, dev) in &mut self.root_devices {
-                if let Some((bar, off)) = decode_bar(dev.config(), addr, end) {
-                    return Some((&mut **dev, bar, off));
-                }
-            }
-            return None;
-        }
-        for port in &mut self.ports {
-            if !port.config().memory_enabled() || !port.forwards(addr) {
-                continue;
-            }
-            let Some(dev) = port.device_mut() else {
-                continue;
-            };
-            let hit = decode_bar(dev.config(), addr, end);
-            return hit.map(|(i, off)| (&mut **dev as &mut dyn PciDevice, i, off));
-        }
-        None
-    }
-
-    /// An access to the PCI memory windows: true if a BAR claimed it.
-    pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> bool {
-        match self.bar_target(addr, data.len()) {
-            Some((dev, bar, off)) => {
-                dev.bar_read(bar, off, data);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// An access to the PCI memory windows: true if a BAR claimed it.
-    pub fn mmio_write(&mut self, addr: u64, data: &[u8]) -> bool {
-        match self.bar_target(addr, data.len()) {
-            Some((dev, bar, off)) => {
-                dev.bar_write(bar, off, data);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Puts `device` in the slot of root port `index` as firmware finds it at power-on:
-    /// its BARs assigned inside the port's windows (64-bit prefetchable ones in the
-    /// prefetchable window, the others in the 32-bit window) and memory decoding enabled.
-    pub fn plug_cold(
-        &mut self,
-        index: usize,
-        mut device: Box<dyn PciDevice>,
-    ) -> Result<(), PlugError> {
-        let port = self
-            .ports
-            .get_mut(index)
-            .ok_or(PlugError::NoSuchPort(index))?;
-        if port.occupied() {
-            return Err(PlugError::Occupied(index));
-        }
-        let cfg = port.port_config();
-        let mut next32 = u64::from(cfg.mem_window.0);
-        let mut next64 = cfg.pref_window.0;
-        assign_bars(&mut *device, |bar| {
-            let (next, limit) = if bar.kind == super::BarKind::Memory64 && bar.prefetchable {
-                (&mut next64, cfg.pref_window.1)
-            } else {
-                (&mut next32, u64::from(cfg.mem_window.1))
-            };
-            let base = next.next_multiple_of(bar.size);
-            (base + bar.size - 1 <= limit).then(|| {
-                *next = base + bar.size;
-                base
-            })
-        })
-        .map_err(|e| e.unwrap_or(PlugError::WindowFull(index)))?;
-        port.plug_cold(device)
-            .map_err(|_| PlugError::Occupied(index))
-    }
-
     /// The first root port with an empty slot.
     pub fn free_port(&self) -> Option<usize> {
         self.ports.iter().position(|p| !p.occupied())
     }
 
+    /// MSIs and dropped cards the root ports queued.
+    fn take_deferred(&mut self) -> Deferred {
+        let mut all = Deferred::default();
+        for p in &mut self.ports {
+            all.append(p.take_deferred());
+        }
+        all
+    }
+
+    /// The function a config cycle reaches.
+    fn target(&mut self, bus: u8, devfn: u8) -> Target<'_> {
+        if bus == 0 {
+            let dev = devfn >> 3;
+            if dev == 0 {
+                return if devfn == 0 {
+                    Target::Local(&mut self.host_bridge)
+                } else {
+                    Target::Absent
+                };
+            }
+            if let Some(p) = self.ports.get_mut(usize::from(dev) - 1) {
+                return if devfn & 7 == 0 {
+                    Target::Local(p)
+                } else {
+                    Target::Absent
+                };
+            }
+            return self
+                .root_devices
+                .iter()
+                .find(|(d, _)| *d == dev)
+                .map_or(Target::Absent, |(_, c)| Target::Card(c.clone(), devfn & 7));
+        }
+        let Some(port) = self.ports.iter().find(|p| {
+            let (sec, sub) = p.bus_range();
+            sec != 0 && sec <= bus && bus <= sub
+        }) else {
+            return Target::Absent;
+        };
+        let (sec, _) = port.bus_range();
+        // Only the secondary bus holds a card; a PCIe link has device 0 only, unless ARI
+        // forwarding lets devfn carry an 8-bit function number.
+        if bus != sec || (devfn >> 3 != 0 && !port.ari_forwarding()) {
+            return Target::Absent;
+        }
+        port.card()
+            .map_or(Target::Absent, |c| Target::Card(c.clone(), devfn))
+    }
+
+    /// The cards that may decode `addr`: the integrated endpoints when it is in the root
+    /// window, else the card of the first occupied port that forwards it (the VMM gives
+    /// each port windows of its own).
+    fn mmio_candidates(&self, addr: u64) -> Vec<SharedCard> {
+        if (self.root_window.0..=self.root_window.1).contains(&addr) {
+            return self.root_devices.iter().map(|(_, c)| c.clone()).collect();
+        }
+        self.ports
+            .iter()
+            .filter(|p| p.config().memory_enabled() && p.forwards(addr))
+            .find_map(|p| p.card().cloned())
+            .into_iter()
+            .collect()
+    }
+}
+
+/// A config access on its way.
+enum Access<'a> {
+    Read(&'a mut [u8]),
+    Write(&'a [u8]),
+}
+
+/// The root complex as vCPUs and the VMM reach it.
+#[derive(Debug, Clone)]
+pub struct PciRoot(Arc<Mutex<RootComplex>>);
+
+impl PciRoot {
+    /// Shares `rc`.
+    pub fn new(rc: RootComplex) -> Self {
+        Self(Arc::new(Mutex::new(rc)))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RootComplex> {
+        // A poisoned lock means a panic elsewhere; the registers are still consistent.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the root complex under its lock (topology: ports, slots, events), then
+    /// sends the MSIs and drops the cards that queued up, outside it. `f` must not call
+    /// into cards.
+    pub fn with<R>(&self, f: impl FnOnce(&mut RootComplex) -> R) -> R {
+        let (r, deferred) = {
+            let mut rc = self.lock();
+            let r = f(&mut rc);
+            (r, rc.take_deferred())
+        };
+        deferred.run();
+        r
+    }
+
+    fn config_access(&self, bus: u8, devfn: u8, reg: usize, mut access: Access<'_>) {
+        let card = self.with(|rc| match rc.target(bus, devfn) {
+            Target::Local(dev) => {
+                match &mut access {
+                    Access::Read(data) => dev.config_read(reg, data),
+                    Access::Write(data) => dev.config_write(reg, data),
+                }
+                None
+            }
+            Target::Card(card, devfn) => Some((card, devfn)),
+            Target::Absent => {
+                match &mut access {
+                    Access::Read(data) => data.fill(0xff),
+                    Access::Write(_) => debug_ratelimited!(
+                        "pci: config write to absent {bus:02x}:{:02x}.{}",
+                        devfn >> 3,
+                        devfn & 7
+                    ),
+                }
+                None
+            }
+        });
+        let Some((card, devfn)) = card else { return };
+        let mut card = lock_card(&card);
+        let present = card.has_function(devfn);
+        match access {
+            Access::Read(data) if present => card.config_read(devfn, reg, data),
+            Access::Read(data) => data.fill(0xff),
+            Access::Write(data) if present => card.config_write(devfn, reg, data),
+            Access::Write(_) => {}
+        }
+    }
+
+    /// A config read; absent functions read all ones.
+    pub fn config_read(&self, addr: ConfigAddress, data: &mut [u8]) {
+        self.config_access(addr.bus, addr.devfn, addr.reg, Access::Read(data));
+    }
+
+    /// A config write; absent functions ignore it.
+    pub fn config_write(&self, addr: ConfigAddress, data: &[u8]) {
+        self.config_access(addr.bus, addr.devfn, addr.reg, Access::Write(data));
+    }
+
     /// A read at `offset` in the ECAM window.
-    pub fn ecam_read(&mut self, offset: u64, data: &mut [u8]) {
-        if offset >= self.ecam.size() || !matches!(data.len(), 1 | 2 | 4) {
+    pub fn ecam_read(&self, offset: u64, data: &mut [u8]) {
+        let size = self.lock().ecam.size();
+        if offset >= size || !matches!(data.len(), 1 | 2 | 4) {
             data.fill(0xff);
             return;
         }
@@ -346,44 +317,122 @@ impl RootComplex {
     }
 
     /// A write at `offset` in the ECAM window.
-    pub fn ecam_write(&mut self, offset: u64, data: &[u8]) {
-        if offset >= self.ecam.size() || !matches!(data.len(), 1 | 2 | 4) {
+    pub fn ecam_write(&self, offset: u64, data: &[u8]) {
+        let size = self.lock().ecam.size();
+        if offset >= size || !matches!(data.len(), 1 | 2 | 4) {
             return;
         }
         self.config_write(ConfigAddress::from_ecam(offset), data);
     }
 
+    /// The config address 0xCFC + `data_offset` reaches, if enabled and in range.
+    fn cf8_target(&self, offset: u16, len: usize) -> Option<ConfigAddress> {
+        let data_offset = offset.checked_sub(4)?;
+        if usize::from(data_offset) + len > 4 {
+            return None;
+        }
+        ConfigAddress::from_cf8(self.lock().config_address, data_offset as u8)
+    }
+
     /// A read of the 0xCF8..0xCFF ports (`offset` from 0xCF8).
-    pub fn pio_read(&mut self, offset: u16, data: &mut [u8]) {
-        match offset {
-            0 if data.len() == 4 => data.copy_from_slice(&self.config_address.to_le_bytes()),
-            4..=7 => match ConfigAddress::from_cf8(self.config_address, offset as u8 - 4) {
-                Some(addr) if usize::from(offset - 4) + data.len() <= 4 => {
-                    self.config_read(addr, data)
-                }
-                _ => data.fill(0xff),
-            },
-            _ => data.fill(0xff),
+    pub fn pio_read(&self, offset: u16, data: &mut [u8]) {
+        if offset == 0 && data.len() == 4 {
+            data.copy_from_slice(&self.lock().config_address.to_le_bytes());
+            return;
+        }
+        match self.cf8_target(offset, data.len()) {
+            Some(addr) => self.config_read(addr, data),
+            None => data.fill(0xff),
         }
     }
 
     /// A write of the 0xCF8..0xCFF ports (`offset` from 0xCF8).
-    pub fn pio_write(&mut self, offset: u16, data: &[u8]) {
-        match offset {
-            0 if data.len() == 4 => {
+    pub fn pio_write(&self, offset: u16, data: &[u8]) {
+        if offset == 0 {
+            if let Ok(bytes) = <[u8; 4]>::try_from(data) {
                 // Bits 1:0 are reserved (read as 0); bits 30:24 too.
-                let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
-                self.config_address = v & 0x80ff_fffc;
+                self.lock().config_address = u32::from_le_bytes(bytes) & 0x80ff_fffc;
             }
-            4..=7 => {
-                if let Some(addr) = ConfigAddress::from_cf8(self.config_address, offset as u8 - 4)
-                    && usize::from(offset - 4) + data.len() <= 4
-                {
-                    self.config_write(addr, data);
-                }
-            }
-            _ => {}
+            return;
         }
+        if let Some(addr) = self.cf8_target(offset, data.len()) {
+            self.config_write(addr, data);
+        }
+    }
+
+    /// An access to the PCI memory windows: true if a BAR claimed it. The root port's
+    /// window decides which card is asked; the card decodes its own BARs.
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
+        let cards = self.lock().mmio_candidates(addr);
+        cards.iter().any(|c| lock_card(c).mmio_read(addr, data))
+    }
+
+    /// An access to the PCI memory windows: true if a BAR claimed it.
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
+        let cards = self.lock().mmio_candidates(addr);
+        cards.iter().any(|c| lock_card(c).mmio_write(addr, data))
+    }
+
+    /// Puts `card` in the slot of root port `index` as firmware finds it at power-on: the
+    /// BARs of all its functions assigned inside the port's windows (64-bit prefetchable
+    /// ones in the prefetchable window, the others in the 32-bit window) and memory
+    /// decoding enabled.
+    pub fn plug_cold(&self, index: usize, card: SharedCard) -> Result<(), PlugError> {
+        let cfg: RootPortConfig = self.with(|rc| {
+            let port = rc.ports.get(index).ok_or(PlugError::NoSuchPort(index))?;
+            if port.occupied() {
+                return Err(PlugError::Occupied(index));
+            }
+            Ok(port.port_config())
+        })?;
+        let mut mem32 = BumpWindow {
+            next: u64::from(cfg.mem_window.0),
+            end: u64::from(cfg.mem_window.1),
+        };
+        let mut pref = BumpWindow {
+            next: cfg.pref_window.0,
+            end: cfg.pref_window.1,
+        };
+        lock_card(&card)
+            .assign_bars(&mut |bar: Bar| {
+                if bar.kind == BarKind::Memory64 && bar.prefetchable {
+                    pref.take(bar.size)
+                } else {
+                    mem32.take(bar.size)
+                }
+            })
+            .map_err(|e| PlugError::Bars(format!("root port {}", index + 1), e))?;
+        self.with(|rc| {
+            rc.ports[index]
+                .plug_cold(card)
+                .map_err(|_| PlugError::Occupied(index))
+        })
+    }
+
+    /// Puts an integrated endpoint on bus 0 at device `dev` (after the root ports), with its
+    /// BARs assigned in the root window and memory decoding on.
+    pub fn add_root_device(&self, dev: u8, card: SharedCard) -> Result<(), PlugError> {
+        let (next, end) = self.with(|rc| {
+            let taken = dev == 0
+                || usize::from(dev) <= rc.ports.len()
+                || rc.root_devices.iter().any(|(d, _)| *d == dev);
+            if dev > 31 || taken {
+                return Err(PlugError::Occupied(usize::from(dev)));
+            }
+            Ok((rc.root_next, rc.root_window.1))
+        })?;
+        let mut window = BumpWindow { next, end };
+        lock_card(&card)
+            .assign_bars(&mut |bar: Bar| window.take(bar.size))
+            .map_err(|e| PlugError::Bars(format!("device {dev} on bus 0"), e))?;
+        self.with(|rc| {
+            if rc.root_devices.iter().any(|(d, _)| *d == dev) {
+                return Err(PlugError::Occupied(usize::from(dev)));
+            }
+            rc.root_next = window.next;
+            rc.root_devices.push((dev, card));
+            Ok(())
+        })
     }
 }
 

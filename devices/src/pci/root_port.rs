@@ -10,14 +10,18 @@
 //! - orderly removal presses the attention button; when the guest then powers the slot off
 //!   (PCC=1), the device is detached, presence and link drop, and PDC+DLLSC are raised;
 //! - surprise removal drops presence and link at once and raises PDC+DLLSC.
+//!
+//! The port lives inside the root complex and runs under its lock, which covers routing
+//! only: the MSIs it raises and the cards it lets go are queued ([`RootPort::take_deferred`])
+//! and delivered or dropped by the caller once the lock is released.
 
 use std::sync::Arc;
 
 use super::capability::{self, SlotConfig};
+use super::card::SharedCard;
 use super::regs::*;
 use super::{ConfigSpace, HeaderType, PciDevice, PciId, VENDOR_REDHAT};
 use crate::interrupt::MsiSink;
-use crate::warn_ratelimited;
 use vmm_sys_util::eventfd::EventFd;
 
 /// QEMU's pcie-root-port device ID, under Red Hat's vendor ID.
@@ -44,8 +48,46 @@ pub enum HotplugEvent {
     Ejected,
 }
 
-/// The device in a slot.
-type SlotDevice = Box<dyn PciDevice>;
+/// What a port leaves for its caller to do once the root complex's lock is released.
+#[derive(Default)]
+pub struct Deferred {
+    /// MSIs to send: sink, address, data.
+    pub msis: Vec<(Arc<dyn MsiSink>, u64, u32)>,
+    /// Cards that left their slots (dropping a card may stop threads and close backends).
+    pub removed: Vec<SharedCard>,
+}
+
+impl std::fmt::Debug for Deferred {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deferred")
+            .field("msis", &self.msis.len())
+            .field("removed", &self.removed.len())
+            .finish()
+    }
+}
+
+impl Deferred {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.msis.is_empty() && self.removed.is_empty()
+    }
+
+    /// Moves `other`'s work into this one.
+    pub fn append(&mut self, mut other: Deferred) {
+        self.msis.append(&mut other.msis);
+        self.removed.append(&mut other.removed);
+    }
+
+    /// Sends the MSIs, in order, and drops the cards.
+    pub fn run(self) {
+        for (sink, address, data) in self.msis {
+            if let Err(e) = sink.send_msi(address, data) {
+                crate::warn_ratelimited!("root port: MSI failed: {e}");
+            }
+        }
+        drop(self.removed);
+    }
+}
 
 /// A root port.
 pub struct RootPort {
@@ -56,7 +98,9 @@ pub struct RootPort {
     msi_sink: Arc<dyn MsiSink>,
     /// Whether the hotplug interrupt is asserted (the OR of enabled events).
     asserted: bool,
-    device: Option<SlotDevice>,
+    device: Option<SharedCard>,
+    /// Work for the caller, outside the root complex's lock.
+    deferred: Deferred,
     /// Attention button pressed and not yet answered by a power-off.
     eject_requested: bool,
     events: Vec<HotplugEvent>,
@@ -134,6 +178,7 @@ impl RootPort {
             msi_sink,
             asserted: false,
             device: None,
+            deferred: Deferred::default(),
             eject_requested: false,
             events: Vec::new(),
             notifier: None,
@@ -183,9 +228,14 @@ impl RootPort {
         self.device.is_some()
     }
 
-    /// The device in the slot.
-    pub fn device_mut(&mut self) -> Option<&mut SlotDevice> {
-        self.device.as_mut()
+    /// The card in the slot.
+    pub fn card(&self) -> Option<&SharedCard> {
+        self.device.as_ref()
+    }
+
+    /// MSIs to send and cards to drop, queued while the root complex's lock was held.
+    pub fn take_deferred(&mut self) -> Deferred {
+        std::mem::take(&mut self.deferred)
     }
 
     fn slot_status(&self) -> u16 {
@@ -257,13 +307,13 @@ impl RootPort {
         let address =
             u64::from(self.config.read_u32(m + 4)) | (u64::from(self.config.read_u32(m + 8)) << 32);
         let data = u32::from(self.config.read_u16(m + 12));
-        if let Err(e) = self.msi_sink.send_msi(address, data) {
-            warn_ratelimited!("root port {}: MSI failed: {e}", self.cfg.port_number);
-        }
+        self.deferred
+            .msis
+            .push((self.msi_sink.clone(), address, data));
     }
 
     /// Puts `device` in the slot and tells the guest (hot-add). Fails if occupied.
-    pub fn plug(&mut self, device: SlotDevice) -> Result<(), SlotDevice> {
+    pub fn plug(&mut self, device: SharedCard) -> Result<(), SharedCard> {
         if self.device.is_some() {
             return Err(device);
         }
@@ -277,7 +327,7 @@ impl RootPort {
     }
 
     /// Puts `device` in the slot as if it had been there at power-on (no events).
-    pub fn plug_cold(&mut self, device: SlotDevice) -> Result<(), SlotDevice> {
+    pub fn plug_cold(&mut self, device: SharedCard) -> Result<(), SharedCard> {
         if self.device.is_some() {
             return Err(device);
         }
@@ -299,12 +349,16 @@ impl RootPort {
         true
     }
 
-    /// Removes the device at once, as if yanked: presence and link drop.
-    pub fn surprise_remove(&mut self) -> Option<SlotDevice> {
-        let device = self.device.take()?;
+    /// Removes the card at once, as if yanked: presence and link drop. The card is
+    /// dropped with the deferred work.
+    pub fn surprise_remove(&mut self) -> bool {
+        let Some(card) = self.device.take() else {
+            return false;
+        };
+        self.deferred.removed.push(card);
         self.eject_requested = false;
         self.unplugged();
-        Some(device)
+        true
     }
 
     fn unplugged(&mut self) {
@@ -323,8 +377,8 @@ impl RootPort {
         let ctl = self.slot_control();
         // Power controller: PCC 0 -> 1 is a power-off of the slot.
         let powered_off = old & SLTCTL_PCC == 0 && ctl & SLTCTL_PCC != 0;
-        if powered_off && self.device.is_some() {
-            self.device = None;
+        if powered_off && let Some(card) = self.device.take() {
+            self.deferred.removed.push(card);
             self.eject_requested = false;
             self.events.push(HotplugEvent::Ejected);
             if let Some(n) = &self.notifier {
