@@ -1,13 +1,18 @@
 //! The IOMMU's state: domains, the endpoints attached to them, translation keyed by
 //! requester ID with fault records, and notification of every map and unmap, so a VMM can
-//! forward them to a device that does its DMA elsewhere (nicd).
+//! forward them to a device that does its DMA elsewhere (nicd). [`SharedTable`] shares the
+//! tables between the engine, which changes them, and the DMA of devices, which
+//! translates through them.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::domain::{Domain, MapError, Mapping, Perm};
+use crate::notify::{Change, ChangeQueue, ChangeSubscriber};
 use crate::rid::RequesterId;
+use crate::translate::{Fault, FaultReason, Segment, Translate};
 
 /// A domain's ID, chosen by the driver.
 pub type DomainId = u32;
@@ -21,66 +26,6 @@ pub enum EndpointState {
     Domain(DomainId),
     /// Attached in bypass: DMA addresses are guest-physical.
     Bypass,
-}
-
-/// Why a DMA access failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FaultReason {
-    /// The endpoint is in no domain and the IOMMU does not bypass.
-    Domain,
-    /// No mapping covers the address, or its rights do not allow the access.
-    Mapping,
-}
-
-/// A failed DMA access, as the virtio-iommu event queue reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fault {
-    /// Why.
-    pub reason: FaultReason,
-    /// The first address that could not be translated.
-    pub address: u64,
-    /// The access.
-    pub access: Perm,
-    /// The device.
-    pub endpoint: RequesterId,
-}
-
-/// A guest-physical piece of a translated access.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Segment {
-    /// Guest-physical address.
-    pub phys: u64,
-    /// Length in bytes.
-    pub len: u64,
-}
-
-/// A change of a domain, for subscribers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// `mapping` was added to `domain`, whose endpoints are listed.
-    Map {
-        /// Domain.
-        domain: DomainId,
-        /// The new mapping.
-        mapping: Mapping,
-        /// Endpoints attached to the domain.
-        endpoints: Vec<RequesterId>,
-    },
-    /// `mapping` was removed.
-    Unmap {
-        /// Domain.
-        domain: DomainId,
-        /// The removed mapping.
-        mapping: Mapping,
-        /// Endpoints attached to the domain.
-        endpoints: Vec<RequesterId>,
-    },
-}
-
-/// Receives every change.
-pub trait ChangeSubscriber: Send + Sync {
-    /// Called after the change is applied.
-    fn changed(&self, change: &Change);
 }
 
 /// Why a table operation failed (the virtio-iommu status it becomes in brackets).
@@ -107,14 +52,16 @@ pub struct IommuTable {
     /// Whether detached endpoints bypass translation (virtio-iommu `bypass` config).
     bypass_detached: bool,
     domain_range: (DomainId, DomainId),
-    subscribers: Vec<Arc<dyn ChangeSubscriber>>,
+    /// Where changes wait for their subscribers.
+    changes: Arc<ChangeQueue>,
     /// Bumped whenever a translation may have been withdrawn (unmap, attach, detach,
-    /// bypass change): caches of translations compare it and flush.
+    /// bypass change): caches of translations compare it and flush. Shared, so that a
+    /// [`SharedTable`] reads it without taking the lock.
     generation: Arc<AtomicU64>,
 }
 
-impl std::fmt::Debug for IommuTable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for IommuTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IommuTable")
             .field("domains", &self.domains.len())
             .field("endpoints", &self.endpoints)
@@ -137,52 +84,25 @@ impl IommuTable {
             endpoints: BTreeMap::new(),
             bypass_detached,
             domain_range,
-            subscribers: Vec::new(),
+            changes: Arc::default(),
             generation: Arc::new(AtomicU64::new(0)),
         }
-    }
-
-    /// The counter caches watch: when it moves, cached translations may be stale.
-    pub fn generation(&self) -> Arc<AtomicU64> {
-        self.generation.clone()
     }
 
     fn bump(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// The mapping that translates `iova` for `ep`: `Ok(None)` when `ep` bypasses (identity),
-    /// or the fault.
-    pub fn lookup(
-        &self,
-        ep: RequesterId,
-        iova: u64,
-        access: Perm,
-    ) -> Result<Option<Mapping>, Fault> {
-        let fault = |reason| Fault {
-            reason,
-            address: iova,
-            access,
-            endpoint: ep,
-        };
-        match self.endpoint(ep) {
-            EndpointState::Bypass => Ok(None),
-            EndpointState::Detached if self.bypass_detached => Ok(None),
-            EndpointState::Detached => Err(fault(FaultReason::Domain)),
-            EndpointState::Domain(d) => self
-                .domains
-                .get(&d)
-                .and_then(|d| d.lookup(iova))
-                .filter(|m| m.perm.allows(access))
-                .copied()
-                .map(Some)
-                .ok_or_else(|| fault(FaultReason::Mapping)),
-        }
+    /// Adds a subscriber to changes. Changes are queued, not delivered, while the table
+    /// changes: see [`IommuTable::changes`].
+    pub fn subscribe(&mut self, s: Arc<dyn ChangeSubscriber>) {
+        self.changes.subscribe(s);
     }
 
-    /// Adds a subscriber to changes.
-    pub fn subscribe(&mut self, s: Arc<dyn ChangeSubscriber>) {
-        self.subscribers.push(s);
+    /// The queue the table's changes wait in: whoever changes the table delivers them
+    /// ([`ChangeQueue::deliver`]) once it no longer holds the table's lock.
+    pub fn changes(&self) -> Arc<ChangeQueue> {
+        self.changes.clone()
     }
 
     /// Sets whether detached endpoints bypass.
@@ -263,7 +183,7 @@ impl IommuTable {
             && let Some(mut d) = self.domains.remove(&domain)
         {
             for mapping in d.clear() {
-                self.notify(&Change::Unmap {
+                self.notify(Change::Unmap {
                     domain,
                     mapping,
                     endpoints: Vec::new(),
@@ -272,10 +192,8 @@ impl IommuTable {
         }
     }
 
-    fn notify(&self, change: &Change) {
-        for s in &self.subscribers {
-            s.changed(change);
-        }
+    fn notify(&self, change: Change) {
+        self.changes.push(change);
     }
 
     /// MAP in `domain`.
@@ -294,7 +212,7 @@ impl IommuTable {
             .ok_or(TableError::NoDomain(domain))?;
         let mapping = d.map(start, end, phys, perm)?;
         let endpoints = self.endpoints_of(domain);
-        self.notify(&Change::Map {
+        self.notify(Change::Map {
             domain,
             mapping,
             endpoints,
@@ -313,7 +231,7 @@ impl IommuTable {
         self.bump();
         let endpoints = self.endpoints_of(domain);
         for mapping in removed {
-            self.notify(&Change::Unmap {
+            self.notify(Change::Unmap {
                 domain,
                 mapping,
                 endpoints: endpoints.clone(),
@@ -321,59 +239,99 @@ impl IommuTable {
         }
         Ok(())
     }
+}
 
-    /// Translates an access of `len` bytes at `iova` by `ep` into guest-physical segments
-    /// (one per mapping it crosses), or the fault at the first byte that cannot go.
-    pub fn translate(
+impl Translate for IommuTable {
+    fn lookup(&self, ep: RequesterId, iova: u64, access: Perm) -> Result<Option<Mapping>, Fault> {
+        let fault = |reason| Fault {
+            reason,
+            address: iova,
+            access,
+            endpoint: ep,
+        };
+        match self.endpoint(ep) {
+            EndpointState::Bypass => Ok(None),
+            EndpointState::Detached if self.bypass_detached => Ok(None),
+            EndpointState::Detached => Err(fault(FaultReason::Domain)),
+            EndpointState::Domain(d) => self
+                .domains
+                .get(&d)
+                .ok_or_else(|| fault(FaultReason::Domain))?
+                .lookup(iova)
+                .filter(|m| m.perm.allows(access))
+                .copied()
+                .map(Some)
+                .ok_or_else(|| fault(FaultReason::Mapping)),
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+}
+
+/// The tables shared by the engine, which changes them under the write lock, and by the
+/// DMA of devices, which translates through them under the read lock. The generation is
+/// read without a lock, so an IOTLB checks it on every access for the price of a load.
+pub struct SharedTable {
+    table: RwLock<IommuTable>,
+    generation: Arc<AtomicU64>,
+    changes: Arc<ChangeQueue>,
+}
+
+impl fmt::Debug for SharedTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedTable")
+            .field("generation", &self.generation.load(Ordering::SeqCst))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedTable {
+    /// Shares `table`.
+    pub fn new(table: IommuTable) -> Self {
+        Self {
+            generation: table.generation.clone(),
+            changes: table.changes.clone(),
+            table: RwLock::new(table),
+        }
+    }
+
+    /// The tables, for reading.
+    pub fn read(&self) -> RwLockReadGuard<'_, IommuTable> {
+        self.table.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The tables, for changing. The changes are queued: deliver them
+    /// ([`SharedTable::changes`]) after dropping the guard.
+    pub fn write(&self) -> RwLockWriteGuard<'_, IommuTable> {
+        self.table.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The queue the table's changes wait in.
+    pub fn changes(&self) -> &Arc<ChangeQueue> {
+        &self.changes
+    }
+}
+
+impl Translate for SharedTable {
+    fn lookup(&self, ep: RequesterId, iova: u64, access: Perm) -> Result<Option<Mapping>, Fault> {
+        self.read().lookup(ep, iova, access)
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Under one read lock, so the segments come from one state of the tables.
+    fn translate(
         &self,
         ep: RequesterId,
         iova: u64,
         len: u64,
         access: Perm,
     ) -> Result<Vec<Segment>, Fault> {
-        let fault = |reason, address| Fault {
-            reason,
-            address,
-            access,
-            endpoint: ep,
-        };
-        if len == 0 {
-            return Ok(Vec::new());
-        }
-        let last = iova
-            .checked_add(len - 1)
-            .ok_or_else(|| fault(FaultReason::Mapping, iova))?;
-        let domain = match self.endpoint(ep) {
-            EndpointState::Bypass => return Ok(vec![Segment { phys: iova, len }]),
-            EndpointState::Detached if self.bypass_detached => {
-                return Ok(vec![Segment { phys: iova, len }]);
-            }
-            EndpointState::Detached => return Err(fault(FaultReason::Domain, iova)),
-            EndpointState::Domain(d) => self
-                .domains
-                .get(&d)
-                .ok_or_else(|| fault(FaultReason::Domain, iova))?,
-        };
-        let mut segs: Vec<Segment> = Vec::new();
-        let mut at = iova;
-        loop {
-            let m = domain
-                .lookup(at)
-                .filter(|m| m.perm.allows(access))
-                .ok_or_else(|| fault(FaultReason::Mapping, at))?;
-            let seg_last = m.end.min(last);
-            let phys = m.translate(at);
-            let seg_len = seg_last - at + 1;
-            // Merge with the previous piece when physically contiguous.
-            match segs.last_mut() {
-                Some(prev) if prev.phys.wrapping_add(prev.len) == phys => prev.len += seg_len,
-                _ => segs.push(Segment { phys, len: seg_len }),
-            }
-            if seg_last == last {
-                return Ok(segs);
-            }
-            at = seg_last + 1;
-        }
+        self.read().translate(ep, iova, len, access)
     }
 }
 

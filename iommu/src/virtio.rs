@@ -3,10 +3,13 @@
 //! events. Transport-free: the device model in `devices` moves the bytes.
 
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 
 use crate::domain::Perm;
+use crate::notify::ChangeQueue;
 use crate::rid::RequesterId;
-use crate::table::{Fault, FaultReason, IommuTable, TableError};
+use crate::table::{IommuTable, SharedTable, TableError};
+use crate::translate::{Fault, FaultReason};
 
 /// Request types.
 pub const T_ATTACH: u8 = 1;
@@ -190,13 +193,16 @@ impl From<TableError> for Status {
     }
 }
 
-/// The request engine: the table, the endpoint IDs the IOMMU translates for (the
+/// The request engine: the tables, the endpoint IDs the IOMMU translates for (the
 /// requester-ID ranges the VIOT describes, hotplug slots and VFs included), and the
 /// features the driver accepted.
+///
+/// The tables are shared ([`Engine::table`]) with the DMA of the devices behind the IOMMU,
+/// which never needs the engine. Requests queue their changes in [`Engine::changes`]; the
+/// caller delivers them once it has released the engine, before it completes the request.
 #[derive(Debug)]
 pub struct Engine {
-    /// The tables.
-    pub table: IommuTable,
+    table: Arc<SharedTable>,
     covered: Vec<RangeInclusive<u16>>,
     features: u64,
     input_range: (u64, u64),
@@ -211,11 +217,21 @@ impl Engine {
         input_range: (u64, u64),
     ) -> Self {
         Self {
-            table,
+            table: Arc::new(SharedTable::new(table)),
             covered,
             features: 0,
             input_range,
         }
+    }
+
+    /// The tables, shared with whatever translates DMA through them.
+    pub fn table(&self) -> &Arc<SharedTable> {
+        &self.table
+    }
+
+    /// Where the changes requests make wait for delivery.
+    pub fn changes(&self) -> Arc<ChangeQueue> {
+        self.table.changes().clone()
     }
 
     /// Records the features the driver accepted.
@@ -231,7 +247,8 @@ impl Engine {
         Ok(RequesterId::from_routing_id(0, rid))
     }
 
-    /// Applies `req`; for PROBE also returns the properties (PROBE_SIZE bytes).
+    /// Applies `req`; for PROBE also returns the properties (PROBE_SIZE bytes). The changes
+    /// it made wait in [`Engine::changes`].
     pub fn handle(&mut self, req: Request) -> (Status, Vec<u8>) {
         match self.apply(req) {
             Ok(props) => (Status::Ok, props),
@@ -253,11 +270,11 @@ impl Engine {
                 {
                     return Err(Status::Inval);
                 }
-                self.table.attach(ep, domain, bypass)?;
+                self.table.write().attach(ep, domain, bypass)?;
             }
             Request::Detach { domain, endpoint } => {
                 let ep = self.endpoint(endpoint)?;
-                self.table.detach(ep, domain)?;
+                self.table.write().detach(ep, domain)?;
             }
             Request::Map {
                 domain,
@@ -280,13 +297,14 @@ impl Engine {
                     write: flags & MAP_F_WRITE != 0,
                 };
                 self.table
+                    .write()
                     .map(domain, virt_start, virt_end, phys_start, perm)?;
             }
             Request::Unmap {
                 domain,
                 virt_start,
                 virt_end,
-            } => self.table.unmap(domain, virt_start, virt_end)?,
+            } => self.table.write().unmap(domain, virt_start, virt_end)?,
             Request::Probe { endpoint } => {
                 self.endpoint(endpoint)?;
                 return Ok(probe_properties());
@@ -324,6 +342,7 @@ pub fn encode_fault(f: &Fault) -> [u8; 24] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::translate::Translate;
 
     fn ep(dev: u8) -> RequesterId {
         RequesterId::new(0, 1, dev, 0).unwrap()
@@ -387,7 +406,7 @@ mod tests {
             Status::NoEnt,
             "no domain 9"
         );
-        let seg = e.table.translate(ep(1), 0x1004, 4, Perm::R).unwrap();
+        let seg = e.table().translate(ep(1), 0x1004, 4, Perm::R).unwrap();
         assert_eq!(seg[0].phys, 0x8004);
         let mut unmap = vec![0u8; 28];
         unmap[0] = T_UNMAP;

@@ -1,17 +1,17 @@
 //! virtio-iommu (device type 23): the request queue applies ATTACH, DETACH, MAP, UNMAP and
 //! PROBE to the shared [`Engine`]; the event queue carries fault reports. Requests are
-//! control traffic, processed on the notifying vCPU.
+//! control traffic, processed on the notifying vCPU: each request's changes are delivered
+//! to the tables' subscribers after the engine is released and before the request
+//! completes.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use iommu::table::Fault;
 use iommu::virtio::{Engine, PROBE_SIZE, Request, Status, encode_fault, features};
+use iommu::{ChangeQueue, Fault};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
 
-use super::dma::DmaMemory;
-
-use super::dma::FaultSink;
+use super::dma::{DmaMemory, FaultSink};
 use super::{ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt, read_config_bytes};
 use crate::{debug_ratelimited, warn_ratelimited};
 
@@ -32,17 +32,18 @@ fn lock(e: &SharedEngine) -> MutexGuard<'_, Engine> {
     e.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A running queue of the device.
 struct Running {
     mem: DmaMemory,
-    requests: Queue,
-    events: Queue,
+    queue: Queue,
     interrupt: Arc<dyn VirtioInterrupt>,
 }
 
-/// The queues and the faults waiting for event buffers, shared with the [`FaultSink`]
-/// that devices' DMA reports to (from their worker threads).
+/// The event queue and the faults waiting for its buffers, shared with the [`FaultSink`]
+/// that devices' DMA reports to (from their worker threads). Requests are not behind this
+/// lock: a request whose changes take long to deliver does not hold up a fault report.
 #[derive(Default)]
-struct Queues {
+struct Events {
     running: Option<Running>,
     pending_faults: Vec<Fault>,
 }
@@ -50,14 +51,17 @@ struct Queues {
 /// The virtio-iommu device.
 pub struct VirtioIommu {
     engine: SharedEngine,
+    /// Where the engine's changes wait for delivery.
+    changes: Arc<ChangeQueue>,
     input_range: (u64, u64),
     domain_range: (u32, u32),
-    queues: Arc<Mutex<Queues>>,
+    requests: Option<Running>,
+    events: Arc<Mutex<Events>>,
 }
 
 /// Reports DMA faults to a virtio-iommu's event queue.
 #[derive(Clone)]
-pub struct IommuFaults(Arc<Mutex<Queues>>);
+pub struct IommuFaults(Arc<Mutex<Events>>);
 
 impl std::fmt::Debug for IommuFaults {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -81,21 +85,24 @@ impl std::fmt::Debug for VirtioIommu {
 impl VirtioIommu {
     /// A device over `engine` with these ranges (they are advertised in config).
     pub fn new(engine: SharedEngine, input_range: (u64, u64), domain_range: (u32, u32)) -> Self {
+        let changes = lock(&engine).changes();
         Self {
             engine,
+            changes,
             input_range,
             domain_range,
-            queues: Arc::new(Mutex::new(Queues::default())),
+            requests: None,
+            events: Arc::new(Mutex::new(Events::default())),
         }
     }
 
     /// Where devices behind this IOMMU report DMA faults.
     pub fn fault_sink(&self) -> IommuFaults {
-        IommuFaults(self.queues.clone())
+        IommuFaults(self.events.clone())
     }
 
-    fn queues(&self) -> MutexGuard<'_, Queues> {
-        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    fn events(&self) -> MutexGuard<'_, Events> {
+        self.events.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn config_bytes(&self) -> [u8; 0x28] {
@@ -112,11 +119,11 @@ impl VirtioIommu {
 
     /// Reports a DMA fault on the event queue.
     pub fn report_fault(&mut self, fault: Fault) {
-        self.queues().report_fault(fault);
+        self.events().report_fault(fault);
     }
 }
 
-impl Queues {
+impl Events {
     /// Queues a fault (kept, up to a bound, until the driver posts event buffers).
     fn report_fault(&mut self, fault: Fault) {
         if self.pending_faults.len() < MAX_PENDING_FAULTS {
@@ -131,7 +138,7 @@ impl Queues {
         let Some(r) = &mut self.running else { return };
         let mut delivered = false;
         while let Some(fault) = self.pending_faults.first().copied() {
-            let Some(chain) = r.events.pop_descriptor_chain(&r.mem) else {
+            let Some(chain) = r.queue.pop_descriptor_chain(&r.mem) else {
                 break;
             };
             let head = chain.head_index();
@@ -146,7 +153,7 @@ impl Queues {
                         .map(|()| ev.len() as u32)
                 })
                 .unwrap_or(0);
-            if r.events.add_used(&r.mem, head, written).is_err() {
+            if r.queue.add_used(&r.mem, head, written).is_err() {
                 warn_ratelimited!("virtio-iommu: cannot return event buffer {head}");
             }
             self.pending_faults.remove(0);
@@ -156,11 +163,15 @@ impl Queues {
             r.interrupt.signal_queue(EVENT_QUEUE);
         }
     }
+}
 
-    fn process_requests(&mut self, engine: &SharedEngine) {
-        let Some(r) = &mut self.running else { return };
+impl Running {
+    /// Applies the queued requests. Each request's changes reach the subscribers after the
+    /// engine is released and before the request is returned to the driver, so an UNMAP
+    /// completes only once whatever the mapping was forwarded to has acknowledged it.
+    fn process_requests(&mut self, engine: &SharedEngine, changes: &ChangeQueue) {
         let mut used = false;
-        while let Some(chain) = r.requests.pop_descriptor_chain(&r.mem) {
+        while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
             let head = chain.head_index();
             // Gather the device-readable part, then the writable buffers.
             let mut readable = Vec::with_capacity(MAX_REQUEST);
@@ -175,7 +186,11 @@ impl Queues {
                     let take = (d.len() as usize).min(MAX_REQUEST - readable.len());
                     let start = readable.len();
                     readable.resize(start + take, 0);
-                    if r.mem.read_slice(&mut readable[start..], d.addr()).is_err() {
+                    if self
+                        .mem
+                        .read_slice(&mut readable[start..], d.addr())
+                        .is_err()
+                    {
                         broken = true;
                     }
                 }
@@ -184,10 +199,12 @@ impl Queues {
                 (Status::DevErr, Vec::new())
             } else {
                 match Request::parse(&readable) {
+                    // The engine is locked for this statement only.
                     Ok(req) => lock(engine).handle(req),
                     Err(s) => (s, Vec::new()),
                 }
             };
+            changes.deliver();
             // The reply: PROBE properties (zero-filled on failure), then the 4-byte tail.
             let mut reply = Vec::new();
             if readable.first() == Some(&iommu::virtio::T_PROBE) {
@@ -202,7 +219,8 @@ impl Queues {
                     break;
                 }
                 let take = (d.len() as usize).min(reply.len() - written);
-                if r.mem
+                if self
+                    .mem
                     .write_slice(&reply[written..written + take], d.addr())
                     .is_err()
                 {
@@ -213,13 +231,17 @@ impl Queues {
             if written < reply.len() {
                 debug_ratelimited!("virtio-iommu: request {head} has no room for its reply");
             }
-            if r.requests.add_used(&r.mem, head, written as u32).is_err() {
+            if self
+                .queue
+                .add_used(&self.mem, head, written as u32)
+                .is_err()
+            {
                 warn_ratelimited!("virtio-iommu: cannot return request {head}");
             }
             used = true;
         }
         if used {
-            r.interrupt.signal_queue(REQUEST_QUEUE);
+            self.interrupt.signal_queue(REQUEST_QUEUE);
         }
     }
 }
@@ -257,29 +279,36 @@ impl VirtioDevice for VirtioIommu {
         lock(&self.engine).set_features(ctx.features);
         let events = ctx.queues.remove(usize::from(EVENT_QUEUE));
         let requests = ctx.queues.remove(usize::from(REQUEST_QUEUE));
-        self.queues().running = Some(Running {
+        self.requests = Some(Running {
+            mem: ctx.mem.clone(),
+            queue: requests,
+            interrupt: ctx.interrupt.clone(),
+        });
+        self.events().running = Some(Running {
             mem: ctx.mem,
-            requests,
-            events,
+            queue: events,
             interrupt: ctx.interrupt,
         });
         Ok(())
     }
 
     fn queue_notify(&mut self, queue: u16) {
-        let engine = self.engine.clone();
-        let mut q = self.queues();
         match queue {
-            REQUEST_QUEUE => q.process_requests(&engine),
-            EVENT_QUEUE => q.deliver_faults(),
+            REQUEST_QUEUE => {
+                if let Some(r) = &mut self.requests {
+                    r.process_requests(&self.engine, &self.changes);
+                }
+            }
+            EVENT_QUEUE => self.events().deliver_faults(),
             _ => {}
         }
     }
 
     fn reset(&mut self) {
-        let mut q = self.queues();
-        q.running = None;
-        q.pending_faults.clear();
+        self.requests = None;
+        let mut e = self.events();
+        e.running = None;
+        e.pending_faults.clear();
     }
 }
 
@@ -287,8 +316,8 @@ impl VirtioDevice for VirtioIommu {
 mod tests {
     use super::*;
     use crate::virtio::test_utils::TestRing;
-    use iommu::IommuTable;
-    use iommu::virtio::{T_ATTACH, T_MAP, T_PROBE};
+    use iommu::virtio::{T_ATTACH, T_DETACH, T_MAP, T_PROBE, T_UNMAP};
+    use iommu::{IommuTable, Translate};
     use vm_memory::{GuestAddress, GuestMemoryMmap};
 
     #[derive(Debug, Default)]
@@ -371,7 +400,7 @@ mod tests {
         );
         let rid = iommu::RequesterId::from_routing_id(0, 0x100);
         let segs = lock(&engine)
-            .table
+            .table()
             .translate(rid, 0x10, 4, iommu::Perm::W)
             .unwrap();
         assert_eq!(segs[0].phys, 0x4010);
@@ -421,5 +450,131 @@ mod tests {
         mem.read_slice(&mut e, GuestAddress(0xa000)).unwrap();
         assert_eq!(e[0], 2);
         assert_eq!(u64::from_le_bytes(e[16..24].try_into().unwrap()), 0xabc000);
+    }
+
+    /// A request of `kind`, `len` bytes, with little-endian 32- and 64-bit fields at their
+    /// offsets.
+    fn req(kind: u8, len: usize, u32s: &[(usize, u32)], u64s: &[(usize, u64)]) -> Vec<u8> {
+        let mut b = vec![0u8; len];
+        b[0] = kind;
+        for &(at, v) in u32s {
+            b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        for &(at, v) in u64s {
+            b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
+    /// What a subscriber saw of one change, and of the device around it.
+    #[derive(Debug, PartialEq)]
+    struct Seen {
+        unmap: bool,
+        start: u64,
+        /// Requests completed when the change arrived.
+        completed: u16,
+        /// Whether the changed IOVA translated, through the tables, while it arrived.
+        translates: bool,
+    }
+
+    /// Forwards changes the way a VMM forwards them to a vfio-user device, and checks
+    /// what it may do meanwhile: lock the engine, translate, report a fault.
+    struct Forwarder {
+        engine: SharedEngine,
+        faults: IommuFaults,
+        mem: GuestMemoryMmap,
+        used: u64,
+        seen: Mutex<Vec<Seen>>,
+    }
+
+    impl iommu::ChangeSubscriber for Forwarder {
+        fn changed(&self, change: &iommu::Change) {
+            let (unmap, mapping) = match change {
+                iommu::Change::Map { mapping, .. } => (false, mapping),
+                iommu::Change::Unmap { mapping, .. } => (true, mapping),
+            };
+            let engine = self
+                .engine
+                .try_lock()
+                .expect("changes are delivered with the engine locked");
+            let rid = iommu::RequesterId::from_routing_id(0, 0x100);
+            let translates = engine
+                .table()
+                .translate(rid, mapping.start, 1, iommu::Perm::R)
+                .is_ok();
+            drop(engine);
+            // A device's DMA faulting meanwhile reports without waiting for this.
+            let (done, reported) = std::sync::mpsc::channel();
+            let faults = self.faults.clone();
+            std::thread::spawn(move || {
+                faults.fault(Fault {
+                    reason: iommu::FaultReason::Mapping,
+                    address: 0,
+                    access: iommu::Perm::R,
+                    endpoint: rid,
+                });
+                done.send(()).unwrap();
+            });
+            reported
+                .recv_timeout(std::time::Duration::from_secs(5))
+                .expect("a fault report waited for change delivery");
+            let completed = self.mem.read_obj(GuestAddress(self.used + 2)).unwrap();
+            self.seen.lock().unwrap().push(Seen {
+                unmap,
+                start: mapping.start,
+                completed,
+                translates,
+            });
+        }
+    }
+
+    #[test]
+    fn changes_arrive_in_order_unlocked_before_their_request_completes() {
+        let (mut dev, mem, mut ring, _ev, engine) = setup();
+        let forwarder = Arc::new(Forwarder {
+            engine: engine.clone(),
+            faults: dev.fault_sink(),
+            mem: mem.clone(),
+            used: ring.used,
+            seen: Mutex::new(Vec::new()),
+        });
+        lock(&engine).changes().subscribe(forwarder.clone());
+        let map = |start: u64, phys: u64| {
+            let range = [(8, start), (16, start + 0xfff), (24, phys)];
+            req(T_MAP, 36, &[(4, 3), (32, 3)], &range)
+        };
+        let requests = [
+            req(T_ATTACH, 20, &[(4, 3), (8, 0x100)], &[]),
+            map(0, 0x4000),
+            map(0x1000, 0x5000),
+            req(T_UNMAP, 28, &[(4, 3)], &[(8, 0), (16, 0x1fff)]),
+            map(0x2000, 0x6000),
+            // The last endpoint leaves: the domain goes, its mapping reported unmapped.
+            req(T_DETACH, 20, &[(4, 3), (8, 0x100)], &[]),
+        ];
+        for r in &requests {
+            assert_eq!(
+                request(&mut dev, &mem, &mut ring, r, 4)[0],
+                Status::Ok as u8
+            );
+        }
+        let seen = |unmap, start, completed, translates| Seen {
+            unmap,
+            start,
+            completed,
+            translates,
+        };
+        assert_eq!(
+            *forwarder.seen.lock().unwrap(),
+            [
+                seen(false, 0, 1, true),
+                seen(false, 0x1000, 2, true),
+                seen(true, 0, 3, false),
+                seen(true, 0x1000, 3, false),
+                seen(false, 0x2000, 4, true),
+                seen(true, 0x2000, 5, false),
+            ]
+        );
+        assert_eq!(lock(&engine).changes().pending(), 0);
     }
 }

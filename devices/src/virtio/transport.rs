@@ -253,7 +253,8 @@ impl VirtioPciDevice {
         match &self.iommu {
             Some((ctx, rid)) => dma::behind(
                 self.mem.clone(),
-                ctx.clone(),
+                ctx.translation(),
+                ctx.faults.clone(),
                 *rid,
                 features & features::ACCESS_PLATFORM != 0,
             ),

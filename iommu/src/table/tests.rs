@@ -83,6 +83,8 @@ fn endpoints_move_and_domains_die() {
     t.attach(rid(1), 1, false).unwrap();
     t.attach(rid(2), 1, false).unwrap();
     t.map(1, 0, 0xfff, 0x1000, Perm::RW).unwrap();
+    assert!(log.0.lock().unwrap().is_empty(), "queued, not delivered");
+    t.changes().deliver();
     assert_eq!(
         log.0.lock().unwrap()[0],
         Change::Map {
@@ -102,6 +104,7 @@ fn endpoints_move_and_domains_die() {
     assert_eq!(t.detach(rid(1), 1), Err(TableError::NotAttached(rid(1), 1)));
     t.detach(rid(2), 1).unwrap();
     assert!(t.domain(1).is_none());
+    t.changes().deliver();
     assert!(matches!(
         log.0.lock().unwrap().last(),
         Some(Change::Unmap { domain: 1, .. })
@@ -222,24 +225,55 @@ fn random_sequences_match_a_reference_model() {
 #[test]
 fn lookup_and_generation() {
     let mut t = IommuTable::default();
-    let g = t.generation();
     let a = rid(1);
     assert_eq!(
         t.lookup(a, 0, Perm::R).unwrap_err().reason,
         FaultReason::Domain
     );
     t.attach(a, 1, false).unwrap();
-    let after_attach = g.load(std::sync::atomic::Ordering::SeqCst);
+    let after_attach = t.generation();
     t.map(1, 0x1000, 0x1fff, 0x9000, Perm::R).unwrap();
-    assert_eq!(
-        g.load(std::sync::atomic::Ordering::SeqCst),
-        after_attach,
-        "maps do not invalidate"
-    );
+    assert_eq!(t.generation(), after_attach, "maps do not invalidate");
     assert_eq!(t.lookup(a, 0x1800, Perm::R).unwrap().unwrap().phys, 0x9000);
     assert!(t.lookup(a, 0x1800, Perm::W).is_err());
     t.unmap(1, 0, u64::MAX).unwrap();
-    assert!(g.load(std::sync::atomic::Ordering::SeqCst) > after_attach);
+    assert!(t.generation() > after_attach);
     t.attach(a, 0, true).unwrap();
     assert_eq!(t.lookup(a, 0x1234, Perm::W), Ok(None), "bypass");
+}
+
+/// Every change that can withdraw a translation moves the generation, through the shared
+/// tables too (where it is read without the lock); refused requests and maps do not.
+#[test]
+fn generation_moves_when_translations_may_go() {
+    let shared = SharedTable::new(IommuTable::default());
+    let g = || Translate::generation(&shared);
+    let moved = |before: u64, what: &str| {
+        assert!(g() > before, "{what} must move the generation");
+        g()
+    };
+    let mut now = g();
+    shared.write().attach(rid(1), 1, false).unwrap();
+    now = moved(now, "attach");
+    shared.write().attach(rid(2), 1, false).unwrap();
+    now = moved(now, "a second attach");
+    shared.write().map(1, 0, 0xfff, 0x1000, Perm::RW).unwrap();
+    assert_eq!(g(), now, "map");
+    assert!(shared.write().unmap(1, 0, 0x7ff).is_err());
+    assert_eq!(g(), now, "a refused unmap");
+    shared.write().unmap(1, 0, 0xfff).unwrap();
+    now = moved(now, "unmap");
+    shared.write().map(1, 0, 0xfff, 0x1000, Perm::RW).unwrap();
+    shared.write().attach(rid(1), 2, false).unwrap();
+    now = moved(now, "attach elsewhere");
+    shared.write().detach(rid(2), 1).unwrap();
+    now = moved(now, "detach");
+    assert!(shared.write().detach(rid(2), 1).is_err());
+    assert_eq!(g(), now, "a refused detach");
+    shared.write().set_bypass(true);
+    moved(now, "bypass change");
+    assert_eq!(
+        shared.translate(rid(3), 0x10, 4, Perm::R),
+        Ok(vec![Segment { phys: 0x10, len: 4 }])
+    );
 }
