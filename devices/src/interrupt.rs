@@ -94,6 +94,13 @@ pub trait MsiRoutes: Send + Sync {
     fn trigger(&self, vector: u16) -> io::Result<()>;
 }
 
+/// Makes the per-vector routes of a new function (the VMM: irqfds on fresh GSIs), so code
+/// that builds devices needs no KVM and runs in unit tests.
+pub trait MsiRouteFactory: Send + Sync {
+    /// Routes for `vectors` vectors.
+    fn routes(&self, vectors: u16) -> io::Result<Arc<dyn MsiRoutes>>;
+}
+
 /// How an MSI-X function delivers its vectors.
 #[derive(Clone)]
 pub enum MsixDelivery {

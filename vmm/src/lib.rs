@@ -10,9 +10,20 @@ pub mod boot;
 pub mod config;
 pub mod console;
 pub mod device_manager;
-pub mod hotplug;
 pub mod kvm;
 pub mod machine;
 pub mod memory;
 pub mod pci_resources;
 pub mod stats;
+
+/// An error and its causes on one line, `: `-separated (how errors reach users).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}

@@ -95,18 +95,6 @@ fn parse_size(s: &str) -> Result<ByteSize, String> {
     s.parse().map_err(|e: ConfigError| e.to_string())
 }
 
-/// The error and its causes, on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
-}
-
 fn run(args: RunArgs, started: Instant) -> Result<(i32, String), VmmError> {
     let file = match &args.config {
         Some(path) => VmConfigFile::load(path)?,
@@ -158,7 +146,7 @@ fn main() -> ExitCode {
                 ExitCode::from(code as u8)
             }
             Err(e) => {
-                eprintln!("vmm: error: {}", chain(&e));
+                eprintln!("vmm: error: {}", vmm::error_chain(&e));
                 ExitCode::from(if e.is_user_error() {
                     EXIT_USAGE
                 } else {

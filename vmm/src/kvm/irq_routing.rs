@@ -288,6 +288,16 @@ impl Drop for KvmIoapicPins {
     }
 }
 
+/// Makes [`KvmMsixRoutes`] for new functions.
+#[derive(Debug, Clone)]
+pub struct KvmRouteFactory(pub Arc<GsiRouter>);
+
+impl devices::interrupt::MsiRouteFactory for KvmRouteFactory {
+    fn routes(&self, vectors: u16) -> std::io::Result<Arc<dyn MsiRoutes>> {
+        Ok(Arc::new(KvmMsixRoutes::new(self.0.clone(), vectors)?))
+    }
+}
+
 /// Shared so every function's routes commit to one table.
 pub type SharedRouter = Arc<GsiRouter>;
 

@@ -2,15 +2,25 @@
 //! (created -> running <-> paused -> exited). Requests change the state under a lock and
 //! kick the thread out of KVM_RUN with a signal whose handler sets `immediate_exit`, so a
 //! request that races with the entry into KVM_RUN is never lost.
+//!
+//! Before it parks after running, the thread completes a pending port or MMIO access (one
+//! KVM_RUN with `immediate_exit` set, as KVM documents) and tells kvmclock the guest was
+//! stopped, so its state is at an instruction boundary. While parked it serves requests
+//! for its state ([`VcpuHandle::save_state`], [`VcpuHandle::restore_state`]) on its own
+//! thread, answering through a channel.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
+use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
+use super::cpu_state::{self, CpuState, CpuStateCaps, CpuStateError};
 use super::exit::{ExitAction, IoBus, StopReason, handle_exit};
 
 /// The life cycle of a vCPU.
@@ -78,17 +88,42 @@ pub trait VcpuStopSink: Send + Sync {
     fn vcpu_stopped(&self, stop: VcpuStop);
 }
 
+/// A request for the vCPU's state, served by its thread while parked.
+enum StateRequest {
+    Save(Sender<Result<CpuState, CpuStateError>>),
+    Restore(Box<CpuState>, Sender<Result<(), CpuStateError>>),
+}
+
+/// Why a state request was not answered.
+#[derive(Debug, thiserror::Error)]
+pub enum StateRequestError {
+    /// The vCPU is running or gone: pause it first.
+    #[error("vCPU {0} is {1:?}; its state can be saved or restored only while paused")]
+    NotParked(u8, VcpuState),
+    /// The thread did not answer in time.
+    #[error("vCPU {0} did not answer within {1:?}")]
+    Timeout(u8, Duration),
+    /// KVM refused.
+    #[error("vCPU {0}")]
+    Kvm(u8, #[source] CpuStateError),
+}
+
+struct Inner {
+    state: VcpuState,
+    requests: VecDeque<StateRequest>,
+}
+
 struct Shared {
-    state: Mutex<VcpuState>,
+    inner: Mutex<Inner>,
     changed: Condvar,
     /// The thread is waiting outside KVM_RUN (created or paused), guest state at rest.
     parked: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, VcpuState> {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
         // A poisoned lock only means another thread panicked; the state is still valid.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -103,7 +138,7 @@ impl std::fmt::Debug for VcpuHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VcpuHandle")
             .field("id", &self.id)
-            .field("state", &*self.shared.lock())
+            .field("state", &self.shared.lock().state)
             .finish()
     }
 }
@@ -142,13 +177,22 @@ pub struct VcpuContext {
     pub mem: GuestMemoryMmap,
     /// Where an unrequested stop is reported.
     pub stop_sink: Arc<dyn VcpuStopSink>,
+    /// What KVM can save of a vCPU here.
+    pub state_caps: CpuStateCaps,
+    /// The MSRs a saved state carries.
+    pub saved_msrs: Arc<Vec<u32>>,
+    /// Written each time the thread parks (so a deferred pause can be answered).
+    pub parked_notify: Option<Arc<vmm_sys_util::eventfd::EventFd>>,
 }
 
 impl VcpuHandle {
     /// Spawns the thread of `ctx`; it waits in [`VcpuState::Created`] for [`VcpuEvent::Start`].
     pub fn spawn(ctx: VcpuContext) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
-            state: Mutex::new(VcpuState::Created),
+            inner: Mutex::new(Inner {
+                state: VcpuState::Created,
+                requests: VecDeque::new(),
+            }),
             changed: Condvar::new(),
             parked: std::sync::atomic::AtomicBool::new(false),
         });
@@ -171,15 +215,15 @@ impl VcpuHandle {
 
     /// The current state.
     pub fn state(&self) -> VcpuState {
-        *self.shared.lock()
+        self.shared.lock().state
     }
 
     /// Applies `event` and kicks the thread out of KVM_RUN so it sees it.
     pub fn request(&self, event: VcpuEvent) -> Result<(), InvalidTransition> {
-        let mut state = self.shared.lock();
-        *state = transition(*state, event)?;
+        let mut inner = self.shared.lock();
+        inner.state = transition(inner.state, event)?;
         self.shared.changed.notify_all();
-        drop(state);
+        drop(inner);
         if matches!(event, VcpuEvent::Pause | VcpuEvent::Exit) {
             self.kick();
         }
@@ -195,14 +239,20 @@ impl VcpuHandle {
         }
     }
 
+    /// Whether the thread is parked outside KVM_RUN (or has ended).
+    pub fn is_parked(&self) -> bool {
+        self.shared.parked.load(std::sync::atomic::Ordering::SeqCst)
+            || self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
     /// Waits until the thread has left KVM_RUN after a pause (or ended); false on timeout.
     pub fn wait_parked(&self, timeout: std::time::Duration) -> bool {
         use std::sync::atomic::Ordering;
         let deadline = std::time::Instant::now() + timeout;
-        let mut state = self.shared.lock();
+        let mut inner = self.shared.lock();
         loop {
             let done = self.shared.parked.load(Ordering::SeqCst)
-                || *state == VcpuState::Exited
+                || inner.state == VcpuState::Exited
                 || self.thread.as_ref().is_none_or(|t| t.is_finished());
             if done {
                 return true;
@@ -211,13 +261,47 @@ impl VcpuHandle {
             if left.is_zero() {
                 return false;
             }
-            state = self
+            inner = self
                 .shared
                 .changed
-                .wait_timeout(state, left)
+                .wait_timeout(inner, left)
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0);
         }
+    }
+
+    /// Queues a state request for the parked thread.
+    fn submit(&self, request: StateRequest) -> Result<(), StateRequestError> {
+        let mut inner = self.shared.lock();
+        if !matches!(inner.state, VcpuState::Paused | VcpuState::Created) {
+            return Err(StateRequestError::NotParked(self.id, inner.state));
+        }
+        inner.requests.push_back(request);
+        self.shared.changed.notify_all();
+        Ok(())
+    }
+
+    /// The vCPU's state, saved by its own thread while paused (or not yet started).
+    pub fn save_state(&self, timeout: Duration) -> Result<CpuState, StateRequestError> {
+        let (tx, rx) = channel();
+        self.submit(StateRequest::Save(tx))?;
+        rx.recv_timeout(timeout)
+            .map_err(|_| StateRequestError::Timeout(self.id, timeout))?
+            .map_err(|e| StateRequestError::Kvm(self.id, e))
+    }
+
+    /// Loads `state` into the vCPU, by its own thread, before it first runs (restore) or
+    /// while paused.
+    pub fn restore_state(
+        &self,
+        state: CpuState,
+        timeout: Duration,
+    ) -> Result<(), StateRequestError> {
+        let (tx, rx) = channel();
+        self.submit(StateRequest::Restore(Box::new(state), tx))?;
+        rx.recv_timeout(timeout)
+            .map_err(|_| StateRequestError::Timeout(self.id, timeout))?
+            .map_err(|e| StateRequestError::Kvm(self.id, e))
     }
 
     /// Asks the thread to exit and waits for it.
@@ -236,25 +320,63 @@ impl Drop for VcpuHandle {
     }
 }
 
-/// Waits while created or paused (marked parked meanwhile); returns false once the vCPU
-/// must exit.
-fn wait_runnable(shared: &Shared) -> bool {
+/// Completes a port or MMIO access the last exit left pending (KVM finishes it at the next
+/// KVM_RUN, which returns at once with `immediate_exit` set) and tells the guest's kvmclock
+/// it was stopped. EINVAL from KVM_KVMCLOCK_CTRL only means the guest has no kvmclock.
+fn settle(ctx: &mut VcpuContext) {
+    ctx.fd.set_kvm_immediate_exit(1);
+    let _ = ctx.fd.run();
+    ctx.fd.set_kvm_immediate_exit(0);
+    let _ = ctx.fd.kvmclock_ctrl();
+}
+
+fn serve(ctx: &VcpuContext, request: StateRequest) {
+    // A requester that gave up has dropped its receiver; nothing to tell it.
+    match request {
+        StateRequest::Save(reply) => {
+            let _ = reply.send(cpu_state::save(&ctx.fd, ctx.state_caps, &ctx.saved_msrs));
+        }
+        StateRequest::Restore(state, reply) => {
+            let _ = reply.send(cpu_state::restore(&ctx.fd, &state));
+        }
+    }
+}
+
+/// Waits while created or paused (marked parked meanwhile), settling the vCPU first if it
+/// ran and serving state requests; returns false once the vCPU must exit.
+fn park(shared: &Shared, ctx: &mut VcpuContext, ran: &mut bool) -> bool {
     use std::sync::atomic::Ordering;
-    let mut state = shared.lock();
+    let mut inner = shared.lock();
     loop {
-        match *state {
+        match inner.state {
             VcpuState::Running => {
                 shared.parked.store(false, Ordering::SeqCst);
                 return true;
             }
             VcpuState::Exited => return false,
             VcpuState::Created | VcpuState::Paused => {
+                if std::mem::take(ran) {
+                    drop(inner);
+                    settle(ctx);
+                    inner = shared.lock();
+                    continue;
+                }
+                if let Some(request) = inner.requests.pop_front() {
+                    drop(inner);
+                    serve(ctx, request);
+                    inner = shared.lock();
+                    continue;
+                }
                 if !shared.parked.swap(true, Ordering::SeqCst) {
                     shared.changed.notify_all();
+                    if let Some(evt) = &ctx.parked_notify {
+                        // The event loop reads it; a failure means it is gone already.
+                        let _ = evt.write(1);
+                    }
                 }
-                state = shared
+                inner = shared
                     .changed
-                    .wait(state)
+                    .wait(inner)
                     .unwrap_or_else(|e| e.into_inner());
             }
         }
@@ -265,10 +387,12 @@ fn run_loop(mut ctx: VcpuContext, shared: &Shared) {
     let run = ctx.fd.get_kvm_run();
     let immediate_exit: *mut u8 = std::ptr::addr_of_mut!(run.immediate_exit);
     IMMEDIATE_EXIT.with(|c| c.set(immediate_exit));
+    let mut ran = false;
     let stop = loop {
-        if !wait_runnable(shared) {
+        if !park(shared, &mut ctx, &mut ran) {
             break None;
         }
+        ran = true;
         let action = match ctx.fd.run() {
             Ok(exit) => handle_exit(exit, &*ctx.bus),
             Err(e) if e.errno() == libc::EINTR => ExitAction::Interrupted,
@@ -284,7 +408,7 @@ fn run_loop(mut ctx: VcpuContext, shared: &Shared) {
     IMMEDIATE_EXIT.with(|c| c.set(std::ptr::null_mut()));
     let Some(reason) = stop else { return };
     let detail = diagnose(&mut ctx, &reason);
-    *shared.lock() = VcpuState::Exited;
+    shared.lock().state = VcpuState::Exited;
     ctx.stop_sink.vcpu_stopped(VcpuStop {
         vcpu: ctx.id,
         reason,

@@ -15,6 +15,7 @@ use devices::interrupt::{DoorbellRegistry, MsiSink};
 use kvm_bindings::kvm_msi;
 use kvm_ioctls::{IoEventAddress, NoDatamatch};
 
+use super::cpu_state::CpuStateCaps;
 use crate::boot::cpuid::{CpuTemplate, vcpu_cpuid};
 use crate::boot::regs;
 use crate::memory::layout;
@@ -38,6 +39,9 @@ pub enum KvmError {
     /// An ioctl failed.
     #[error("KVM {0} failed")]
     Ioctl(&'static str, #[source] kvm_ioctls::Error),
+    /// Reading what a vCPU state carries failed.
+    #[error("cannot list the vCPU state")]
+    CpuState(#[source] Box<super::cpu_state::CpuStateError>),
 }
 
 fn ioctl<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, KvmError> {
@@ -53,6 +57,8 @@ pub struct Vm {
     tsc_deadline: bool,
     /// KVM_GET_SUPPORTED_CPUID, asked once per VM rather than once per vCPU.
     supported_cpuid: std::sync::OnceLock<Vec<kvm_bindings::kvm_cpuid_entry2>>,
+    /// The MSRs a saved vCPU carries, asked for the first time a state is saved.
+    saved_msrs: std::sync::OnceLock<Arc<Vec<u32>>>,
 }
 
 /// CPUID.1:ECX bit 24, the LAPIC timer's TSC-deadline mode. KVM emulates it without listing
@@ -111,6 +117,7 @@ impl Vm {
             fd: Arc::new(fd),
             tsc_deadline,
             supported_cpuid: std::sync::OnceLock::new(),
+            saved_msrs: std::sync::OnceLock::new(),
         })
     }
 
@@ -160,39 +167,24 @@ impl Vm {
         Ok(())
     }
 
-    /// Creates vCPU `id` of `num_vcpus`, configured with CPUID, MSRs, FPU and LAPIC. The
-    /// boot vCPU (id 0) also gets its 64-bit entry registers; the others stay in KVM's
-    /// wait-for-SIPI state, as application processors do on hardware.
-    pub fn create_vcpu(
+    /// Creates vCPU `id` with nothing set: what a restore loads a saved state into.
+    pub fn create_plain_vcpu(&self, id: u8) -> Result<VcpuFd, KvmError> {
+        ioctl("KVM_CREATE_VCPU", self.fd.create_vcpu(u64::from(id)))
+    }
+
+    /// Creates vCPU `id` of `num_vcpus` for a fresh boot: CPUID from `template`, MSRs, FPU
+    /// and LAPIC at their boot values. The boot vCPU (id 0) also gets its 64-bit entry
+    /// registers; the others stay in KVM's wait-for-SIPI state, as application processors
+    /// do on hardware.
+    pub fn create_boot_vcpu(
         &self,
         id: u8,
         num_vcpus: u8,
         template: CpuTemplate,
         entry: GuestAddress,
     ) -> Result<VcpuFd, KvmError> {
-        let vcpu = ioctl("KVM_CREATE_VCPU", self.fd.create_vcpu(u64::from(id)))?;
-        let supported = match self.supported_cpuid.get() {
-            Some(s) => s,
-            None => {
-                let s = ioctl(
-                    "KVM_GET_SUPPORTED_CPUID",
-                    self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
-                )?;
-                self.supported_cpuid.get_or_init(|| s.as_slice().to_vec())
-            }
-        };
-        let mut entries = vcpu_cpuid(supported, template, id, num_vcpus);
-        if self.tsc_deadline {
-            for e in entries.iter_mut().filter(|e| e.function == 1) {
-                e.ecx |= 1 << CPUID_1_ECX_TSC_DEADLINE;
-            }
-        }
-        let cpuid = ioctl(
-            "building the CPUID table",
-            kvm_bindings::CpuId::from_entries(&entries)
-                .map_err(|_| kvm_ioctls::Error::new(libc::E2BIG)),
-        )?;
-        ioctl("KVM_SET_CPUID2", vcpu.set_cpuid2(&cpuid))?;
+        let vcpu = self.create_plain_vcpu(id)?;
+        self.set_cpuid(&vcpu, id, num_vcpus, template)?;
         let msrs = ioctl(
             "building the MSR list",
             Msrs::from_entries(&regs::boot_msrs()).map_err(|_| kvm_ioctls::Error::new(libc::E2BIG)),
@@ -214,6 +206,55 @@ impl Vm {
             ioctl("KVM_SET_REGS", vcpu.set_regs(&regs::boot_regs(entry)))?;
         }
         Ok(vcpu)
+    }
+
+    /// Gives `vcpu` the CPUID of vCPU `id` of `num_vcpus` under `template`.
+    fn set_cpuid(
+        &self,
+        vcpu: &VcpuFd,
+        id: u8,
+        num_vcpus: u8,
+        template: CpuTemplate,
+    ) -> Result<(), KvmError> {
+        let supported = match self.supported_cpuid.get() {
+            Some(s) => s,
+            None => {
+                let s = ioctl(
+                    "KVM_GET_SUPPORTED_CPUID",
+                    self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
+                )?;
+                self.supported_cpuid.get_or_init(|| s.as_slice().to_vec())
+            }
+        };
+        let mut entries = vcpu_cpuid(supported, template, id, num_vcpus);
+        if self.tsc_deadline {
+            for e in entries.iter_mut().filter(|e| e.function == 1) {
+                e.ecx |= 1 << CPUID_1_ECX_TSC_DEADLINE;
+            }
+        }
+        let cpuid = ioctl(
+            "building the CPUID table",
+            kvm_bindings::CpuId::from_entries(&entries)
+                .map_err(|_| kvm_ioctls::Error::new(libc::E2BIG)),
+        )?;
+        ioctl("KVM_SET_CPUID2", vcpu.set_cpuid2(&cpuid))
+    }
+
+    /// What KVM can save of a vCPU on this host.
+    pub fn cpu_state_caps(&self) -> CpuStateCaps {
+        CpuStateCaps::of(&self.kvm)
+    }
+
+    /// The MSRs a saved vCPU state carries on this host (asked once).
+    pub fn saved_msrs(&self) -> Result<Arc<Vec<u32>>, KvmError> {
+        if let Some(list) = self.saved_msrs.get() {
+            return Ok(list.clone());
+        }
+        let list = Arc::new(
+            super::cpu_state::saved_msr_indices(&self.kvm)
+                .map_err(|e| KvmError::CpuState(Box::new(e)))?,
+        );
+        Ok(self.saved_msrs.get_or_init(|| list).clone())
     }
 }
 

@@ -1,0 +1,241 @@
+//! The devices of a microVM and the bus that dispatches vCPU exits to them. A thin facade
+//! over its parts: `legacy` (IOAPIC, console, i8042, ACPI PM, debug exit), `pci` (the root
+//! complex's slots: what card is where, hot-add and removal) and `virtio` (factories for
+//! the virtio devices). Device models live in the `devices` crate; this module wires them
+//! to KVM (irqfds, ioeventfds) and to the I/O address space.
+
+pub mod legacy;
+pub mod pci;
+pub mod virtio;
+
+use std::sync::{Arc, Mutex};
+
+use devices::legacy::{Ioapic, SerialDevice};
+use devices::pci::io::{ConfigPorts, EcamWindow, MemoryWindow};
+use devices::pci::root_complex::CONFIG_ADDRESS_PORT;
+use devices::pci::{EcamLayout, PciRoot, RootComplex, RootPort};
+use devices::power::PowerEventSink;
+use iommu::RequesterId;
+use vm_device::bus::{MmioAddress, MmioRange, PioAddress};
+use vm_device::device_manager::{IoManager, MmioManager, PioManager};
+use vm_memory::GuestMemoryMmap;
+
+use crate::config::NetConfig;
+use crate::kvm::irq_routing::{GsiRouter, KvmIoapicPins, KvmRouteFactory};
+use crate::kvm::{IoBus, Vm};
+use crate::memory::layout;
+use crate::pci_resources::PciPlan;
+use legacy::{Legacy, pio_range};
+use pci::{PciSlots, SharedSlots, SlotDevice, SlotError, lock_slots};
+use virtio::{VirtioError, VirtioFactory};
+
+/// Errors wiring devices.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// KVM's interrupt routing could not be set up.
+    #[error("cannot set up interrupt routing")]
+    Routing(#[source] std::io::Error),
+    /// Two devices claim the same addresses.
+    #[error("cannot register a device on the I/O bus")]
+    Bus(#[source] vm_device::bus::Error),
+    /// A virtio device cannot be built.
+    #[error(transparent)]
+    Virtio(#[from] VirtioError),
+    /// A card cannot go where it was asked to.
+    #[error(transparent)]
+    Slot(#[from] SlotError),
+    /// The virtio-iommu cannot sit on bus 0.
+    #[error("cannot put the virtio-iommu on bus 0")]
+    Iommu(#[source] devices::pci::PlugError),
+}
+
+impl DeviceError {
+    /// Whether the user's request or configuration is at fault (a backend that cannot be
+    /// opened, a slot that does not exist or is taken) rather than the host or a bug.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            DeviceError::Virtio(VirtioError::Backend(..)) => true,
+            DeviceError::Slot(e) => !matches!(e, SlotError::Setup(_)),
+            _ => false,
+        }
+    }
+}
+
+/// The I/O address space as vCPUs see it, and the IOAPIC that takes their EOIs.
+pub struct Bus {
+    io: IoManager,
+    ioapic: Arc<Mutex<Ioapic>>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bus")
+    }
+}
+
+impl IoBus for Bus {
+    fn pio_read(&self, port: u16, data: &mut [u8]) -> bool {
+        self.io.pio_read(PioAddress(port), data).is_ok()
+    }
+    fn pio_write(&self, port: u16, data: &[u8]) -> bool {
+        self.io.pio_write(PioAddress(port), data).is_ok()
+    }
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
+        self.io.mmio_read(MmioAddress(addr), data).is_ok()
+    }
+    fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
+        self.io.mmio_write(MmioAddress(addr), data).is_ok()
+    }
+    fn ioapic_eoi(&self, vector: u8) {
+        self.ioapic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .end_of_interrupt(vector);
+    }
+}
+
+/// The virtio-iommu's device number on bus 0.
+pub const IOMMU_DEVICE: u8 = 31;
+
+/// The devices of a VM.
+#[derive(Debug)]
+pub struct DeviceManager {
+    /// The bus the vCPUs dispatch to.
+    pub bus: Arc<Bus>,
+    /// The console, which the VMM feeds with host input.
+    pub serial: Arc<Mutex<SerialDevice>>,
+    /// The PCIe root complex.
+    pub pci: PciRoot,
+    /// The cards in root-port slots.
+    pub slots: SharedSlots,
+    /// Builds virtio devices.
+    virtio: VirtioFactory,
+    /// The VM's GSI routes.
+    router: Arc<GsiRouter>,
+    /// Default MACs are numbered by this.
+    next_net: usize,
+}
+
+/// A virtio-net device as the VMM names it: `net0`, `net1`, ...
+fn net_id(n: usize) -> String {
+    format!("net{n}")
+}
+
+impl DeviceManager {
+    /// Creates the devices: the PCIe root complex with its root ports, the virtio-iommu when
+    /// asked for, the virtio-net devices of `net` cold-plugged into the first free slots,
+    /// and the legacy devices. Power events go to `power`, console output to `console`.
+    pub fn new(
+        vm: &Vm,
+        power: Arc<dyn PowerEventSink>,
+        console: devices::legacy::serial::SerialOut,
+        plan: &PciPlan,
+        mem: &GuestMemoryMmap,
+        net: &[NetConfig],
+        iommu: bool,
+    ) -> Result<Self, DeviceError> {
+        let mut io = IoManager::new();
+        let router = vm.gsi_router().map_err(DeviceError::Routing)?;
+        let msi = vm.msi_sink();
+        let ports = plan
+            .ports
+            .iter()
+            .map(|cfg| RootPort::new(*cfg, msi.clone()))
+            .collect();
+        let ecam = EcamLayout {
+            base: layout::ECAM_START,
+            last_bus: layout::ECAM_LAST_BUS,
+        };
+        let pci = PciRoot::new(RootComplex::new(ecam, ports, plan.root_devices_window));
+        io.register_mmio(
+            MmioRange::new(MmioAddress(ecam.base), ecam.size()).map_err(DeviceError::Bus)?,
+            Arc::new(EcamWindow(pci.clone())),
+        )
+        .map_err(DeviceError::Bus)?;
+        io.register_pio(
+            pio_range(CONFIG_ADDRESS_PORT, 8)?,
+            Arc::new(ConfigPorts(pci.clone())),
+        )
+        .map_err(DeviceError::Bus)?;
+        for (start, end) in [
+            (layout::PCI_MMIO32_START, layout::PCI_MMIO32_END),
+            (layout::PCI_MMIO64_START, layout::PCI_MMIO64_END),
+        ] {
+            io.register_mmio(
+                MmioRange::new(MmioAddress(start), end - start).map_err(DeviceError::Bus)?,
+                Arc::new(MemoryWindow(pci.clone())),
+            )
+            .map_err(DeviceError::Bus)?;
+        }
+        let mut virtio = VirtioFactory::new(
+            mem.clone(),
+            Arc::new(KvmRouteFactory(router.clone())),
+            Some(vm.doorbells()),
+        );
+        if iommu {
+            let card = virtio.iommu(plan.iommu_covered_rids())?;
+            pci.add_root_device(IOMMU_DEVICE, card.card)
+                .map_err(DeviceError::Iommu)?;
+        }
+        let slots = Arc::new(Mutex::new(PciSlots::new(pci.clone())?));
+        let legacy = Legacy::new(
+            &mut io,
+            Arc::new(KvmIoapicPins::new(router.clone())),
+            console,
+            power,
+        )?;
+        let mut dm = Self {
+            bus: Arc::new(Bus {
+                io,
+                ioapic: legacy.ioapic,
+            }),
+            serial: legacy.serial,
+            pci,
+            slots,
+            virtio,
+            router,
+            next_net: 0,
+        };
+        for n in net {
+            dm.add_net(n, None, true)?;
+        }
+        Ok(dm)
+    }
+
+    /// The default MAC of the next virtio-net device.
+    pub fn next_net_index(&self) -> usize {
+        self.next_net
+    }
+
+    /// Creates a virtio-net device and puts it into a slot (`port`, or the first free one):
+    /// `cold` at boot (as firmware finds it), else hot-added.
+    pub fn add_net(
+        &mut self,
+        net: &NetConfig,
+        port: Option<u8>,
+        cold: bool,
+    ) -> Result<SlotDevice, DeviceError> {
+        let mut slots = lock_slots(&self.slots);
+        let (index, port, bus) = slots.choose_port(port)?;
+        // Function 0 of the slot's bus.
+        let rid = RequesterId::from_routing_id(0, u16::from(bus) << 8);
+        let made = self.virtio.net(net, rid)?;
+        let device = SlotDevice {
+            id: net_id(self.next_net),
+            kind: "virtio-net".into(),
+            port,
+            bus,
+            mac: Some(net.mac),
+            backend: Some(made.backend),
+        };
+        let device = slots.plug(index, made.card, device, cold)?;
+        self.next_net += 1;
+        Ok(device)
+    }
+
+    /// The VM is ending: the devices go with it, without undoing their KVM registrations
+    /// one by one (the VM's fd releases them all).
+    pub fn release_with_vm(self) {
+        self.router.close();
+    }
+}

@@ -1,0 +1,352 @@
+//! The PCIe slots at run time: which card is in which root port, hot-add, and removal
+//! (orderly through the attention button and the guest's power-off, or by surprise).
+//!
+//! The registry knows cards, not what is on them (virtio.rs makes those), and no KVM: it
+//! has unit tests of its own. It is an event-loop subscriber of its own, so slot events
+//! (a guest that powers a slot off by itself, an eject that times out) are handled whether
+//! or not anyone serves the API; long operations finish under a [`Ticket`] that the API
+//! collects with [`PciSlots::take_finished`] when the wakeup eventfd fires.
+
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use devices::pci::root_port::HotplugEvent;
+use devices::pci::{PciRoot, PlugError, SharedCard};
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmm_sys_util::timerfd::TimerFd;
+
+/// How long the guest has to power a slot off after the attention button (Linux waits 5 s
+/// for a second press, then removes the driver).
+pub const EJECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Identifies a long operation until it finishes.
+pub type Ticket = u64;
+
+/// Errors of slot operations.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    /// No root port with this number.
+    #[error("no root port {0}")]
+    NoSuchPort(u8),
+    /// The root port asked for holds a card or is being emptied.
+    #[error("root port {0} is occupied")]
+    Occupied(u8),
+    /// Every slot is taken.
+    #[error("no free root port")]
+    NoFreePort,
+    /// The card does not fit.
+    #[error("cannot plug the card into root port {0}")]
+    Plug(u8, #[source] PlugError),
+    /// Unknown device.
+    #[error("no device `{0}`")]
+    NoDevice(String),
+    /// A removal is already under way.
+    #[error("device `{0}` is already being removed")]
+    Busy(String),
+    /// The guest did not power the slot off in time.
+    #[error(
+        "the guest did not power off slot {0} within {1:?} (is pciehp bound?); the device stays"
+    )]
+    EjectTimeout(u8, Duration),
+    /// An eventfd or timer could not be created.
+    #[error("cannot create the slot event descriptors")]
+    Setup(#[source] std::io::Error),
+}
+
+/// What a slot holds, as the registry describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotDevice {
+    /// Its ID, unique for the VM's lifetime.
+    pub id: String,
+    /// What it is, e.g. "virtio-net".
+    pub kind: String,
+    /// Root port number (= physical slot number).
+    pub port: u8,
+    /// The bus behind the port.
+    pub bus: u8,
+    /// Its MAC address, for network devices.
+    pub mac: Option<[u8; 6]>,
+    /// Where its frames go, for network devices.
+    pub backend: Option<String>,
+}
+
+/// A root port and its device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// Port number.
+    pub port: u8,
+    /// The device in it (also while it is being removed).
+    pub device: Option<SlotDevice>,
+}
+
+struct Pending {
+    ticket: Ticket,
+    device: SlotDevice,
+    index: usize,
+    deadline: Instant,
+}
+
+/// The devices in slots.
+pub struct PciSlots {
+    pci: PciRoot,
+    devices: Vec<(usize, SlotDevice)>,
+    pending: Vec<Pending>,
+    finished: Vec<(Ticket, Result<SlotDevice, SlotError>)>,
+    /// Slot events from the root ports.
+    events: Arc<EventFd>,
+    /// Fires at the next eject deadline.
+    timer: TimerFd,
+    /// Written when `finished` has something.
+    wakeup: Option<Arc<EventFd>>,
+    eject_timeout: Duration,
+}
+
+impl std::fmt::Debug for PciSlots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PciSlots")
+            .field("devices", &self.devices.len())
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PciSlots {
+    /// A registry over the root ports of `pci`.
+    pub fn new(pci: PciRoot) -> Result<Self, SlotError> {
+        let events = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(SlotError::Setup)?);
+        pci.with(|rc| {
+            for port in rc.ports_mut() {
+                port.set_notifier(events.clone());
+            }
+        });
+        Ok(Self {
+            pci,
+            devices: Vec::new(),
+            pending: Vec::new(),
+            finished: Vec::new(),
+            events,
+            timer: TimerFd::new()
+                .map_err(|e| SlotError::Setup(std::io::Error::from_raw_os_error(e.errno())))?,
+            wakeup: None,
+            eject_timeout: EJECT_TIMEOUT,
+        })
+    }
+
+    /// Written whenever operations finish, so the API server collects them.
+    pub fn set_wakeup(&mut self, evt: Arc<EventFd>) {
+        self.wakeup = Some(evt);
+    }
+
+    /// Changes how long the guest has to power a slot off (tests).
+    pub fn set_eject_timeout(&mut self, timeout: Duration) {
+        self.eject_timeout = timeout;
+    }
+
+    /// Every root port and its device.
+    pub fn list(&self) -> Vec<Slot> {
+        let ports: Vec<u8> = self.pci.with(|rc| {
+            rc.ports()
+                .iter()
+                .map(|p| p.port_config().port_number)
+                .collect()
+        });
+        ports
+            .into_iter()
+            .enumerate()
+            .map(|(i, port)| Slot {
+                port,
+                device: self
+                    .devices
+                    .iter()
+                    .map(|(idx, d)| (*idx, d))
+                    .chain(self.pending.iter().map(|p| (p.index, &p.device)))
+                    .find(|(idx, _)| *idx == i)
+                    .map(|(_, d)| d.clone()),
+            })
+            .collect()
+    }
+
+    /// The port index for a card: the one asked for (1-based port number) if free, else the
+    /// first free one. Returns the index and the port's bus.
+    pub fn choose_port(&self, port: Option<u8>) -> Result<(usize, u8, u8), SlotError> {
+        let pending = |i: usize| self.pending.iter().any(|p| p.index == i);
+        self.pci.with(|rc| {
+            let index = match port {
+                Some(n) => {
+                    let i = usize::from(n)
+                        .checked_sub(1)
+                        .filter(|&i| i < rc.ports().len())
+                        .ok_or(SlotError::NoSuchPort(n))?;
+                    if rc.ports()[i].occupied() || pending(i) {
+                        return Err(SlotError::Occupied(n));
+                    }
+                    i
+                }
+                None => (0..rc.ports().len())
+                    .find(|&i| !rc.ports()[i].occupied() && !pending(i))
+                    .ok_or(SlotError::NoFreePort)?,
+            };
+            let cfg = rc.ports()[index].port_config();
+            Ok((index, cfg.port_number, cfg.bus))
+        })
+    }
+
+    /// Puts `card` into the slot of port index `index` (from [`PciSlots::choose_port`]):
+    /// `cold` at boot (as firmware finds it: BARs assigned), else hot-added (the guest is
+    /// told through the slot's events). `device` describes it; its ID must be new.
+    pub fn plug(
+        &mut self,
+        index: usize,
+        card: SharedCard,
+        device: SlotDevice,
+        cold: bool,
+    ) -> Result<SlotDevice, SlotError> {
+        let port = device.port;
+        if cold {
+            self.pci
+                .plug_cold(index, card)
+                .map_err(|e| SlotError::Plug(port, e))?;
+        } else {
+            self.pci
+                .with(|rc| rc.ports_mut()[index].plug(card))
+                .map_err(|_| SlotError::Occupied(port))?;
+        }
+        self.devices.push((index, device.clone()));
+        Ok(device)
+    }
+
+    /// Starts removing `id`. A surprise removal completes at once (`Some`); an orderly one
+    /// finishes under `ticket` when the guest powers the slot off, or fails when it does not
+    /// in time ([`PciSlots::take_finished`]).
+    pub fn remove(
+        &mut self,
+        id: &str,
+        surprise: bool,
+        ticket: Ticket,
+    ) -> Result<Option<SlotDevice>, SlotError> {
+        if self.pending.iter().any(|p| p.device.id == id) {
+            return Err(SlotError::Busy(id.to_string()));
+        }
+        let pos = self
+            .devices
+            .iter()
+            .position(|(_, d)| d.id == id)
+            .ok_or_else(|| SlotError::NoDevice(id.to_string()))?;
+        let (index, device) = self.devices.remove(pos);
+        if surprise {
+            // The card is dropped once the root complex's lock is released: its worker
+            // stops and its backend closes.
+            self.pci.with(|rc| rc.ports_mut()[index].surprise_remove());
+            return Ok(Some(device));
+        }
+        self.pci.with(|rc| rc.ports_mut()[index].request_eject());
+        self.pending.push(Pending {
+            ticket,
+            device,
+            index,
+            deadline: Instant::now() + self.eject_timeout,
+        });
+        self.arm_timer();
+        Ok(None)
+    }
+
+    /// Handles slot events and deadlines: slots the guest powered off lose their devices,
+    /// pending removals finish or time out.
+    pub fn poll(&mut self) {
+        let _ = self.events.read();
+        let now = Instant::now();
+        let ejected: Vec<usize> = self.pci.with(|rc| {
+            rc.ports_mut()
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, port)| {
+                    port.take_events()
+                        .contains(&HotplugEvent::Ejected)
+                        .then_some(i)
+                })
+                .collect()
+        });
+        // A slot the guest powered off on its own (sysfs `power`): its device is gone.
+        self.devices.retain(|(i, _)| !ejected.contains(i));
+        let before = self.finished.len();
+        let mut still = Vec::new();
+        for p in self.pending.drain(..) {
+            if ejected.contains(&p.index) {
+                self.finished.push((p.ticket, Ok(p.device)));
+            } else if now >= p.deadline {
+                self.finished.push((
+                    p.ticket,
+                    Err(SlotError::EjectTimeout(p.device.port, self.eject_timeout)),
+                ));
+                self.devices.push((p.index, p.device));
+            } else {
+                still.push(p);
+            }
+        }
+        self.pending = still;
+        self.arm_timer();
+        if self.finished.len() > before
+            && let Some(w) = &self.wakeup
+        {
+            let _ = w.write(1);
+        }
+    }
+
+    /// Operations that finished since the last call.
+    pub fn take_finished(&mut self) -> Vec<(Ticket, Result<SlotDevice, SlotError>)> {
+        std::mem::take(&mut self.finished)
+    }
+
+    fn arm_timer(&mut self) {
+        let next = self.pending.iter().map(|p| p.deadline).min();
+        let r = match next {
+            // A zero duration would disarm the timer: fire in a millisecond instead.
+            Some(d) => self.timer.reset(
+                d.saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1)),
+                None,
+            ),
+            None => self.timer.clear(),
+        };
+        if let Err(e) = r {
+            devices::warn_ratelimited!("pci slots: eject timer: {e}");
+        }
+    }
+}
+
+/// The registry, shared between its event-loop subscriber, the device manager and the API.
+pub type SharedSlots = Arc<Mutex<PciSlots>>;
+
+/// Locks the registry.
+pub fn lock_slots(slots: &SharedSlots) -> MutexGuard<'_, PciSlots> {
+    slots.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The registry's event-loop subscriber: slot events and eject deadlines.
+#[derive(Debug)]
+pub struct SlotEvents(pub SharedSlots);
+
+impl MutEventSubscriber for SlotEvents {
+    fn init(&mut self, ops: &mut EventOps) {
+        let slots = lock_slots(&self.0);
+        for fd in [slots.events.as_raw_fd(), slots.timer.as_raw_fd()] {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                devices::warn_ratelimited!("pci slots: cannot watch slot events: {e:?}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let mut slots = lock_slots(&self.0);
+        if events.fd() == slots.timer.as_raw_fd() {
+            let _ = slots.timer.wait();
+        }
+        slots.poll();
+    }
+}
+
+#[cfg(test)]
+mod tests;

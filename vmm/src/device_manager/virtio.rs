@@ -1,0 +1,153 @@
+//! Factories for the virtio devices: each builds a card ready for a slot (or for bus 0),
+//! with its MSI-X routes, its doorbells and, behind the virtual IOMMU, its requester ID.
+//! They take the interrupt and doorbell plumbing as traits, so they need no KVM.
+
+use std::sync::{Arc, Mutex};
+
+use devices::interrupt::{DoorbellRegistry, MsiRouteFactory, MsixDelivery};
+use devices::pci::{FunctionCard, SharedCard};
+use devices::virtio::dma::IommuContext;
+use devices::virtio::iommu::VirtioIommu;
+use devices::virtio::net::{NetBackend, SeqpacketBackend, TapBackend, VirtioNet};
+use devices::virtio::transport::VirtioPciDevice;
+use iommu::virtio::Engine;
+use iommu::{IommuTable, RequesterId};
+use vm_memory::GuestMemoryMmap;
+
+use crate::config::{NetBackendConfig, NetConfig};
+
+/// Errors building a virtio device.
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioError {
+    /// The network backend could not be opened.
+    #[error("cannot open the network backend {0}")]
+    Backend(String, #[source] std::io::Error),
+    /// The device could not be set up (its eventfds or worker).
+    #[error("cannot set up the {0} device")]
+    Device(&'static str, #[source] std::io::Error),
+    /// No MSI-X routes for it.
+    #[error("cannot route the {0} device's MSI-X vectors")]
+    Routes(&'static str, #[source] std::io::Error),
+}
+
+/// A virtio-net card and where its frames go.
+#[derive(Debug)]
+pub struct NetCard {
+    /// The card.
+    pub card: SharedCard,
+    /// The backend, as `socket:PATH` or `tap:NAME`.
+    pub backend: String,
+}
+
+/// The virtio-iommu and what devices behind it need.
+#[derive(Debug)]
+pub struct IommuCard {
+    /// The card, for bus 0.
+    pub card: SharedCard,
+    /// The translation context devices behind it use.
+    pub context: IommuContext,
+}
+
+/// Builds virtio devices for one VM.
+pub struct VirtioFactory {
+    mem: GuestMemoryMmap,
+    routes: Arc<dyn MsiRouteFactory>,
+    doorbells: Option<Arc<dyn DoorbellRegistry>>,
+    /// The IOMMU devices sit behind, once there is one.
+    iommu: Option<IommuContext>,
+}
+
+impl std::fmt::Debug for VirtioFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtioFactory")
+            .field("iommu", &self.iommu.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl VirtioFactory {
+    /// A factory for devices on `mem`, with routes from `routes` and doorbells from
+    /// `doorbells` (None: queues are notified by MMIO writes the transport handles).
+    pub fn new(
+        mem: GuestMemoryMmap,
+        routes: Arc<dyn MsiRouteFactory>,
+        doorbells: Option<Arc<dyn DoorbellRegistry>>,
+    ) -> Self {
+        Self {
+            mem,
+            routes,
+            doorbells,
+            iommu: None,
+        }
+    }
+
+    /// The virtio-iommu as a root-complex integrated endpoint, covering `endpoints`; every
+    /// device built afterwards sits behind it.
+    pub fn iommu(
+        &mut self,
+        endpoints: Vec<std::ops::RangeInclusive<u16>>,
+    ) -> Result<IommuCard, VirtioError> {
+        let engine = Arc::new(Mutex::new(Engine::new(
+            IommuTable::default(),
+            endpoints,
+            (0, u64::MAX),
+        )));
+        let device = VirtioIommu::new(engine.clone(), (0, u64::MAX), (0, u32::MAX));
+        let faults = device.fault_sink();
+        let routes = self
+            .routes
+            .routes(VirtioPciDevice::vectors_for(&device))
+            .map_err(|e| VirtioError::Routes("virtio-iommu", e))?;
+        let pci_dev = VirtioPciDevice::new_integrated(
+            Box::new(device),
+            self.mem.clone(),
+            MsixDelivery::Routed(routes),
+            None,
+        );
+        let context = IommuContext {
+            engine,
+            faults: Arc::new(faults),
+        };
+        self.iommu = Some(context.clone());
+        Ok(IommuCard {
+            card: FunctionCard::single(Box::new(pci_dev)).shared(),
+            context,
+        })
+    }
+
+    /// A virtio-net card whose function will be `rid` (its requester ID behind the IOMMU).
+    pub fn net(&self, net: &NetConfig, rid: RequesterId) -> Result<NetCard, VirtioError> {
+        let (backend, name): (Arc<dyn NetBackend>, String) = match &net.backend {
+            NetBackendConfig::Socket(path) => {
+                let name = format!("socket:{}", path.display());
+                let b = SeqpacketBackend::connect(path)
+                    .map_err(|e| VirtioError::Backend(name.clone(), e))?;
+                (Arc::new(b), name)
+            }
+            NetBackendConfig::Tap(tap) => {
+                let name = format!("tap:{tap}");
+                let b = TapBackend::open(tap).map_err(|e| VirtioError::Backend(name.clone(), e))?;
+                (Arc::new(b), name)
+            }
+        };
+        let device =
+            VirtioNet::new(net.mac, backend).map_err(|e| VirtioError::Device("virtio-net", e))?;
+        let routes = self
+            .routes
+            .routes(VirtioPciDevice::vectors_for(&device))
+            .map_err(|e| VirtioError::Routes("virtio-net", e))?;
+        let mut pci_dev = VirtioPciDevice::new(
+            Box::new(device),
+            self.mem.clone(),
+            MsixDelivery::Routed(routes),
+            self.doorbells.clone(),
+        );
+        if let Some(ctx) = &self.iommu {
+            pci_dev = pci_dev.behind_iommu(ctx.clone(), rid);
+        }
+        Ok(NetCard {
+            card: FunctionCard::single(Box::new(pci_dev)).shared(),
+            backend: name,
+        })
+    }
+}

@@ -1,0 +1,200 @@
+//! The VM as the API sees it: requests turned into [`Vmm`] and device-manager calls, and
+//! their typed results into wire responses. Long operations (pause, orderly removal) are
+//! answered later, never by blocking the event loop.
+
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{VmState, Vmm};
+use crate::api::{ApiHandler, DeviceInfo, Reply, Request, Response, SlotInfo, VmStatus};
+use crate::device_manager::pci::{Slot, SlotDevice, lock_slots};
+
+/// How long vCPUs have to leave KVM_RUN after a pause.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A shared VM.
+pub type SharedVmm = Arc<Mutex<Vmm>>;
+
+/// Locks the VM.
+pub fn lock_vmm(vmm: &SharedVmm) -> MutexGuard<'_, Vmm> {
+    vmm.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn mac_string(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn device_info(d: SlotDevice) -> DeviceInfo {
+    DeviceInfo {
+        id: d.id,
+        kind: d.kind,
+        port: d.port,
+        bus: d.bus,
+        mac: d.mac.as_ref().map(mac_string),
+        backend: d.backend,
+    }
+}
+
+fn slot_info(s: Slot) -> SlotInfo {
+    SlotInfo {
+        port: s.port,
+        device: s.device.map(device_info),
+    }
+}
+
+/// The API handler of a VM.
+pub struct VmApi {
+    vmm: SharedVmm,
+    /// Written by vCPUs that park and by the slot registry when removals finish.
+    wakeup: Arc<EventFd>,
+    next_ticket: u64,
+    /// Pauses waiting for every vCPU to park, with their deadlines.
+    pauses: Vec<(u64, Instant)>,
+}
+
+impl std::fmt::Debug for VmApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmApi").finish_non_exhaustive()
+    }
+}
+
+impl VmApi {
+    /// Serves `vmm`; `wakeup` is its parked event, which the slot registry writes too.
+    pub fn new(vmm: SharedVmm) -> Self {
+        let wakeup = {
+            let v = lock_vmm(&vmm);
+            let wakeup = v.parked_event().clone();
+            lock_slots(&v.devices().slots).set_wakeup(wakeup.clone());
+            wakeup
+        };
+        Self {
+            vmm,
+            wakeup,
+            next_ticket: 0,
+            pauses: Vec::new(),
+        }
+    }
+
+    fn ticket(&mut self) -> u64 {
+        self.next_ticket += 1;
+        self.next_ticket
+    }
+
+    fn status_of(vmm: &Vmm) -> VmStatus {
+        VmStatus {
+            state: vmm.state().to_string(),
+            vcpus: vmm.config().vcpus,
+            memory_bytes: vmm.config().memory,
+            cpu_template: vmm.template().to_string(),
+            kernel: vmm.config().kernel.path().display().to_string(),
+            uptime_ms: vmm.uptime().as_millis() as u64,
+        }
+    }
+
+    fn handle_now(&mut self, request: Request) -> Result<Reply, String> {
+        let mut vmm = lock_vmm(&self.vmm);
+        let response = match request {
+            Request::Status => Response::status(Self::status_of(&vmm)),
+            Request::Pause => {
+                vmm.pause().map_err(|e| e.to_string())?;
+                if !vmm.all_parked() {
+                    drop(vmm);
+                    let ticket = self.ticket();
+                    self.pauses.push((ticket, Instant::now() + PAUSE_TIMEOUT));
+                    return Ok(Reply::Later(ticket));
+                }
+                Response::status(Self::status_of(&vmm))
+            }
+            Request::Resume => {
+                vmm.resume().map_err(|e| e.to_string())?;
+                Response::status(Self::status_of(&vmm))
+            }
+            Request::DeviceList => Response::slots(
+                lock_slots(&vmm.devices().slots)
+                    .list()
+                    .into_iter()
+                    .map(slot_info)
+                    .collect(),
+            ),
+            Request::DeviceAdd { net, port } => {
+                let net = net
+                    .check(vmm.devices().next_net_index())
+                    .map_err(|e| e.to_string())?;
+                let device = vmm
+                    .devices_mut()
+                    .add_net(&net, port, false)
+                    .map_err(|e| crate::error_chain(&e))?;
+                Response::device(device_info(device))
+            }
+            Request::DeviceRemove { id, surprise } => {
+                drop(vmm);
+                let ticket = self.ticket();
+                let vmm = lock_vmm(&self.vmm);
+                let removed = lock_slots(&vmm.devices().slots)
+                    .remove(&id, surprise, ticket)
+                    .map_err(|e| e.to_string())?;
+                match removed {
+                    Some(device) => Response::device(device_info(device)),
+                    None => return Ok(Reply::Later(ticket)),
+                }
+            }
+        };
+        Ok(Reply::Now(Box::new(response)))
+    }
+}
+
+impl ApiHandler for VmApi {
+    fn status(&self) -> VmStatus {
+        Self::status_of(&lock_vmm(&self.vmm))
+    }
+
+    fn handle(&mut self, request: Request) -> Reply {
+        self.handle_now(request)
+            .unwrap_or_else(|e| Reply::Now(Box::new(Response::error(e))))
+    }
+
+    fn completion_fd(&self) -> Option<i32> {
+        Some(self.wakeup.as_raw_fd())
+    }
+
+    fn completed(&mut self) -> Vec<(u64, Response)> {
+        let _ = self.wakeup.read();
+        let vmm = lock_vmm(&self.vmm);
+        let mut done: Vec<(u64, Response)> = lock_slots(&vmm.devices().slots)
+            .take_finished()
+            .into_iter()
+            .map(|(ticket, r)| {
+                let response = match r {
+                    Ok(device) => Response::device(device_info(device)),
+                    Err(e) => Response::error(e.to_string()),
+                };
+                (ticket, response)
+            })
+            .collect();
+        let now = Instant::now();
+        let parked = vmm.all_parked();
+        let paused = vmm.state() == VmState::Paused;
+        self.pauses.retain(|&(ticket, deadline)| {
+            // Resumed meanwhile, or every vCPU is out of KVM_RUN: the pause is answered.
+            let response = if !paused || parked {
+                Response::status(Self::status_of(&vmm))
+            } else if now >= deadline {
+                Response::error(format!(
+                    "vCPUs did not stop within {} s",
+                    PAUSE_TIMEOUT.as_secs()
+                ))
+            } else {
+                return true;
+            };
+            done.push((ticket, response));
+            false
+        });
+        done
+    }
+}
