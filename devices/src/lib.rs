@@ -7,3 +7,8 @@ pub mod pci;
 pub mod power;
 pub mod ratelimit;
 pub mod virtio;
+
+/// Guest memory as the VMM and every device model see it: vm-memory's mmap backend with a
+/// dirty bitmap, so that writes made through it (device DMA, the VMM's own boot-time
+/// writes) are tracked for migration alongside KVM's dirty log.
+pub type GuestMemory = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;

@@ -7,6 +7,7 @@
 //! (the VMM's is the virtio-iommu engine's tables; nicd's will be its table of vfio-user
 //! DMA mappings) and a [`FaultSink`].
 
+use crate::GuestMemory;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -14,10 +15,10 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGua
 use iommu::virtio::Engine;
 use iommu::{Fault, FaultReason, Perm, RequesterId, Translate};
 use vm_memory::iommu::{Error as IommuError, Iommu, IotlbIterator, IovaRange};
-use vm_memory::{GuestAddress, GuestMemoryMmap, IommuMemory, Iotlb, Permissions};
+use vm_memory::{GuestAddress, IommuMemory, Iotlb, Permissions};
 
 /// Guest memory as a device's DMA sees it.
-pub type DmaMemory = IommuMemory<GuestMemoryMmap, EndpointIommu>;
+pub type DmaMemory = IommuMemory<GuestMemory, EndpointIommu>;
 
 /// How often a translation is tried while the tables keep changing under it.
 const ATTEMPTS: usize = 4;
@@ -239,21 +240,34 @@ impl Iommu for EndpointIommu {
     }
 }
 
+/// The IOVA-space dirty bitmap vm-memory keeps for writes made with translation on: left
+/// empty (an empty bitmap ignores every write). Guest-physical dirty tracking is what
+/// migration needs; with translation on, vm-memory does not mark the backend's bitmap, so
+/// migration marks the guest-physical pages devices write behind the IOMMU itself.
+fn iova_bitmap() -> vm_memory::bitmap::AtomicBitmap {
+    vm_memory::bitmap::AtomicBitmap::default()
+}
+
 /// Memory without an IOMMU in the way.
-pub fn plain(mem: GuestMemoryMmap) -> DmaMemory {
-    IommuMemory::new(mem, EndpointIommu::none(), false, ())
+pub fn plain(mem: GuestMemory) -> DmaMemory {
+    IommuMemory::new(mem, EndpointIommu::none(), false, iova_bitmap())
 }
 
 /// Memory for endpoint `rid`, translated by `tables` when `enabled`, faults reported to
 /// `faults`.
 pub fn behind(
-    mem: GuestMemoryMmap,
+    mem: GuestMemory,
     tables: Arc<dyn Translate>,
     faults: Arc<dyn FaultSink>,
     rid: RequesterId,
     enabled: bool,
 ) -> DmaMemory {
-    IommuMemory::new(mem, EndpointIommu::new(tables, faults, rid), enabled, ())
+    IommuMemory::new(
+        mem,
+        EndpointIommu::new(tables, faults, rid),
+        enabled,
+        iova_bitmap(),
+    )
 }
 
 #[cfg(test)]
@@ -271,8 +285,8 @@ mod tests {
         }
     }
 
-    fn memory() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
+    fn memory() -> GuestMemory {
+        GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
     }
 
     #[test]
@@ -379,7 +393,7 @@ mod tests {
     const RID: RequesterId = RequesterId::from_routing_id(0, 0x208);
 
     /// Memory whose DMA, as endpoint [`RID`], goes through `tables`.
-    fn behind_table(tables: Arc<dyn Translate>) -> (GuestMemoryMmap, Arc<Faults>, DmaMemory) {
+    fn behind_table(tables: Arc<dyn Translate>) -> (GuestMemory, Arc<Faults>, DmaMemory) {
         let mmap = memory();
         let faults = Arc::new(Faults::default());
         let dma = behind(mmap.clone(), tables, faults.clone(), RID, true);

@@ -315,10 +315,11 @@ impl VirtioDevice for VirtioIommu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::GuestMemory;
     use crate::virtio::test_utils::TestRing;
     use iommu::virtio::{T_ATTACH, T_DETACH, T_MAP, T_PROBE, T_UNMAP};
     use iommu::{IommuTable, Translate};
-    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    use vm_memory::GuestAddress;
 
     #[derive(Debug, Default)]
     struct Irqs(Mutex<Vec<u16>>);
@@ -329,14 +330,8 @@ mod tests {
         fn signal_config(&self) {}
     }
 
-    fn setup() -> (
-        VirtioIommu,
-        GuestMemoryMmap,
-        TestRing,
-        TestRing,
-        SharedEngine,
-    ) {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    fn setup() -> (VirtioIommu, GuestMemory, TestRing, TestRing, SharedEngine) {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let engine = Arc::new(Mutex::new(Engine::new(
             IommuTable::default(),
             vec![0x100..=0x1ff],
@@ -357,7 +352,7 @@ mod tests {
 
     fn request(
         dev: &mut VirtioIommu,
-        mem: &GuestMemoryMmap,
+        mem: &GuestMemory,
         ring: &mut TestRing,
         body: &[u8],
         reply_len: u32,
@@ -482,7 +477,7 @@ mod tests {
     struct Forwarder {
         engine: SharedEngine,
         faults: IommuFaults,
-        mem: GuestMemoryMmap,
+        mem: GuestMemory,
         used: u64,
         seen: Mutex<Vec<Seen>>,
     }

@@ -1,7 +1,8 @@
 //! A split virtqueue laid out in guest memory by test code playing the driver.
 
+use crate::GuestMemory;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 const DESC_F_NEXT: u16 = 1;
 const DESC_F_WRITE: u16 = 2;
@@ -9,7 +10,7 @@ const DESC_F_WRITE: u16 = 2;
 /// A driver-side split ring.
 #[derive(Debug)]
 pub struct TestRing {
-    mem: GuestMemoryMmap,
+    mem: GuestMemory,
     /// Descriptor table.
     pub desc: u64,
     /// Available ring.
@@ -23,7 +24,7 @@ pub struct TestRing {
 
 impl TestRing {
     /// A ring of `size` entries at `base`.
-    pub fn new(mem: &GuestMemoryMmap, base: u64, size: u16) -> Self {
+    pub fn new(mem: &GuestMemory, base: u64, size: u16) -> Self {
         let desc = base;
         let avail = desc + 16 * u64::from(size);
         let used = (avail + 6 + 2 * u64::from(size)).next_multiple_of(4);

@@ -8,11 +8,11 @@
 //! 0x3000 notifications (4 bytes per queue)             0x4000 MSI-X table   0x6000 PBA
 //! ```
 
+use crate::GuestMemory;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 use super::dma::{self, DmaMemory, IommuContext};
 use super::{ActivateContext, NO_VECTOR, VirtioDevice, VirtioInterrupt, features, status};
@@ -104,7 +104,7 @@ pub struct VirtioPciDevice {
     device: Box<dyn VirtioDevice>,
     common: Common,
     signals: Arc<Signals>,
-    mem: GuestMemoryMmap,
+    mem: GuestMemory,
     activated: bool,
     /// The IOMMU this function sits behind, with its requester ID.
     iommu: Option<(IommuContext, RequesterId)>,
@@ -129,7 +129,7 @@ impl VirtioPciDevice {
     /// become doorbells wherever the guest maps BAR 0.
     pub fn new(
         device: Box<dyn VirtioDevice>,
-        mem: GuestMemoryMmap,
+        mem: GuestMemory,
         delivery: MsixDelivery,
         doorbells: Option<Arc<dyn DoorbellRegistry>>,
     ) -> Self {
@@ -140,7 +140,7 @@ impl VirtioPciDevice {
     /// type 9, no link): what a function on the root bus is, e.g. the virtio-iommu.
     pub fn new_integrated(
         device: Box<dyn VirtioDevice>,
-        mem: GuestMemoryMmap,
+        mem: GuestMemory,
         delivery: MsixDelivery,
         doorbells: Option<Arc<dyn DoorbellRegistry>>,
     ) -> Self {
@@ -149,7 +149,7 @@ impl VirtioPciDevice {
 
     fn build(
         device: Box<dyn VirtioDevice>,
-        mem: GuestMemoryMmap,
+        mem: GuestMemory,
         delivery: MsixDelivery,
         doorbells: Option<Arc<dyn DoorbellRegistry>>,
         pcie_type: u16,

@@ -3,14 +3,14 @@
 
 use super::*;
 use acpi_tables::aml;
+use devices::GuestMemory;
 use devices::legacy::acpi_pm::S5_SLP_TYP;
-use vm_memory::GuestMemoryMmap;
 
 const RSDP_ADDR: u64 = 0xe_0000;
 const TABLES_END: u64 = 0x10_0000;
 
-fn mem() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
+fn mem() -> GuestMemory {
+    GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
 }
 
 /// The machine without PCIe.
@@ -45,7 +45,7 @@ fn pcie_config(num_vcpus: u8) -> AcpiConfig {
     }
 }
 
-fn read(m: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+fn read(m: &GuestMemory, addr: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     m.read_slice(&mut v, GuestAddress(addr)).unwrap();
     v
@@ -68,7 +68,7 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
 }
 
 /// Reads a table at `addr` by the length in its header.
-fn table(m: &GuestMemoryMmap, addr: u64) -> Vec<u8> {
+fn table(m: &GuestMemory, addr: u64) -> Vec<u8> {
     let head = read(m, addr, 8);
     read(m, addr, u32_at(&head, 4) as usize)
 }
@@ -82,7 +82,7 @@ struct Found {
 
 /// Follows RSDP -> XSDT -> tables (and FADT -> DSDT), checking the RSDP and every
 /// checksum; returns the XSDT, then the tables in XSDT order, the DSDT after the FADT.
-fn walk(m: &GuestMemoryMmap, rsdp: u64) -> Vec<Found> {
+fn walk(m: &GuestMemory, rsdp: u64) -> Vec<Found> {
     let r = read(m, rsdp, 36);
     assert_eq!(&r[0..8], b"RSD PTR ");
     assert_eq!(sum(&r[..20]), 0, "RSDP v1 checksum (first 20 bytes)");
@@ -222,7 +222,7 @@ fn check_viot(v: &[u8]) {
 
 /// Builds the tables for `cfg` and checks everything reachable from the RSDP, the layout
 /// and what `create_acpi_tables` reports. Returns the memory and the reported tables.
-fn build_and_check(cfg: &AcpiConfig) -> (GuestMemoryMmap, AcpiTables) {
+fn build_and_check(cfg: &AcpiConfig) -> (GuestMemory, AcpiTables) {
     let n = cfg.num_vcpus;
     let m = mem();
     let t = create_acpi_tables(&m, cfg).unwrap();

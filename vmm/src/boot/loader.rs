@@ -1,12 +1,13 @@
 //! Loading the kernel (ELF vmlinux or bzImage, through linux-loader) and the initrd.
 
+use devices::GuestMemory;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{KernelLoader, bzimage::BzImage, elf::Elf};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, ReadVolatile};
+use vm_memory::{GuestAddress, GuestMemoryBackend, ReadVolatile};
 
 use crate::memory::layout;
 
@@ -106,7 +107,7 @@ fn is_bzimage(file: &mut File) -> std::io::Result<bool> {
 }
 
 /// Loads the kernel at `path` into `mem`.
-pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
+pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, BootError> {
     let file_err = |source| BootError::KernelFile {
         path: path.to_path_buf(),
         source,
@@ -156,7 +157,7 @@ pub fn initrd_address(size: u64, kernel_end: u64, limit: u64) -> Option<u64> {
 
 /// Loads the initrd at `path` at the top of low RAM; returns its address and size.
 pub fn load_initrd(
-    mem: &GuestMemoryMmap,
+    mem: &GuestMemory,
     path: &Path,
     kernel: &LoadedKernel,
     ram_size: u64,
@@ -200,8 +201,8 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 32 << 20)]).unwrap()
+    fn mem() -> GuestMemory {
+        GuestMemory::from_ranges(&[(GuestAddress(0), 32 << 20)]).unwrap()
     }
 
     fn temp(name: &str, bytes: &[u8]) -> PathBuf {

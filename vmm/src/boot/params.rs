@@ -1,8 +1,9 @@
 //! The zero page (`boot_params`) of the Linux x86 boot protocol: setup header, command
 //! line, initrd, e820 map and RSDP address.
 
+use devices::GuestMemory;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::loader::{BootError, LoadedKernel};
 use crate::memory::layout::{self, E820Entry};
@@ -66,7 +67,7 @@ pub fn build_boot_params(info: &BootInfo<'_>) -> boot_params {
 }
 
 /// Writes the zero page at [`layout::ZERO_PAGE_START`].
-pub fn write_boot_params(mem: &GuestMemoryMmap, params: &boot_params) -> Result<(), BootError> {
+pub fn write_boot_params(mem: &GuestMemory, params: &boot_params) -> Result<(), BootError> {
     mem.write_obj(*params, GuestAddress(layout::ZERO_PAGE_START))
         .map_err(|e| BootError::GuestWrite("the zero page", e))
 }
@@ -115,7 +116,7 @@ mod tests {
         );
         assert_eq!(u32_at(e1 + 16), layout::E820_RAM);
 
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         write_boot_params(&mem, &p).unwrap();
         let rsdp: u64 = mem
             .read_obj(GuestAddress(layout::ZERO_PAGE_START + 0x70))

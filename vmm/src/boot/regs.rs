@@ -1,8 +1,9 @@
 //! The boot vCPU's state for a direct 64-bit entry: GDT, identity page tables, segment,
 //! control and general registers, FPU, MSRs, and the local APIC's LINT pins.
 
+use devices::GuestMemory;
 use kvm_bindings::{kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::loader::BootError;
 use crate::memory::layout;
@@ -70,7 +71,7 @@ pub fn segment_from_gdt(entry: u64, index: usize) -> kvm_segment {
 /// Writes the boot GDT, an empty IDT and page tables identity-mapping the first 4 GiB with
 /// 2 MiB pages (enough for any kernel entry point and the boot structures; the kernel
 /// builds its own tables right away).
-pub fn write_boot_tables(mem: &GuestMemoryMmap) -> Result<(), BootError> {
+pub fn write_boot_tables(mem: &GuestMemory) -> Result<(), BootError> {
     let w = |what, r: Result<(), vm_memory::GuestMemoryError>| {
         r.map_err(|e| BootError::GuestWrite(what, e))
     };
@@ -250,7 +251,7 @@ mod tests {
 
     #[test]
     fn page_tables_identity_map_4gib() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         write_boot_tables(&mem).unwrap();
         let read = |a: u64| mem.read_obj::<u64>(GuestAddress(a)).unwrap();
         // Walk the tables for a few addresses.

@@ -8,6 +8,7 @@ pub mod legacy;
 pub mod pci;
 pub mod virtio;
 
+use devices::GuestMemory;
 use std::sync::{Arc, Mutex};
 
 use devices::legacy::{Ioapic, SerialDevice};
@@ -18,7 +19,6 @@ use devices::power::PowerEventSink;
 use iommu::RequesterId;
 use vm_device::bus::{MmioAddress, MmioRange, PioAddress};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
-use vm_memory::GuestMemoryMmap;
 
 use crate::config::NetConfig;
 use crate::kvm::irq_routing::{GsiRouter, KvmIoapicPins, KvmRouteFactory};
@@ -130,7 +130,7 @@ impl DeviceManager {
         power: Arc<dyn PowerEventSink>,
         console: devices::legacy::serial::SerialOut,
         plan: &PciPlan,
-        mem: &GuestMemoryMmap,
+        mem: &GuestMemory,
         net: &[NetConfig],
         iommu: bool,
     ) -> Result<Self, DeviceError> {

@@ -2,6 +2,7 @@
 //! with its MSI-X routes, its doorbells and, behind the virtual IOMMU, its requester ID.
 //! They take the interrupt and doorbell plumbing as traits, so they need no KVM.
 
+use devices::GuestMemory;
 use std::sync::{Arc, Mutex};
 
 use devices::interrupt::{DoorbellRegistry, MsiRouteFactory, MsixDelivery};
@@ -12,7 +13,6 @@ use devices::virtio::net::{NetBackend, SeqpacketBackend, TapBackend, VirtioNet};
 use devices::virtio::transport::VirtioPciDevice;
 use iommu::virtio::Engine;
 use iommu::{IommuTable, RequesterId};
-use vm_memory::GuestMemoryMmap;
 
 use crate::config::{NetBackendConfig, NetConfig};
 
@@ -50,7 +50,7 @@ pub struct IommuCard {
 
 /// Builds virtio devices for one VM.
 pub struct VirtioFactory {
-    mem: GuestMemoryMmap,
+    mem: GuestMemory,
     routes: Arc<dyn MsiRouteFactory>,
     doorbells: Option<Arc<dyn DoorbellRegistry>>,
     /// The IOMMU devices sit behind, once there is one.
@@ -69,7 +69,7 @@ impl VirtioFactory {
     /// A factory for devices on `mem`, with routes from `routes` and doorbells from
     /// `doorbells` (None: queues are notified by MMIO writes the transport handles).
     pub fn new(
-        mem: GuestMemoryMmap,
+        mem: GuestMemory,
         routes: Arc<dyn MsiRouteFactory>,
         doorbells: Option<Arc<dyn DoorbellRegistry>>,
     ) -> Self {

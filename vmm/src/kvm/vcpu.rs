@@ -9,6 +9,7 @@
 //! for its state ([`VcpuHandle::save_state`], [`VcpuHandle::restore_state`]) on its own
 //! thread, answering through a channel.
 
+use devices::GuestMemory;
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::mpsc::{Sender, channel};
@@ -17,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use kvm_ioctls::VcpuFd;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use super::cpu_state::{self, CpuState, CpuStateCaps, CpuStateError};
@@ -174,7 +175,7 @@ pub struct VcpuContext {
     /// Port and MMIO dispatch.
     pub bus: Arc<dyn IoBus + Send + Sync>,
     /// Guest memory, for diagnostics.
-    pub mem: GuestMemoryMmap,
+    pub mem: GuestMemory,
     /// Where an unrequested stop is reported.
     pub stop_sink: Arc<dyn VcpuStopSink>,
     /// What KVM can save of a vCPU here.

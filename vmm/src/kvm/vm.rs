@@ -2,11 +2,12 @@
 //! this process, no PIC, no PIT), irqfds, and vCPU creation with CPUID, MSRs, LAPIC and
 //! boot registers.
 
+use devices::GuestMemory;
 use kvm_bindings::{
     KVM_CAP_SPLIT_IRQCHIP, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_enable_cap, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use std::sync::Arc;
@@ -142,7 +143,7 @@ impl Vm {
     }
 
     /// Registers every region of `mem` as a memory slot.
-    pub fn register_memory(&self, mem: &GuestMemoryMmap) -> Result<(), KvmError> {
+    pub fn register_memory(&self, mem: &GuestMemory) -> Result<(), KvmError> {
         for (slot, region) in mem.iter().enumerate() {
             let host = mem.get_host_address(region.start_addr()).map_err(|_| {
                 KvmError::Ioctl(

@@ -1,11 +1,12 @@
 //! Guest RAM: one memfd (so nicd can later map the same pages) mapped as the RAM ranges of
 //! the layout.
 
+use devices::GuestMemory;
 use std::ffi::CStr;
 use std::fs::File;
 use std::os::fd::FromRawFd;
 
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+use vm_memory::{FileOffset, GuestAddress};
 
 use super::layout::{self, RamRange};
 
@@ -29,7 +30,7 @@ pub enum MemoryError {
 /// The guest's RAM.
 #[derive(Debug)]
 pub struct GuestRam {
-    mem: GuestMemoryMmap,
+    mem: GuestMemory,
     memfd: File,
     size: u64,
 }
@@ -60,12 +61,12 @@ impl GuestRam {
             ));
             offset += len;
         }
-        let mem = GuestMemoryMmap::from_ranges_with_files(&ranges).map_err(MemoryError::Mmap)?;
+        let mem = GuestMemory::from_ranges_with_files(&ranges).map_err(MemoryError::Mmap)?;
         Ok(Self { mem, memfd, size })
     }
 
     /// The mapped memory.
-    pub fn memory(&self) -> &GuestMemoryMmap {
+    pub fn memory(&self) -> &GuestMemory {
         &self.mem
     }
 

@@ -1,6 +1,7 @@
 //! virtio-net through its worker, with a seqpacket peer standing for the other end.
 
 use super::*;
+use crate::GuestMemory;
 use crate::virtio::test_utils::TestRing;
 use crate::virtio::{ActivateContext, VirtioInterrupt};
 use std::io::{Read, Write};
@@ -8,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::Duration;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 #[derive(Debug)]
 struct ChannelIrq(Mutex<Sender<u16>>);
@@ -22,7 +23,7 @@ impl VirtioInterrupt for ChannelIrq {
 
 struct Setup {
     net: VirtioNet,
-    mem: GuestMemoryMmap,
+    mem: GuestMemory,
     rx: TestRing,
     tx: TestRing,
     peer: UnixStream,
@@ -33,7 +34,7 @@ const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
 
 struct Device {
     net: VirtioNet,
-    mem: GuestMemoryMmap,
+    mem: GuestMemory,
     rx: TestRing,
     tx: TestRing,
     irqs: Receiver<u16>,
@@ -41,7 +42,7 @@ struct Device {
 
 /// A device on `backend`, activated with `features` accepted.
 fn activate(backend: Arc<dyn NetBackend>, features: u64) -> Device {
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
     let mut net = VirtioNet::new(MAC, backend).unwrap();
     let rx = TestRing::new(&mem, 0x10000, 16);
     let tx = TestRing::new(&mem, 0x20000, 16);

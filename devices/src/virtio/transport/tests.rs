@@ -1,6 +1,7 @@
 //! The transport driven as Linux's virtio_pci_modern driver drives it.
 
 use super::*;
+use crate::GuestMemory;
 use crate::interrupt::msi_test_utils::RecordingMsi;
 use crate::virtio::ActivateError;
 use vm_memory::{Bytes, GuestAddress};
@@ -71,7 +72,7 @@ impl crate::interrupt::DoorbellRegistry for Doorbells {
 
 #[test]
 fn doorbells_follow_bar_0() {
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
     let evt = || Arc::new(vmm_sys_util::eventfd::EventFd::new(0).unwrap());
     let fixture = Fixture {
         events: vec![evt(), evt()],
@@ -114,11 +115,11 @@ fn doorbells_follow_bar_0() {
 struct Setup {
     dev: VirtioPciDevice,
     msi: Arc<RecordingMsi>,
-    mem: GuestMemoryMmap,
+    mem: GuestMemory,
 }
 
 fn setup() -> Setup {
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
     let msi = Arc::new(RecordingMsi::default());
     let dev = VirtioPciDevice::new(
         Box::new(Fixture::default()),
@@ -330,7 +331,7 @@ fn integrated_endpoint_has_no_link() {
 
     let dev = VirtioPciDevice::new_integrated(
         Box::new(Fixture::default()),
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap(),
+        GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap(),
         crate::interrupt::MsixDelivery::Signal(Arc::new(RecordingMsi::default())),
         None,
     );
