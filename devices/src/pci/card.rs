@@ -39,6 +39,16 @@ pub trait PciCard: Send + std::fmt::Debug {
     /// Programs every memory BAR of every function at the address `alloc` gives it and turns
     /// memory decoding on, as firmware does at power-on.
     fn assign_bars(&mut self, alloc: &mut dyn FnMut(Bar) -> Option<u64>) -> Result<(), BarError>;
+
+    /// The VM is pausing: the card's threads (or the process serving it) stop touching
+    /// guest memory. Returns at once; see [`PciCard::is_paused`].
+    fn pause(&mut self);
+
+    /// The VM runs again.
+    fn resume(&mut self);
+
+    /// Whether the card holds still after [`PciCard::pause`].
+    fn is_paused(&self) -> bool;
 }
 
 /// A card behind its own lock.
@@ -188,5 +198,17 @@ impl PciCard for FunctionCard {
         self.functions
             .iter_mut()
             .try_for_each(|(_, f)| assign_function_bars(&mut **f, alloc))
+    }
+
+    fn pause(&mut self) {
+        self.functions.iter_mut().for_each(|(_, f)| f.pause());
+    }
+
+    fn resume(&mut self) {
+        self.functions.iter_mut().for_each(|(_, f)| f.resume());
+    }
+
+    fn is_paused(&self) -> bool {
+        self.functions.iter().all(|(_, f)| f.is_paused())
     }
 }

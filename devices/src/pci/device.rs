@@ -22,4 +22,16 @@ pub trait PciDevice: Send + std::fmt::Debug {
 
     /// A write at `offset` in BAR `bar`.
     fn bar_write(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
+
+    /// The VM is pausing: threads of the function stop touching guest memory (returns at
+    /// once; see [`PciDevice::is_paused`]).
+    fn pause(&mut self) {}
+
+    /// The VM runs again.
+    fn resume(&mut self) {}
+
+    /// Whether the function holds still after [`PciDevice::pause`].
+    fn is_paused(&self) -> bool {
+        true
+    }
 }

@@ -373,6 +373,17 @@ impl PciRoot {
         cards.iter().any(|c| lock_card(c).mmio_write(addr, data))
     }
 
+    /// Every card: the integrated endpoints and the cards in slots.
+    pub fn cards(&self) -> Vec<SharedCard> {
+        self.with(|rc| {
+            rc.root_devices
+                .iter()
+                .map(|(_, c)| c.clone())
+                .chain(rc.ports.iter().filter_map(|p| p.card().cloned()))
+                .collect()
+        })
+    }
+
     /// Puts `card` in the slot of root port `index` as firmware finds it at power-on: the
     /// BARs of all its functions assigned inside the port's windows (64-bit prefetchable
     /// ones in the prefetchable window, the others in the 32-bit window) and memory

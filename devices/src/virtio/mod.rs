@@ -5,6 +5,7 @@
 pub mod dma;
 pub mod iommu;
 pub mod net;
+pub mod pause;
 #[cfg(test)]
 pub(crate) mod test_utils;
 pub mod transport;
@@ -96,6 +97,16 @@ pub trait VirtioDevice: Send + fmt::Debug {
     }
     /// The driver reset the device: drop the queues and return to the initial state.
     fn reset(&mut self);
+    /// The VM is pausing: stop touching guest memory and queues (returns at once; see
+    /// [`VirtioDevice::is_paused`]). Devices that only act on vCPU threads have nothing to
+    /// do.
+    fn pause(&mut self) {}
+    /// The VM runs again.
+    fn resume(&mut self) {}
+    /// Whether the device holds still after [`VirtioDevice::pause`].
+    fn is_paused(&self) -> bool {
+        true
+    }
 }
 
 /// Reads a slice of a device's config struct `bytes` at `offset` into `data`; out of range

@@ -542,6 +542,18 @@ impl PciDevice for VirtioPciDevice {
         &self.config
     }
 
+    fn pause(&mut self) {
+        self.device.pause();
+    }
+
+    fn resume(&mut self) {
+        self.device.resume();
+    }
+
+    fn is_paused(&self) -> bool {
+        self.device.is_paused()
+    }
+
     fn config_write(&mut self, offset: usize, data: &[u8]) {
         if !self.config.write(offset, data) {
             return;

@@ -12,6 +12,7 @@ use devices::GuestMemory;
 use std::sync::{Arc, Mutex};
 
 use devices::legacy::{Ioapic, SerialDevice};
+use devices::pci::card::lock_card;
 use devices::pci::io::{ConfigPorts, EcamWindow, MemoryWindow};
 use devices::pci::root_complex::CONFIG_ADDRESS_PORT;
 use devices::pci::{EcamLayout, PciRoot, RootComplex, RootPort};
@@ -231,6 +232,25 @@ impl DeviceManager {
         let device = slots.plug(index, made.card, device, cold)?;
         self.next_net += 1;
         Ok(device)
+    }
+
+    /// Asks every card to stop touching guest memory (returns at once).
+    pub fn pause(&self) {
+        for card in self.pci.cards() {
+            lock_card(&card).pause();
+        }
+    }
+
+    /// Lets every card run again.
+    pub fn resume(&self) {
+        for card in self.pci.cards() {
+            lock_card(&card).resume();
+        }
+    }
+
+    /// Whether every card holds still.
+    pub fn all_paused(&self) -> bool {
+        self.pci.cards().iter().all(|c| lock_card(c).is_paused())
     }
 
     /// The VM is ending: the devices go with it, without undoing their KVM registrations

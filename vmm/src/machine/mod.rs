@@ -214,22 +214,26 @@ impl Vmm {
         self.request_all(VcpuEvent::Start)
     }
 
-    /// Asks every vCPU to stop running guest code. Returns at once; [`Vmm::all_parked`]
-    /// tells when they all have (each writes [`Vmm::parked_event`]).
+    /// Asks every vCPU to stop running guest code, then every device to stop touching
+    /// guest memory. Returns at once; [`Vmm::all_parked`] tells when they all have (vCPUs
+    /// write [`Vmm::parked_event`] as they park).
     pub fn pause(&mut self) -> Result<(), VmmError> {
         self.go(VmState::Paused)?;
-        self.request_all(VcpuEvent::Pause)
+        self.request_all(VcpuEvent::Pause)?;
+        self.devices.pause();
+        Ok(())
     }
 
-    /// Runs the vCPUs again.
+    /// Runs the devices, then the vCPUs, again.
     pub fn resume(&mut self) -> Result<(), VmmError> {
         self.go(VmState::Running)?;
+        self.devices.resume();
         self.request_all(VcpuEvent::Resume)
     }
 
-    /// Whether every vCPU is outside KVM_RUN.
+    /// Whether every vCPU is outside KVM_RUN and every device holds still.
     pub fn all_parked(&self) -> bool {
-        self.vcpus.iter().all(VcpuHandle::is_parked)
+        self.vcpus.iter().all(VcpuHandle::is_parked) && self.devices.all_paused()
     }
 
     /// The state of every vCPU, saved by its own thread (the VM must be paused and parked).

@@ -327,6 +327,11 @@ impl crate::pci::PciCard for StallingCard {
     ) -> Result<(), crate::pci::card::BarError> {
         Ok(())
     }
+    fn pause(&mut self) {}
+    fn resume(&mut self) {}
+    fn is_paused(&self) -> bool {
+        true
+    }
 }
 
 /// While one vCPU waits on a stalled card, another reaches the host bridge, the root ports

@@ -16,6 +16,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 pub use backend::{NetBackend, SeqpacketBackend, TapBackend, seqpacket_accept, seqpacket_listen};
 
+use super::pause::PauseGate;
 use super::{ActivateContext, ActivateError, VirtioDevice, read_config_bytes};
 use crate::warn_ratelimited;
 
@@ -49,6 +50,7 @@ pub struct VirtioNet {
     backend: Option<Arc<dyn NetBackend>>,
     kicks: [Arc<EventFd>; 2],
     stop: Arc<EventFd>,
+    pause: Arc<PauseGate>,
     worker: Option<JoinHandle<Arc<dyn NetBackend>>>,
 }
 
@@ -70,6 +72,7 @@ impl VirtioNet {
             backend: Some(backend),
             kicks: [evt()?, evt()?],
             stop: evt()?,
+            pause: Arc::new(PauseGate::new()?),
             worker: None,
         })
     }
@@ -84,6 +87,8 @@ impl VirtioNet {
 
     fn stop_worker(&mut self) {
         if let Some(worker) = self.worker.take() {
+            // A parked worker must wake up to see the stop.
+            self.pause.release();
             let _ = self.stop.write(1);
             match worker.join() {
                 Ok(backend) => self.backend = Some(backend),
@@ -136,7 +141,13 @@ impl VirtioDevice for VirtioNet {
             // The backend then completes checksums itself, which is always correct.
             warn_ratelimited!("virtio-net: cannot set the backend's offloads: {e}");
         }
-        let worker = worker::Worker::new(ctx, backend, self.kicks.clone(), self.stop.clone());
+        let worker = worker::Worker::new(
+            ctx,
+            backend,
+            self.kicks.clone(),
+            self.stop.clone(),
+            self.pause.clone(),
+        );
         let handle = std::thread::Builder::new()
             .name("virtio-net".into())
             .spawn(move || worker.run())
@@ -157,6 +168,20 @@ impl VirtioDevice for VirtioNet {
 
     fn reset(&mut self) {
         self.stop_worker();
+    }
+
+    fn pause(&mut self) {
+        if self.worker.is_some() {
+            self.pause.request();
+        }
+    }
+
+    fn resume(&mut self) {
+        self.pause.release();
+    }
+
+    fn is_paused(&self) -> bool {
+        self.worker.is_none() || self.pause.is_parked()
     }
 }
 

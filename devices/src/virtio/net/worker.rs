@@ -8,6 +8,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::Bytes;
 
 use crate::virtio::dma::DmaMemory;
+use crate::virtio::pause::PauseGate;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -20,6 +21,7 @@ const EV_TX: u64 = 0;
 const EV_RX: u64 = 1;
 const EV_BACKEND: u64 = 2;
 const EV_STOP: u64 = 3;
+const EV_PAUSE: u64 = 4;
 
 /// Frames and errors counted by the worker.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +44,7 @@ pub(super) struct Worker {
     backend: Arc<dyn NetBackend>,
     kicks: [Arc<EventFd>; 2],
     stop: Arc<EventFd>,
+    pause: Arc<PauseGate>,
     /// Header room plus the frame being received: reused for every frame, so the receive
     /// path allocates nothing.
     rx_buf: Vec<u8>,
@@ -68,6 +71,7 @@ impl Worker {
         backend: Arc<dyn NetBackend>,
         kicks: [Arc<EventFd>; 2],
         stop: Arc<EventFd>,
+        pause: Arc<PauseGate>,
     ) -> Self {
         let tx = ctx.queues.remove(usize::from(TX_QUEUE));
         let rx = ctx.queues.remove(usize::from(RX_QUEUE));
@@ -80,6 +84,7 @@ impl Worker {
             backend,
             kicks,
             stop,
+            pause,
             rx_buf: vec![0u8; NET_HDR_LEN + MAX_FRAME],
             pending: None,
             tx_buf: Vec::with_capacity(NET_HDR_LEN + MAX_FRAME),
@@ -110,7 +115,8 @@ impl Worker {
         };
         let registered = add(self.kicks[0].as_raw_fd(), EV_RX)
             .and_then(|()| add(self.kicks[1].as_raw_fd(), EV_TX))
-            .and_then(|()| add(self.stop.as_raw_fd(), EV_STOP));
+            .and_then(|()| add(self.stop.as_raw_fd(), EV_STOP))
+            .and_then(|()| add(self.pause.fd().as_raw_fd(), EV_PAUSE));
         if let Err(e) = registered {
             warn_ratelimited!("virtio-net: epoll setup: {e}");
             return self.backend;
@@ -131,6 +137,8 @@ impl Worker {
             for ev in &events[..n] {
                 match ev.data() {
                     EV_STOP => return self.backend,
+                    // Other events of this batch are handled once resumed.
+                    EV_PAUSE => self.pause.park_if_requested(),
                     EV_TX => {
                         let _ = self.kicks[1].read();
                         self.process_tx(&epoll);
