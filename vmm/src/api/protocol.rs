@@ -1,11 +1,11 @@
-//! Wire types of the API socket. A request is one JSON object on one line, tagged by
+//! Wire types of the vmm's API socket. A request is one JSON object on one line, tagged by
 //! `action`; the answer is one JSON object on one line with `ok` and either the result or
-//! an `error` message.
+//! an `error` message. These types are the wire format and nothing else: the VMM converts
+//! them to and from its own.
+
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-
-/// Longest request line accepted.
-pub const MAX_REQUEST_LEN: usize = 64 * 1024;
 
 /// A request.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -22,7 +22,7 @@ pub enum Request {
     /// Hot-add a device in the next free slot (or the one named).
     DeviceAdd {
         /// A virtio-net device.
-        net: crate::config::NetSpec,
+        net: NetDevice,
         /// The root port (1-based port number) to use.
         #[serde(default)]
         port: Option<u8>,
@@ -36,6 +36,21 @@ pub enum Request {
         #[serde(default)]
         surprise: bool,
     },
+}
+
+/// A virtio-net device to add: exactly one backend, and a MAC or the VMM's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetDevice {
+    /// A unix seqpacket socket to connect to.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub socket: Option<PathBuf>,
+    /// A TAP device to open.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tap: Option<String>,
+    /// The MAC address, `xx:xx:xx:xx:xx:xx`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub mac: Option<String>,
 }
 
 /// A device in a slot.

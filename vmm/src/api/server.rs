@@ -1,6 +1,8 @@
-//! The API server: a unix listener and its connections, served from the VMM's event loop.
-//! A misbehaving client (garbage, endless lines, vanishing mid-request) gets an error or
-//! is dropped; it never stops the VM.
+//! The API server: a unix listener and its connections, served from an event loop, one
+//! JSON request and one JSON answer per line. It is generic over its handler, which brings
+//! its own request and response types: the vmm serves its VM with it, nicd its adapter. A
+//! misbehaving client (garbage, endless lines, vanishing mid-request) gets an error or is
+//! dropped; it never stops the process.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -12,7 +14,9 @@ use std::path::{Path, PathBuf};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 
-use super::protocol::{self, MAX_REQUEST_LEN, Request, Response, VmStatus};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 use devices::warn_ratelimited;
 use vmm_sys_util::timerfd::TimerFd;
 
@@ -30,27 +34,43 @@ pub enum ApiError {
 /// Most clients served at once; more are refused (closed at once).
 const MAX_CLIENTS: usize = 32;
 
+/// Longest request line accepted.
+pub const MAX_REQUEST_LEN: usize = 64 * 1024;
+
 /// The answer to a request: now, or once the step it started has completed.
 #[derive(Debug)]
-pub enum Reply {
+pub enum Reply<R> {
     /// Answer now.
-    Now(Box<Response>),
+    Now(R),
     /// The handler answers later through [`ApiHandler::completed`], under this ticket.
     Later(u64),
 }
 
-/// Answers requests; implemented by the VM.
+/// Parses one JSON request line; the error is the message to send back.
+pub fn parse_json<T: DeserializeOwned>(line: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))
+}
+
+/// Answers requests of its own types.
 pub trait ApiHandler: Send {
-    /// The VM's status.
-    fn status(&self) -> VmStatus;
-    /// Any other request.
-    fn handle(&mut self, request: Request) -> Reply;
+    /// What clients ask.
+    type Request: DeserializeOwned;
+    /// What they get back.
+    type Response: Serialize;
+    /// Parses one request line; the error goes back to the client as the answer.
+    fn parse(&self, line: &[u8]) -> Result<Self::Request, String> {
+        parse_json(line)
+    }
+    /// The answer that reports `message` as the error.
+    fn error(&self, message: String) -> Self::Response;
+    /// A request.
+    fn handle(&mut self, request: Self::Request) -> Reply<Self::Response>;
     /// A descriptor that becomes readable when deferred replies may be ready.
     fn completion_fd(&self) -> Option<i32> {
         None
     }
     /// Deferred replies that are ready, by ticket (drains the completion fd).
-    fn completed(&mut self) -> Vec<(u64, Response)> {
+    fn completed(&mut self) -> Vec<(u64, Self::Response)> {
         Vec::new()
     }
 }
@@ -61,18 +81,18 @@ struct Conn {
 }
 
 /// The listener and its clients.
-pub struct ApiServer {
+pub struct ApiServer<H: ApiHandler> {
     path: PathBuf,
     listener: UnixListener,
     conns: HashMap<i32, Conn>,
-    handler: Box<dyn ApiHandler>,
+    handler: H,
     /// Deferred replies: ticket -> client.
     waiting: HashMap<u64, i32>,
     /// Ticks while replies are deferred, so handlers can time steps out.
     tick: Option<TimerFd>,
 }
 
-impl std::fmt::Debug for ApiServer {
+impl<H: ApiHandler> std::fmt::Debug for ApiServer<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiServer")
             .field("path", &self.path)
@@ -80,9 +100,9 @@ impl std::fmt::Debug for ApiServer {
     }
 }
 
-impl ApiServer {
+impl<H: ApiHandler> ApiServer<H> {
     /// Listens on `path`, replacing a stale socket left by a previous run.
-    pub fn bind(path: &Path, handler: Box<dyn ApiHandler>) -> Result<Self, ApiError> {
+    pub fn bind(path: &Path, handler: H) -> Result<Self, ApiError> {
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
                 return Err(ApiError::PathInUse(path.to_path_buf()));
@@ -110,11 +130,10 @@ impl ApiServer {
         })
     }
 
-    fn answer(&mut self, line: &[u8]) -> Reply {
-        match protocol::parse_request(line) {
-            Ok(Request::Status) => Reply::Now(Box::new(Response::status(self.handler.status()))),
+    fn answer(&mut self, line: &[u8]) -> Reply<H::Response> {
+        match self.handler.parse(line) {
             Ok(request) => self.handler.handle(request),
-            Err(e) => Reply::Now(Box::new(Response::error(e))),
+            Err(e) => Reply::Now(self.handler.error(e)),
         }
     }
 
@@ -220,7 +239,8 @@ impl ApiServer {
             }
         }
         if conn.buf.len() > MAX_REQUEST_LEN {
-            let _ = reply(&mut conn.stream, &Response::error("request too long"));
+            let too_long = self.handler.error("request too long".into());
+            let _ = reply(&mut conn.stream, &too_long);
             return false;
         }
         // A client that closes its side (even half) is dropped with any deferred reply.
@@ -228,7 +248,7 @@ impl ApiServer {
     }
 }
 
-fn reply(stream: &mut UnixStream, response: &Response) -> std::io::Result<()> {
+fn reply(stream: &mut UnixStream, response: &impl Serialize) -> std::io::Result<()> {
     let mut text = serde_json::to_vec(response).map_err(std::io::Error::other)?;
     text.push(b'\n');
     // Answers are small; a client that does not read them is dropped.
@@ -239,13 +259,13 @@ fn reply(stream: &mut UnixStream, response: &Response) -> std::io::Result<()> {
     r
 }
 
-impl Drop for ApiServer {
+impl<H: ApiHandler> Drop for ApiServer<H> {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
 }
 
-impl MutEventSubscriber for ApiServer {
+impl<H: ApiHandler> MutEventSubscriber for ApiServer<H> {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(&self.listener, EventSet::IN)) {
             log::error!("api: cannot watch the listener: {e:?}");
@@ -294,31 +314,37 @@ impl MutEventSubscriber for ApiServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{Request, Response, VmStatus};
     use event_manager::SubscriberOps;
     use std::io::{BufRead, BufReader};
     use std::sync::{Arc, Mutex};
 
     struct Fixed;
     impl ApiHandler for Fixed {
-        fn handle(&mut self, _request: Request) -> Reply {
-            Reply::Now(Box::new(Response::error("not here")))
+        type Request = Request;
+        type Response = Response;
+        fn error(&self, message: String) -> Response {
+            Response::error(message)
         }
-        fn status(&self) -> VmStatus {
-            VmStatus {
-                state: "running".into(),
-                vcpus: 2,
-                memory_bytes: 1 << 28,
-                cpu_template: "host".into(),
-                kernel: "k".into(),
-                uptime_ms: 5,
-            }
+        fn handle(&mut self, request: Request) -> Reply<Response> {
+            Reply::Now(match request {
+                Request::Status => Response::status(VmStatus {
+                    state: "running".into(),
+                    vcpus: 2,
+                    memory_bytes: 1 << 28,
+                    cpu_template: "host".into(),
+                    kernel: "k".into(),
+                    uptime_ms: 5,
+                }),
+                _ => Response::error("not here"),
+            })
         }
     }
 
     #[test]
     fn serves_status_and_survives_garbage() {
         let path = std::env::temp_dir().join(format!("vmm-api-test-{}.sock", std::process::id()));
-        let server = ApiServer::bind(&path, Box::new(Fixed)).unwrap();
+        let server = ApiServer::bind(&path, Fixed).unwrap();
         let mut em =
             event_manager::EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
                 .unwrap();
@@ -350,7 +376,7 @@ mod tests {
         let plain = path.with_extension("txt");
         std::fs::write(&plain, b"x").unwrap();
         assert!(matches!(
-            ApiServer::bind(&plain, Box::new(Fixed)),
+            ApiServer::bind(&plain, Fixed),
             Err(ApiError::PathInUse(_))
         ));
         std::fs::remove_file(plain).unwrap();

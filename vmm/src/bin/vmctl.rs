@@ -1,13 +1,10 @@
 //! `vmctl`: the command-line client of a VMM's API socket.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use serde_json::{Value, json};
+use vmm::api::{NetDevice, Request, VmClient};
 
 /// Talks to a running `vmm` over its API socket and prints the JSON answer.
 #[derive(Debug, Parser)]
@@ -24,7 +21,7 @@ struct Cli {
 enum Command {
     /// The VM's state, vCPUs, memory, CPU template.
     Status,
-    /// Stop the vCPUs (answered once they are all out of the guest).
+    /// Stop the vCPUs and devices (answered once they all hold still).
     Pause,
     /// Run the vCPUs again.
     Resume,
@@ -65,68 +62,54 @@ enum AddKind {
     },
 }
 
-fn request(cli: &Cli) -> Result<Value, String> {
-    Ok(match &cli.command {
-        Command::Status => json!({"action": "status"}),
-        Command::Pause => json!({"action": "pause"}),
-        Command::Resume => json!({"action": "resume"}),
-        Command::Device(DeviceCommand::List) => json!({"action": "device-list"}),
+fn request(command: Command) -> Result<Request, String> {
+    Ok(match command {
+        Command::Status => Request::Status,
+        Command::Pause => Request::Pause,
+        Command::Resume => Request::Resume,
+        Command::Device(DeviceCommand::List) => Request::DeviceList,
         Command::Device(DeviceCommand::Add {
             kind: AddKind::Net { spec, port },
         }) => {
             let spec: vmm::config::NetSpec = spec.parse().map_err(|e| format!("{e}"))?;
-            let mut r = json!({"action": "device-add", "net": spec});
-            if let Some(p) = port {
-                r["port"] = json!(p);
+            Request::DeviceAdd {
+                net: NetDevice {
+                    socket: spec.socket,
+                    tap: spec.tap,
+                    mac: spec.mac,
+                },
+                port,
             }
-            r
         }
         Command::Device(DeviceCommand::Remove { id, surprise }) => {
-            json!({"action": "device-remove", "id": id, "surprise": surprise})
+            Request::DeviceRemove { id, surprise }
         }
     })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let req = match request(&cli) {
+    let req = match request(cli.command) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("vmctl: {e}");
             return ExitCode::from(2);
         }
     };
-    let stream = match UnixStream::connect(&cli.socket) {
-        Ok(s) => s,
+    let answer = VmClient::connect(&cli.socket).and_then(|mut c| c.request(&req));
+    let answer = match answer {
+        Ok(a) => a,
         Err(e) => {
-            eprintln!("vmctl: cannot connect to {}: {e}", cli.socket.display());
+            eprintln!("vmctl: {}", vmm::error_chain(&e));
             return ExitCode::from(2);
         }
     };
-    // An orderly removal waits for the guest (up to 30 s in the VMM).
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
-    let mut writer = &stream;
-    if let Err(e) = writeln!(writer, "{req}") {
-        eprintln!("vmctl: cannot send the request: {e}");
-        return ExitCode::from(2);
-    }
-    let mut line = String::new();
-    if let Err(e) = BufReader::new(&stream).read_line(&mut line) {
-        eprintln!("vmctl: no answer: {e}");
-        return ExitCode::from(2);
-    }
-    let answer: Value = match serde_json::from_str(&line) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("vmctl: malformed answer ({e}): {line}");
-            return ExitCode::from(2);
-        }
-    };
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&answer).unwrap_or_else(|_| line.clone())
-    );
-    if answer["ok"] == json!(true) {
+    // Printed as a JSON value: keys sorted, as the tools that read it expect.
+    let printed = serde_json::to_value(&answer)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .unwrap_or_else(|e| format!("(cannot print the answer: {e})"));
+    println!("{printed}");
+    if answer.ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

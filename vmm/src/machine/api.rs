@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{VmState, Vmm};
-use crate::api::{ApiHandler, DeviceInfo, Reply, Request, Response, SlotInfo, VmStatus};
+use crate::api::protocol::parse_request;
+use crate::api::{ApiHandler, DeviceInfo, NetDevice, Reply, Request, Response, SlotInfo, VmStatus};
+use crate::config::NetSpec;
 use crate::device_manager::pci::{Slot, SlotDevice, lock_slots};
 
 /// How long vCPUs have to leave KVM_RUN after a pause.
@@ -38,6 +40,14 @@ fn device_info(d: SlotDevice) -> DeviceInfo {
         bus: d.bus,
         mac: d.mac.as_ref().map(mac_string),
         backend: d.backend,
+    }
+}
+
+fn net_spec(n: NetDevice) -> NetSpec {
+    NetSpec {
+        socket: n.socket,
+        tap: n.tap,
+        mac: n.mac,
     }
 }
 
@@ -97,7 +107,7 @@ impl VmApi {
         }
     }
 
-    fn handle_now(&mut self, request: Request) -> Result<Reply, String> {
+    fn handle_now(&mut self, request: Request) -> Result<Reply<Response>, String> {
         let mut vmm = lock_vmm(&self.vmm);
         let response = match request {
             Request::Status => Response::status(Self::status_of(&vmm)),
@@ -123,7 +133,7 @@ impl VmApi {
                     .collect(),
             ),
             Request::DeviceAdd { net, port } => {
-                let net = net
+                let net = net_spec(net)
                     .check(vmm.devices().next_net_index())
                     .map_err(|e| e.to_string())?;
                 let device = vmm
@@ -145,18 +155,25 @@ impl VmApi {
                 }
             }
         };
-        Ok(Reply::Now(Box::new(response)))
+        Ok(Reply::Now(response))
     }
 }
 
 impl ApiHandler for VmApi {
-    fn status(&self) -> VmStatus {
-        Self::status_of(&lock_vmm(&self.vmm))
+    type Request = Request;
+    type Response = Response;
+
+    fn parse(&self, line: &[u8]) -> Result<Request, String> {
+        parse_request(line)
     }
 
-    fn handle(&mut self, request: Request) -> Reply {
+    fn error(&self, message: String) -> Response {
+        Response::error(message)
+    }
+
+    fn handle(&mut self, request: Request) -> Reply<Response> {
         self.handle_now(request)
-            .unwrap_or_else(|e| Reply::Now(Box::new(Response::error(e))))
+            .unwrap_or_else(|e| Reply::Now(Response::error(e)))
     }
 
     fn completion_fd(&self) -> Option<i32> {

@@ -108,7 +108,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
     })));
     em.add_subscriber(Arc::new(Mutex::new(SlotEvents(slots))));
     if let Some(path) = &config.api_socket {
-        let server = ApiServer::bind(path, Box::new(VmApi::new(vmm.clone())))?;
+        let server = ApiServer::bind(path, VmApi::new(vmm.clone()))?;
         em.add_subscriber(Arc::new(Mutex::new(server)));
     }
     let stdin =
