@@ -1,6 +1,8 @@
 //! A KVM microVM monitor for x86_64 Linux hosts: direct 64-bit boot of ELF vmlinux or
-//! bzImage kernels, an in-kernel irqchip, legacy console and power devices, ACPI tables,
-//! and (in later steps) a PCIe topology with a virtual IOMMU and an SR-IOV NIC.
+//! bzImage kernels, KVM's split irqchip with an emulated IOAPIC, legacy console and power
+//! devices, ACPI tables, a PCIe root complex with hotplug root ports, MSI-X, virtio-net and
+//! a virtio-iommu; the VM as a [`machine::Vmm`] with a lifecycle, and a JSON API.
+//! docs/architecture.md draws the modules and the data paths.
 //!
 //! Only this crate talks to KVM. Device models live in `devices`, IOMMU logic in `iommu`.
 

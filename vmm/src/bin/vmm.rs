@@ -77,8 +77,8 @@ struct RunArgs {
     #[arg(long, value_name = "N")]
     pcie_root_ports: Option<u32>,
     /// Read settings from a JSON file (keys: kernel, initrd, cmdline, vcpus, memory,
-    /// cpu_template, api_socket, pcie_root_ports, net); flags given on the command line
-    /// win.
+    /// cpu_template, api_socket, pcie_root_ports, net, iommu); flags given on the command
+    /// line win.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// At exit, print one JSON line on stderr with wall time, peak RSS and guest memory

@@ -6,7 +6,7 @@
 //! 0x0002_0000  kernel command line 0x0009_fc00  EBDA (reserved) .. 1 MiB
 //! 0x000e_0000  RSDP and ACPI tables (reserved)
 //! 0x0010_0000  kernel (ELF segments at their p_paddr), then initrd at the top of low RAM
-//! 3 GiB..4 GiB the 32-bit MMIO hole: PCI windows (later), IOAPIC, LAPIC, KVM's TSS
+//! 3 GiB..4 GiB the 32-bit MMIO hole: PCI windows, ECAM, IOAPIC, LAPIC, KVM's TSS
 //! 4 GiB..      RAM beyond what fits below the hole
 //! ```
 
