@@ -6,6 +6,7 @@ pub mod legacy;
 pub mod pci;
 pub mod power;
 pub mod ratelimit;
+pub mod sync;
 pub mod virtio;
 
 /// Guest memory as the VMM and every device model see it: vm-memory's mmap backend with a

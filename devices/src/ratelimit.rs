@@ -1,17 +1,32 @@
-//! Rate-limited logging for anything a guest can trigger: a guest that hammers an unknown
-//! port must not be able to fill the host's disk with log lines.
+//! Rate-limited logging for anything a guest (or a peer process) can trigger: a guest that
+//! hammers an unknown port must not be able to fill the host's disk with log lines. Each
+//! call site may log [`BURST`] lines a second; what it had to drop is counted and reported
+//! with its next line, so a quiet log never hides that something was suppressed. Windows
+//! are measured on the monotonic clock, so a wall-clock step neither reopens nor freezes
+//! them.
+//!
+//! Raw `log::` macros are disallowed in this workspace (clippy.toml): use the macros here.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 /// Messages allowed per call site per second.
 pub const BURST: u64 = 10;
 
-/// One call site's budget: the current one-second window and how many messages it used.
+/// Seconds on the monotonic clock since the first log call of the process.
+fn now_secs() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_secs()
+}
+
+/// One call site's budget: the current one-second window, how many messages it used, and
+/// how many were dropped since the last one logged.
 #[derive(Debug, Default)]
 pub struct RateLimit {
     window: AtomicU64,
     used: AtomicU64,
+    dropped: AtomicU64,
 }
 
 impl RateLimit {
@@ -20,51 +35,77 @@ impl RateLimit {
         Self {
             window: AtomicU64::new(0),
             used: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
         }
     }
 
-    /// Whether a message may be logged now ([`BURST`] a second); counts it if so.
-    pub fn allow(&self) -> bool {
-        self.allow_n(BURST)
+    /// `Some(n)` if a message may be logged now ([`BURST`] a second), `n` being how many
+    /// were suppressed since the last one that was; `None` (and counted) if not.
+    pub fn check(&self) -> Option<u64> {
+        self.check_n(BURST)
     }
 
-    /// Whether a message may be logged now with `burst` a second; counts it if so.
-    pub fn allow_n(&self, burst: u64) -> bool {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        self.allow_at(now, burst)
+    /// Like [`RateLimit::check`] with `burst` messages a second.
+    pub fn check_n(&self, burst: u64) -> Option<u64> {
+        self.check_at(now_secs(), burst)
     }
 
-    fn allow_at(&self, now_secs: u64, burst: u64) -> bool {
+    fn check_at(&self, now_secs: u64, burst: u64) -> Option<u64> {
         if self.window.swap(now_secs, Ordering::Relaxed) != now_secs {
             self.used.store(0, Ordering::Relaxed);
         }
-        self.used.fetch_add(1, Ordering::Relaxed) < burst
+        if self.used.fetch_add(1, Ordering::Relaxed) < burst {
+            Some(self.dropped.swap(0, Ordering::Relaxed))
+        } else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            None
+        }
     }
+}
+
+/// Logs at `$level` through the call site's own [`RateLimit`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! log_ratelimited {
+    ($level:expr, $($arg:tt)+) => {{
+        static LIMIT: $crate::ratelimit::RateLimit = $crate::ratelimit::RateLimit::new();
+        if let Some(dropped) = LIMIT.check() {
+            #[allow(clippy::disallowed_macros)]
+            if dropped == 0 {
+                log::log!($level, $($arg)+);
+            } else {
+                log::log!(
+                    $level,
+                    "{} ({dropped} similar lines suppressed before this one)",
+                    format_args!($($arg)+)
+                );
+            }
+        }
+    }};
+}
+
+/// `log::error!` limited to [`BURST`] lines per second per call site.
+#[macro_export]
+macro_rules! error_ratelimited {
+    ($($arg:tt)+) => { $crate::log_ratelimited!(log::Level::Error, $($arg)+) };
 }
 
 /// `log::warn!` limited to [`BURST`] lines per second per call site.
 #[macro_export]
 macro_rules! warn_ratelimited {
-    ($($arg:tt)+) => {{
-        static LIMIT: $crate::ratelimit::RateLimit = $crate::ratelimit::RateLimit::new();
-        if LIMIT.allow() {
-            log::warn!($($arg)+);
-        }
-    }};
+    ($($arg:tt)+) => { $crate::log_ratelimited!(log::Level::Warn, $($arg)+) };
+}
+
+/// `log::info!` limited to [`BURST`] lines per second per call site.
+#[macro_export]
+macro_rules! info_ratelimited {
+    ($($arg:tt)+) => { $crate::log_ratelimited!(log::Level::Info, $($arg)+) };
 }
 
 /// `log::debug!` limited to [`BURST`] lines per second per call site.
 #[macro_export]
 macro_rules! debug_ratelimited {
-    ($($arg:tt)+) => {{
-        static LIMIT: $crate::ratelimit::RateLimit = $crate::ratelimit::RateLimit::new();
-        if LIMIT.allow() {
-            log::debug!($($arg)+);
-        }
-    }};
+    ($($arg:tt)+) => { $crate::log_ratelimited!(log::Level::Debug, $($arg)+) };
 }
 
 #[cfg(test)]
@@ -72,10 +113,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn burst_per_window() {
+    fn burst_per_window_and_suppressed_count() {
         let limit = RateLimit::new();
-        let allowed = (0..100).filter(|_| limit.allow_at(7, BURST)).count() as u64;
+        let allowed = (0..100)
+            .filter(|_| limit.check_at(7, BURST).is_some())
+            .count() as u64;
         assert_eq!(allowed, BURST);
-        assert!(limit.allow_at(8, BURST), "a new second opens a new window");
+        assert_eq!(
+            limit.check_at(8, BURST),
+            Some(100 - BURST),
+            "a new second opens a new window and reports what was dropped"
+        );
+        assert_eq!(limit.check_at(8, BURST), Some(0), "and only once");
+    }
+
+    #[test]
+    fn windows_follow_the_monotonic_clock() {
+        let a = now_secs();
+        let b = now_secs();
+        assert!(b >= a);
     }
 }

@@ -1,6 +1,7 @@
 //! The host side of the serial console: guest output to stdout (unbuffered), host stdin to
 //! the guest, and the terminal mode while the VM runs.
 
+use devices::sync::lock;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
@@ -102,7 +103,7 @@ struct SavedTermios(Mutex<Option<libc::termios>>);
 
 impl SavedTermios {
     fn with_saved(&self, t: Option<libc::termios>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = t;
+        *lock(&self.0) = t;
     }
 }
 
@@ -159,7 +160,7 @@ impl StdinForwarder {
 
     /// Moves held input into the FIFO as far as it has room.
     fn flush_pending(&mut self) {
-        let mut serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+        let mut serial = lock(&self.serial);
         while !self.pending.is_empty() {
             let (head, _) = self.pending.as_slices();
             let taken = serial.enqueue_input(head);

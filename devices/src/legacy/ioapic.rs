@@ -21,6 +21,7 @@
 //!
 //! The state is plain data ([`IoapicState`]), for snapshots.
 
+use crate::sync::lock;
 use std::sync::Arc;
 
 use vm_device::MutDeviceMmio;
@@ -415,10 +416,7 @@ impl IoapicLine {
 
 impl InterruptLine for IoapicLine {
     fn trigger(&self) -> std::io::Result<()> {
-        self.ioapic
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pulse(self.pin);
+        lock(&self.ioapic).pulse(self.pin);
         Ok(())
     }
 }

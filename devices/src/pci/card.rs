@@ -12,7 +12,7 @@
 //! and only then is the card locked and called. So a card that waits (a socket round trip to
 //! another process) stalls the vCPU that touched it, not every vCPU's PCI access.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use super::{Bar, BarKind, PciDevice, regs};
 
@@ -53,12 +53,6 @@ pub trait PciCard: Send + std::fmt::Debug {
 
 /// A card behind its own lock.
 pub type SharedCard = Arc<Mutex<dyn PciCard>>;
-
-/// Locks a card. A poisoned lock means a panic elsewhere; the registers are still
-/// consistent.
-pub fn lock_card(card: &SharedCard) -> MutexGuard<'_, dyn PciCard + 'static> {
-    card.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Why a card's BARs cannot be assigned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -10,9 +10,10 @@
 //! MSIs that root ports raise and cards that leave their slots are handled after release
 //! too ([`Deferred`]).
 
+use crate::sync::lock;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::card::{BarError, SharedCard, lock_card};
+use super::card::{BarError, SharedCard};
 use super::root_port::Deferred;
 use super::{Bar, BarKind, HostBridge, PciDevice, RootPort, RootPortConfig};
 use crate::debug_ratelimited;
@@ -247,7 +248,7 @@ impl PciRoot {
 
     fn lock(&self) -> MutexGuard<'_, RootComplex> {
         // A poisoned lock means a panic elsewhere; the registers are still consistent.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.0)
     }
 
     /// Runs `f` on the root complex under its lock (topology: ports, slots, events), then
@@ -286,7 +287,7 @@ impl PciRoot {
             }
         });
         let Some((card, devfn)) = card else { return };
-        let mut card = lock_card(&card);
+        let mut card = lock(&card);
         let present = card.has_function(devfn);
         match access {
             Access::Read(data) if present => card.config_read(devfn, reg, data),
@@ -364,13 +365,13 @@ impl PciRoot {
     /// window decides which card is asked; the card decodes its own BARs.
     pub fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
         let cards = self.lock().mmio_candidates(addr);
-        cards.iter().any(|c| lock_card(c).mmio_read(addr, data))
+        cards.iter().any(|c| lock(c).mmio_read(addr, data))
     }
 
     /// An access to the PCI memory windows: true if a BAR claimed it.
     pub fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
         let cards = self.lock().mmio_candidates(addr);
-        cards.iter().any(|c| lock_card(c).mmio_write(addr, data))
+        cards.iter().any(|c| lock(c).mmio_write(addr, data))
     }
 
     /// Every card: the integrated endpoints and the cards in slots.
@@ -404,7 +405,7 @@ impl PciRoot {
             next: cfg.pref_window.0,
             end: cfg.pref_window.1,
         };
-        lock_card(&card)
+        lock(&card)
             .assign_bars(&mut |bar: Bar| {
                 if bar.kind == BarKind::Memory64 && bar.prefetchable {
                     pref.take(bar.size)
@@ -433,7 +434,7 @@ impl PciRoot {
             Ok((rc.root_next, rc.root_window.1))
         })?;
         let mut window = BumpWindow { next, end };
-        lock_card(&card)
+        lock(&card)
             .assign_bars(&mut |bar: Bar| window.take(bar.size))
             .map_err(|e| PlugError::Bars(format!("device {dev} on bus 0"), e))?;
         self.with(|rc| {

@@ -4,6 +4,7 @@
 //! to the tables' subscribers after the engine is released and before the request
 //! completes.
 
+use crate::sync::lock;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use iommu::virtio::{Engine, PROBE_SIZE, Request, Status, encode_fault, features};
@@ -27,10 +28,6 @@ const MAX_PENDING_FAULTS: usize = 64;
 
 /// The engine shared with whatever translates DMA.
 pub type SharedEngine = Arc<Mutex<Engine>>;
-
-fn lock(e: &SharedEngine) -> MutexGuard<'_, Engine> {
-    e.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// A running queue of the device.
 struct Running {
@@ -71,7 +68,7 @@ impl std::fmt::Debug for IommuFaults {
 
 impl FaultSink for IommuFaults {
     fn fault(&self, fault: Fault) {
-        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = lock(&self.0);
         q.report_fault(fault);
     }
 }
@@ -102,7 +99,7 @@ impl VirtioIommu {
     }
 
     fn events(&self) -> MutexGuard<'_, Events> {
-        self.events.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.events)
     }
 
     fn config_bytes(&self) -> [u8; 0x28] {

@@ -3,6 +3,7 @@
 //! memory, until released. Asking never blocks the caller; [`PauseGate::is_parked`] tells
 //! when the worker is holding still.
 
+use crate::sync::{lock, wait};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -32,7 +33,7 @@ impl PauseGate {
     }
 
     fn lock(&self) -> MutexGuard<'_, GateState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// Asks the worker to park; returns at once.
@@ -68,7 +69,7 @@ impl PauseGate {
         }
         s.parked = true;
         while s.requested {
-            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+            s = wait(&self.changed, s);
         }
         s.parked = false;
     }

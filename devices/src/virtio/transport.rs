@@ -9,8 +9,9 @@
 //! ```
 
 use crate::GuestMemory;
+use crate::sync::lock;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use virtio_queue::{Queue, QueueT};
 
@@ -70,10 +71,6 @@ struct Signals {
     msix: Mutex<Msix>,
     queue_vectors: Mutex<Vec<u16>>,
     config_vector: Mutex<u16>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl VirtioInterrupt for Signals {

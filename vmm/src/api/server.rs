@@ -268,17 +268,17 @@ impl<H: ApiHandler> Drop for ApiServer<H> {
 impl<H: ApiHandler> MutEventSubscriber for ApiServer<H> {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(&self.listener, EventSet::IN)) {
-            log::error!("api: cannot watch the listener: {e:?}");
+            devices::error_ratelimited!("api: cannot watch the listener: {e:?}");
         }
         if let Some(fd) = self.handler.completion_fd()
             && let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN))
         {
-            log::error!("api: cannot watch completions: {e:?}");
+            devices::error_ratelimited!("api: cannot watch completions: {e:?}");
         }
         if let Some(t) = &self.tick
             && let Err(e) = ops.add(Events::new(t, EventSet::IN))
         {
-            log::error!("api: cannot watch the tick timer: {e:?}");
+            devices::error_ratelimited!("api: cannot watch the tick timer: {e:?}");
         }
     }
 

@@ -167,7 +167,7 @@ fn env_logger_init() {
             m.level() <= log::max_level()
         }
         fn log(&self, r: &log::Record<'_>) {
-            if self.enabled(r.metadata()) && self.0.allow_n(50) {
+            if self.enabled(r.metadata()) && self.0.check_n(50).is_some() {
                 eprintln!("vmm: {}: {}", r.level().as_str().to_lowercase(), r.args());
             }
         }

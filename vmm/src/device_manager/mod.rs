@@ -9,10 +9,10 @@ pub mod pci;
 pub mod virtio;
 
 use devices::GuestMemory;
+use devices::sync::lock;
 use std::sync::{Arc, Mutex};
 
 use devices::legacy::{Ioapic, SerialDevice};
-use devices::pci::card::lock_card;
 use devices::pci::io::{ConfigPorts, EcamWindow, MemoryWindow};
 use devices::pci::root_complex::CONFIG_ADDRESS_PORT;
 use devices::pci::{EcamLayout, PciRoot, RootComplex, RootPort};
@@ -27,7 +27,7 @@ use crate::kvm::{IoBus, Vm};
 use crate::memory::layout;
 use crate::pci_resources::PciPlan;
 use legacy::{Legacy, pio_range};
-use pci::{PciSlots, SharedSlots, SlotDevice, SlotError, lock_slots};
+use pci::{PciSlots, SharedSlots, SlotDevice, SlotError};
 use virtio::{VirtioError, VirtioFactory};
 
 /// Errors wiring devices.
@@ -88,10 +88,7 @@ impl IoBus for Bus {
         self.io.mmio_write(MmioAddress(addr), data).is_ok()
     }
     fn ioapic_eoi(&self, vector: u8) {
-        self.ioapic
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .end_of_interrupt(vector);
+        lock(&self.ioapic).end_of_interrupt(vector);
     }
 }
 
@@ -216,7 +213,7 @@ impl DeviceManager {
         port: Option<u8>,
         cold: bool,
     ) -> Result<SlotDevice, DeviceError> {
-        let mut slots = lock_slots(&self.slots);
+        let mut slots = lock(&self.slots);
         let (index, port, bus) = slots.choose_port(port)?;
         // Function 0 of the slot's bus.
         let rid = RequesterId::from_routing_id(0, u16::from(bus) << 8);
@@ -237,20 +234,20 @@ impl DeviceManager {
     /// Asks every card to stop touching guest memory (returns at once).
     pub fn pause(&self) {
         for card in self.pci.cards() {
-            lock_card(&card).pause();
+            lock(&card).pause();
         }
     }
 
     /// Lets every card run again.
     pub fn resume(&self) {
         for card in self.pci.cards() {
-            lock_card(&card).resume();
+            lock(&card).resume();
         }
     }
 
     /// Whether every card holds still.
     pub fn all_paused(&self) -> bool {
-        self.pci.cards().iter().all(|c| lock_card(c).is_paused())
+        self.pci.cards().iter().all(|c| lock(c).is_paused())
     }
 
     /// The VM is ending: the devices go with it, without undoing their KVM registrations

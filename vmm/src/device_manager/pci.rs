@@ -7,8 +7,9 @@
 //! or not anyone serves the API; long operations finish under a [`Ticket`] that the API
 //! collects with [`PciSlots::take_finished`] when the wakeup eventfd fires.
 
+use devices::sync::lock;
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use devices::pci::root_port::HotplugEvent;
@@ -320,18 +321,13 @@ impl PciSlots {
 /// The registry, shared between its event-loop subscriber, the device manager and the API.
 pub type SharedSlots = Arc<Mutex<PciSlots>>;
 
-/// Locks the registry.
-pub fn lock_slots(slots: &SharedSlots) -> MutexGuard<'_, PciSlots> {
-    slots.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The registry's event-loop subscriber: slot events and eject deadlines.
 #[derive(Debug)]
 pub struct SlotEvents(pub SharedSlots);
 
 impl MutEventSubscriber for SlotEvents {
     fn init(&mut self, ops: &mut EventOps) {
-        let slots = lock_slots(&self.0);
+        let slots = lock(&self.0);
         for fd in [slots.events.as_raw_fd(), slots.timer.as_raw_fd()] {
             if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
                 devices::warn_ratelimited!("pci slots: cannot watch slot events: {e:?}");
@@ -340,7 +336,7 @@ impl MutEventSubscriber for SlotEvents {
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let mut slots = lock_slots(&self.0);
+        let mut slots = lock(&self.0);
         if events.fd() == slots.timer.as_raw_fd() {
             let _ = slots.timer.wait();
         }

@@ -6,6 +6,7 @@
 //! committed whole on every change. MSI-X GSIs come from vm-allocator's `IdAllocator`, so
 //! those of a removed device are reused by the next.
 
+use devices::sync::lock;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -74,7 +75,7 @@ impl GsiRouter {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.table)
     }
 
     fn commit(&self, t: &Table) -> std::io::Result<()> {
@@ -233,7 +234,7 @@ impl KvmIoapicPins {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, [Option<EventFd>; IOAPIC_PINS]> {
-        self.irqfds.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.irqfds)
     }
 }
 

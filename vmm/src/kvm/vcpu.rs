@@ -10,6 +10,7 @@
 //! thread, answering through a channel.
 
 use devices::GuestMemory;
+use devices::sync::{lock, wait};
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::mpsc::{Sender, channel};
@@ -124,7 +125,7 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A poisoned lock only means another thread panicked; the state is still valid.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner)
     }
 }
 
@@ -375,10 +376,7 @@ fn park(shared: &Shared, ctx: &mut VcpuContext, ran: &mut bool) -> bool {
                         let _ = evt.write(1);
                     }
                 }
-                inner = shared
-                    .changed
-                    .wait(inner)
-                    .unwrap_or_else(|e| e.into_inner());
+                inner = wait(&shared.changed, inner);
             }
         }
     }

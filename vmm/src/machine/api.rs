@@ -2,8 +2,9 @@
 //! their typed results into wire responses. Long operations (pause, orderly removal) are
 //! answered later, never by blocking the event loop.
 
+use devices::sync::lock;
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
@@ -12,18 +13,13 @@ use super::{VmState, Vmm};
 use crate::api::protocol::parse_request;
 use crate::api::{ApiHandler, DeviceInfo, NetDevice, Reply, Request, Response, SlotInfo, VmStatus};
 use crate::config::NetSpec;
-use crate::device_manager::pci::{Slot, SlotDevice, lock_slots};
+use crate::device_manager::pci::{Slot, SlotDevice};
 
 /// How long vCPUs have to leave KVM_RUN after a pause.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A shared VM.
 pub type SharedVmm = Arc<Mutex<Vmm>>;
-
-/// Locks the VM.
-pub fn lock_vmm(vmm: &SharedVmm) -> MutexGuard<'_, Vmm> {
-    vmm.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn mac_string(mac: &[u8; 6]) -> String {
     mac.iter()
@@ -78,9 +74,9 @@ impl VmApi {
     /// Serves `vmm`; `wakeup` is its parked event, which the slot registry writes too.
     pub fn new(vmm: SharedVmm) -> Self {
         let wakeup = {
-            let v = lock_vmm(&vmm);
+            let v = lock(&vmm);
             let wakeup = v.parked_event().clone();
-            lock_slots(&v.devices().slots).set_wakeup(wakeup.clone());
+            lock(&v.devices().slots).set_wakeup(wakeup.clone());
             wakeup
         };
         Self {
@@ -108,7 +104,7 @@ impl VmApi {
     }
 
     fn handle_now(&mut self, request: Request) -> Result<Reply<Response>, String> {
-        let mut vmm = lock_vmm(&self.vmm);
+        let mut vmm = lock(&self.vmm);
         let response = match request {
             Request::Status => Response::status(Self::status_of(&vmm)),
             Request::Pause => {
@@ -126,7 +122,7 @@ impl VmApi {
                 Response::status(Self::status_of(&vmm))
             }
             Request::DeviceList => Response::slots(
-                lock_slots(&vmm.devices().slots)
+                lock(&vmm.devices().slots)
                     .list()
                     .into_iter()
                     .map(slot_info)
@@ -145,8 +141,8 @@ impl VmApi {
             Request::DeviceRemove { id, surprise } => {
                 drop(vmm);
                 let ticket = self.ticket();
-                let vmm = lock_vmm(&self.vmm);
-                let removed = lock_slots(&vmm.devices().slots)
+                let vmm = lock(&self.vmm);
+                let removed = lock(&vmm.devices().slots)
                     .remove(&id, surprise, ticket)
                     .map_err(|e| e.to_string())?;
                 match removed {
@@ -182,8 +178,8 @@ impl ApiHandler for VmApi {
 
     fn completed(&mut self) -> Vec<(u64, Response)> {
         let _ = self.wakeup.read();
-        let vmm = lock_vmm(&self.vmm);
-        let mut done: Vec<(u64, Response)> = lock_slots(&vmm.devices().slots)
+        let vmm = lock(&self.vmm);
+        let mut done: Vec<(u64, Response)> = lock(&vmm.devices().slots)
             .take_finished()
             .into_iter()
             .map(|(ticket, r)| {

@@ -1,5 +1,6 @@
 //! How a VM ends: the first power event, vCPU stop or signal wins, and wakes the event loop.
 
+use devices::sync::lock;
 use std::sync::Mutex;
 
 use devices::power::{PowerEvent, PowerEventSink};
@@ -65,7 +66,7 @@ impl ExitMonitor {
 
     /// Records `end` unless something ended the VM before.
     pub fn record(&self, end: VmEnd) {
-        let mut slot = self.end.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = lock(&self.end);
         if slot.is_none() {
             *slot = Some(end);
             // The event loop polls this fd; a failed write means it is gone already.
@@ -75,7 +76,7 @@ impl ExitMonitor {
 
     /// What ended the VM, if anything has.
     pub fn take(&self) -> Option<VmEnd> {
-        self.end.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.end).clone()
     }
 
     /// Readable once the VM has ended.

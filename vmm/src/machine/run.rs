@@ -1,6 +1,7 @@
 //! `vmm run`: builds the VM, serves its event loop (API socket, console input, signals,
 //! slot events) until the VM ends, then shuts it down.
 
+use devices::sync::lock;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -8,7 +9,7 @@ use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, Subscrib
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::api::{VmApi, lock_vmm};
+use super::api::VmApi;
 use super::{ExitMonitor, VmEnd, VmmError, build_for_boot};
 use crate::api::ApiServer;
 use crate::config::VmConfig;
@@ -116,22 +117,22 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
     em.add_subscriber(Arc::new(Mutex::new(stdin)));
 
     install_kick_handler().map_err(|e| VmmError::Runtime("the vCPU kick handler", e))?;
-    log::info!(
+    devices::info_ratelimited!(
         "booting {} with {} vCPUs, {} bytes, CPU template {}",
         config.kernel.path().display(),
         config.vcpus,
         config.memory,
-        lock_vmm(&vmm).template()
+        lock(&vmm).template()
     );
     let terminal = TerminalMode::enter();
-    lock_vmm(&vmm).start()?;
+    lock(&vmm).start()?;
     while !done.load(Ordering::SeqCst) {
         em.run().map_err(VmmError::EventLoop)?;
     }
     SIGNAL_EVENT_FD.store(-1, Ordering::SeqCst);
     // The subscribers hold the VM too: dropping them leaves this the only reference.
     drop(em);
-    serial.lock().unwrap_or_else(|e| e.into_inner()).flush();
+    lock(&serial).flush();
     drop(terminal);
     let end = monitor.take().unwrap_or(VmEnd::Signal(0));
     let vmm = Arc::try_unwrap(vmm)
