@@ -6,6 +6,7 @@ pub mod legacy;
 pub mod pci;
 pub mod power;
 pub mod ratelimit;
+pub mod seqpacket;
 pub mod sync;
 pub mod virtio;
 

@@ -3,8 +3,9 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixStream;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::seqpacket::SeqpacketSocket;
 use std::path::Path;
 
 /// A packet backend. Both calls are non-blocking.
@@ -30,138 +31,43 @@ pub trait NetBackend: Send + Sync + std::fmt::Debug {
 /// A connected unix seqpacket socket.
 #[derive(Debug)]
 pub struct SeqpacketBackend {
-    fd: OwnedFd,
-}
-
-fn cvt(rc: isize) -> io::Result<usize> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc as usize)
-    }
-}
-
-/// The address of the unix socket at `path`.
-fn sockaddr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
-    use std::os::unix::ffi::OsStrExt;
-    let bytes = path.as_os_str().as_bytes();
-    // SAFETY: sockaddr_un is plain data; zeroed is a valid initial value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "socket path too long",
-        ));
-    }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    Ok((
-        addr,
-        std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
-    ))
-}
-
-/// A new seqpacket socket with `flags` (SOCK_NONBLOCK...), close-on-exec.
-fn seqpacket_socket(flags: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2) call; the result is checked.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | flags,
-            0,
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    socket: SeqpacketSocket,
 }
 
 /// A seqpacket socket listening at `path` (a stale socket file there is replaced): the
 /// other end of a `socket=PATH` backend, for nicd, tests and benchmarks.
 pub fn seqpacket_listen(path: &Path, backlog: i32) -> io::Result<OwnedFd> {
-    let _ = std::fs::remove_file(path);
-    let (addr, len) = sockaddr(path)?;
-    let fd = seqpacket_socket(0)?;
-    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes; `fd` is our socket.
-    if unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: listen(2) on our bound socket.
-    if unsafe { libc::listen(fd.as_raw_fd(), backlog) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(fd)
+    SeqpacketSocket::listen(path, backlog).map(OwnedFd::from)
 }
 
 /// Accepts one connection on a listening socket (blocking).
 pub fn seqpacket_accept(listener: &OwnedFd) -> io::Result<OwnedFd> {
-    // SAFETY: accept4(2) on a listening socket; the result is checked.
-    let c = unsafe {
-        libc::accept4(
-            listener.as_raw_fd(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            libc::SOCK_CLOEXEC,
-        )
-    };
-    if c < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `c` is a fresh connected socket nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(c) })
+    let listener = listener.try_clone().map(SeqpacketSocket::from)?;
+    listener.accept().map(OwnedFd::from)
 }
 
 impl SeqpacketBackend {
     /// Connects to the seqpacket socket listening at `path`.
     pub fn connect(path: &Path) -> io::Result<Self> {
-        let (addr, len) = sockaddr(path)?;
-        let fd = seqpacket_socket(libc::SOCK_NONBLOCK)?;
-        // SAFETY: `addr` is a valid sockaddr_un of `len` bytes; `fd` is a socket.
-        let rc = unsafe { libc::connect(fd.as_raw_fd(), (&raw const addr).cast(), len) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Self { fd })
+        SeqpacketSocket::connect(path, true).map(|socket| Self { socket })
     }
 
-    /// Wraps an already connected seqpacket socket (tests use socketpair).
-    pub fn from_fd(fd: OwnedFd) -> Self {
-        Self { fd }
+    /// Wraps an already connected seqpacket socket (tests use a socket pair).
+    pub fn from_socket(socket: SeqpacketSocket) -> Self {
+        Self { socket }
     }
 }
 
 impl NetBackend for SeqpacketBackend {
     fn send(&self, frame: &[u8]) -> io::Result<()> {
-        // SAFETY: `frame` is valid for reads of its length; the socket is ours.
-        let n = cvt(unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                libc::MSG_DONTWAIT,
-            )
-        })?;
-        if n != frame.len() {
+        if self.socket.send(frame)? != frame.len() {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "short send"));
         }
         Ok(())
     }
 
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is valid for writes of its length; MSG_TRUNC makes the return the
-        // full message length so a truncated frame is detected.
-        let n = cvt(unsafe {
-            libc::recv(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-            )
-        })?;
+        let n = self.socket.recv(buf)?;
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionReset,
@@ -178,7 +84,7 @@ impl NetBackend for SeqpacketBackend {
     }
 
     fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.socket.as_raw_fd()
     }
 }
 
@@ -281,26 +187,4 @@ impl NetBackend for TapBackend {
         }
         Ok(())
     }
-}
-
-/// A connected pair of seqpacket sockets, for tests and in-process peers.
-pub fn seqpacket_pair() -> io::Result<(OwnedFd, UnixStream)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors socketpair writes.
-    let rc = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the descriptor is fresh and owned by nothing else.
-    let a = unsafe { OwnedFd::from_raw_fd(fds[0]) };
-    // SAFETY: likewise.
-    let b = unsafe { UnixStream::from_raw_fd(fds[1]) };
-    Ok((a, b))
 }

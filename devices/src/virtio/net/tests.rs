@@ -64,15 +64,13 @@ fn activate(backend: Arc<dyn NetBackend>, features: u64) -> Device {
 }
 
 fn seqpacket_backend() -> (Arc<dyn NetBackend>, UnixStream) {
-    let (ours, peer) = backend::seqpacket_pair().unwrap();
-    // SAFETY: `ours` is a valid open socket; making it non-blocking changes no memory.
-    unsafe {
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&ours);
-        libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK);
-    }
+    let (ours, peer) = crate::seqpacket::SeqpacketSocket::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    // The peer reads and writes whole messages through the stream API, with a timeout.
+    let peer = UnixStream::from(std::os::fd::OwnedFd::from(peer));
     peer.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    (Arc::new(SeqpacketBackend::from_fd(ours)), peer)
+    (Arc::new(SeqpacketBackend::from_socket(ours)), peer)
 }
 
 fn setup() -> Setup {
