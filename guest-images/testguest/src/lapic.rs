@@ -67,6 +67,12 @@ pub fn id() -> u32 {
     read(reg::ID) >> 24
 }
 
+/// The MSI address that delivers to the LAPIC with ID `apic_id` (physical destination,
+/// fixed delivery: the message data is just the vector).
+pub fn msi_address(apic_id: u32) -> u32 {
+    BASE as u32 | (apic_id << 12)
+}
+
 /// Enables this CPU's APIC with `spurious` as its spurious vector, and accepts every
 /// interrupt priority.
 pub fn enable(spurious: u8) {

@@ -30,6 +30,7 @@ mod lapic;
 mod mem;
 mod mmio;
 mod pcie;
+mod pciehp;
 mod phys;
 mod port;
 mod ring0;
@@ -38,6 +39,8 @@ mod serial;
 mod smp;
 mod time;
 mod virtio;
+mod virtio_iommu;
+mod virtio_net;
 
 use core::panic::PanicInfo;
 use core::sync::atomic::{AtomicBool, Ordering};

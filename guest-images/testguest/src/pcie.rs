@@ -1,12 +1,15 @@
-//! PCI configuration access for scenarios: ECAM (window from the MCFG) and the legacy
-//! 0xCF8/0xCFC pair ([`legacy`]), 8, 16 and 32 bits each way; a walker that finds every
-//! function reachable from the first bus the way Linux's PCI core scans; and
-//! capability-list walkers with loop guards.
+//! PCI configuration access: ECAM (window from the MCFG) and the legacy 0xCF8/0xCFC pair
+//! ([`legacy`]), 8, 16 and 32 bits each way; a walker that finds every function reachable
+//! from the first bus the way Linux's PCI core scans (drivers find their devices in its
+//! [`Topology`]); capability-list walkers with loop guards; BAR decoding; and the register
+//! names ([`regs`]).
 
 use core::fmt;
 
 use crate::acpi::{self, AcpiError, Root};
 use crate::{mmio, phys};
+
+pub mod regs;
 
 /// A function's address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,78 +27,17 @@ impl Bdf {
     pub const fn new(bus: u8, dev: u8, func: u8) -> Self {
         Self { bus, dev, func }
     }
+
+    /// The requester ID: bus in bits 15:8, device 7:3, function 2:0.
+    pub const fn rid(&self) -> u16 {
+        (self.bus as u16) << 8 | (self.dev as u16 & 31) << 3 | (self.func as u16 & 7)
+    }
 }
 
 impl fmt::Display for Bdf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:02x}:{:02x}.{}", self.bus, self.dev, self.func)
     }
-}
-
-/// Configuration-space offsets and IDs the scenarios share.
-pub mod regs {
-    /// Vendor ID (16 bits); device ID follows at 0x02.
-    pub const VENDOR_ID: u16 = 0x00;
-    /// Status (16 bits).
-    pub const STATUS: u16 = 0x06;
-    /// Status: the capability list is present.
-    pub const STATUS_CAP_LIST: u16 = 1 << 4;
-    /// Revision ID (8 bits) and class code (24 bits).
-    pub const CLASS_REV: u16 = 0x08;
-    /// Header type (8 bits); bit 7 is the multi-function bit.
-    pub const HEADER_TYPE: u16 = 0x0e;
-    /// First BAR.
-    pub const BAR0: u16 = 0x10;
-    /// Type 1: primary, secondary, subordinate bus and secondary latency timer.
-    pub const BUSES: u16 = 0x18;
-    /// Latency timer (8 bits; PCIe: reads 0).
-    pub const LATENCY_TIMER: u16 = 0x0d;
-    /// Type 1: secondary latency timer (8 bits; PCIe: reads 0).
-    pub const SEC_LATENCY_TIMER: u16 = 0x1b;
-    /// Type 1: I/O base and limit (8 bits each).
-    pub const IO_BASE: u16 = 0x1c;
-    /// Type 1: I/O base, upper 16 bits.
-    pub const IO_BASE_UPPER16: u16 = 0x30;
-    /// Type 1: I/O limit, upper 16 bits.
-    pub const IO_LIMIT_UPPER16: u16 = 0x32;
-    /// Type 1: bridge control (16 bits).
-    pub const BRIDGE_CONTROL: u16 = 0x3e;
-    /// Type 1: memory base and limit (16 bits each).
-    pub const MEMORY_BASE: u16 = 0x20;
-    /// Type 1: prefetchable base and limit (16 bits each).
-    pub const PREF_BASE: u16 = 0x24;
-    /// Type 1: prefetchable base, upper 32 bits.
-    pub const PREF_BASE_UPPER: u16 = 0x28;
-    /// Type 1: prefetchable limit, upper 32 bits.
-    pub const PREF_LIMIT_UPPER: u16 = 0x2c;
-    /// Capabilities pointer (8 bits).
-    pub const CAP_PTR: u16 = 0x34;
-    /// Interrupt line (8 bits, read-write scratch for software).
-    pub const INTERRUPT_LINE: u16 = 0x3c;
-
-    /// Capability ID: MSI.
-    pub const CAP_MSI: u8 = 0x05;
-    /// Capability ID: PCI Express.
-    pub const CAP_EXP: u8 = 0x10;
-    /// Extended capability ID: ACS.
-    pub const EXT_ACS: u16 = 0x0d;
-
-    /// PCIe capability offsets (from the capability).
-    pub const EXP_FLAGS: u16 = 0x02;
-    /// Link Capabilities.
-    pub const EXP_LNKCAP: u16 = 0x0c;
-    /// Link Control.
-    pub const EXP_LNKCTL: u16 = 0x10;
-    /// Link Status.
-    pub const EXP_LNKSTA: u16 = 0x12;
-    /// Slot Capabilities.
-    pub const EXP_SLTCAP: u16 = 0x14;
-    /// Slot Control.
-    pub const EXP_SLTCTL: u16 = 0x18;
-    /// Slot Status.
-    pub const EXP_SLTSTA: u16 = 0x1a;
-    /// Device Capabilities 2.
-    pub const EXP_DEVCAP2: u16 = 0x24;
 }
 
 /// An ID dword that means "no function here", as Linux's
@@ -217,6 +159,15 @@ impl Ecam {
         self.addr(f, reg).map_or(0xffff_ffff, mmio::read32)
     }
 
+    /// Config read of `size` bytes (1, 2 or 4).
+    pub fn read(&self, f: Bdf, reg: u16, size: u8) -> u32 {
+        match size {
+            1 => self.read8(f, reg).into(),
+            2 => self.read16(f, reg).into(),
+            _ => self.read32(f, reg),
+        }
+    }
+
     /// 8-bit config write (dropped outside the window).
     pub fn write8(&self, f: Bdf, reg: u16, v: u8) {
         if let Some(a) = self.addr(f, reg) {
@@ -238,6 +189,30 @@ impl Ecam {
         }
     }
 
+    /// BAR `i` (0-5) of `f`, decoded. A 64-bit memory BAR takes the next one as its upper
+    /// half (but BAR 5 has none).
+    pub fn bar(&self, f: Bdf, i: u8) -> Bar {
+        let reg = regs::BAR0 + 4 * u16::from(i);
+        let lo = self.read32(f, reg);
+        if lo & regs::BAR_SPACE_IO != 0 {
+            return Bar {
+                addr: u64::from(lo & regs::BAR_IO_MASK),
+                io: true,
+                is64: false,
+            };
+        }
+        let is64 = lo & regs::BAR_MEM_TYPE_MASK == regs::BAR_MEM_TYPE_64;
+        let mut addr = u64::from(lo & regs::BAR_MEM_MASK);
+        if is64 && i < 5 {
+            addr |= u64::from(self.read32(f, reg + 4)) << 32;
+        }
+        Bar {
+            addr,
+            io: false,
+            is64,
+        }
+    }
+
     /// Standard capabilities (id, offset), following the list with a loop guard (48
     /// entries, as Linux's `PCI_FIND_CAP_TTL`).
     pub fn capabilities(&self, f: Bdf) -> CapList<u8> {
@@ -245,8 +220,9 @@ impl Ecam {
         if self.read16(f, regs::STATUS) & regs::STATUS_CAP_LIST == 0 {
             return list;
         }
+        let past_header = |off: u8| u16::from(off) >= regs::STD_HEADER_SIZE;
         let mut off = self.read8(f, regs::CAP_PTR) & 0xfc;
-        while off >= 0x40 && list.len < list.caps.len() {
+        while past_header(off) && list.len < list.caps.len() {
             let id = self.read8(f, u16::from(off));
             if id == 0xff {
                 // Linux stops at an ID of 0xff (a device that went away).
@@ -254,17 +230,18 @@ impl Ecam {
             }
             list.caps[list.len] = (id, u16::from(off));
             list.len += 1;
-            off = self.read8(f, u16::from(off) + 1) & 0xfc;
+            off = self.read8(f, u16::from(off) + regs::CAP_LIST_NEXT) & 0xfc;
         }
-        list.looped = off >= 0x40 && list.len == list.caps.len();
+        list.looped = past_header(off) && list.len == list.caps.len();
         list
     }
 
     /// Extended capabilities (id, offset) from 0x100, with a loop guard.
     pub fn ext_capabilities(&self, f: Bdf) -> CapList<u16> {
         let mut list = CapList::default();
-        let mut off = 0x100u16;
-        while (0x100..0x1000).contains(&off) && list.len < list.caps.len() {
+        let extended = regs::CFG_SPACE_SIZE..regs::CFG_SPACE_EXP_SIZE;
+        let mut off = regs::CFG_SPACE_SIZE;
+        while extended.contains(&off) && list.len < list.caps.len() {
             let h = self.read32(f, off);
             if h == 0 || h == 0xffff_ffff {
                 break;
@@ -273,7 +250,7 @@ impl Ecam {
             list.len += 1;
             off = ((h >> 20) & 0xffc) as u16;
         }
-        list.looped = off >= 0x100 && list.len == list.caps.len();
+        list.looped = off >= regs::CFG_SPACE_SIZE && list.len == list.caps.len();
         list
     }
 
@@ -309,9 +286,10 @@ impl Ecam {
                 continue;
             }
             let header = self.read8(f, regs::HEADER_TYPE);
-            let single = func == 0 && header & 0x80 == 0;
+            let single = func == 0 && header & regs::HEADER_TYPE_MFD == 0;
             stack[sp - 1].devfn = if single { next_dev } else { frame.devfn + 1 };
-            let buses = (header & 0x7f == 1).then(|| Buses::from(self.read32(f, regs::BUSES)));
+            let bridge = header & regs::HEADER_TYPE_MASK == regs::HEADER_TYPE_BRIDGE;
+            let buses = bridge.then(|| Buses::from(self.read32(f, regs::BUSES)));
             topo.push(Function {
                 bdf: f,
                 vendor: id as u16,
@@ -357,6 +335,17 @@ impl Ecam {
         }
         Ok(topo)
     }
+}
+
+/// A decoded BAR.
+#[derive(Debug, Clone, Copy)]
+pub struct Bar {
+    /// Its address (0: not assigned), in I/O or memory space.
+    pub addr: u64,
+    /// An I/O BAR.
+    pub io: bool,
+    /// A 64-bit memory BAR (it takes two BAR registers).
+    pub is64: bool,
 }
 
 /// Deepest bridge nesting [`Ecam::walk`] follows.
@@ -443,7 +432,7 @@ impl Function {
 
     /// Header layout: 0 endpoint, 1 PCI-to-PCI bridge, 2 CardBus bridge.
     pub fn header_type(&self) -> u8 {
-        self.header & 0x7f
+        self.header & regs::HEADER_TYPE_MASK
     }
 }
 
@@ -500,6 +489,13 @@ impl Topology {
     /// The function at `bdf`.
     pub fn get(&self, bdf: Bdf) -> Option<&Function> {
         self.as_slice().iter().find(|f| f.bdf == bdf)
+    }
+
+    /// The functions with vendor ID `vendor` and device ID `device`, depth first.
+    pub fn with_id(&self, vendor: u16, device: u16) -> impl Iterator<Item = &Function> + '_ {
+        self.as_slice()
+            .iter()
+            .filter(move |f| f.vendor == vendor && f.device == device)
     }
 
     /// The functions right below bridge `bridge`.
@@ -626,6 +622,15 @@ pub mod legacy {
     pub fn read32(f: Bdf, reg: u8) -> u32 {
         select(f, reg);
         port::inl(DATA_PORT)
+    }
+
+    /// Config read of `size` bytes (1, 2 or 4).
+    pub fn read(f: Bdf, reg: u8, size: u8) -> u32 {
+        match size {
+            1 => read8(f, reg).into(),
+            2 => read16(f, reg).into(),
+            _ => read32(f, reg),
+        }
     }
 
     /// 8-bit config write.

@@ -44,6 +44,23 @@ pub fn write_u64(addr: u64, value: u64) {
     };
 }
 
+/// Copies guest memory at `addr` into `out`, a quadword at a time (the last one partly).
+pub fn read_bytes(addr: u64, out: &mut [u8]) {
+    for (i, chunk) in out.chunks_mut(8).enumerate() {
+        let w = read_u64(addr + 8 * i as u64).to_le_bytes();
+        chunk.copy_from_slice(&w[..chunk.len()]);
+    }
+}
+
+/// Writes `bytes`, a whole number of quadwords, to guest memory at `addr` (which the
+/// caller owns, as for [`write_u64`]).
+pub fn write_bytes(addr: u64, bytes: &[u8]) {
+    debug_assert!(bytes.len().is_multiple_of(8));
+    for (i, w) in bytes.chunks_exact(8).enumerate() {
+        write_u64(addr + 8 * i as u64, le_u64(w, 0));
+    }
+}
+
 /// Little-endian readers for byte slices of tables.
 pub fn le_u32(b: &[u8], off: usize) -> u32 {
     u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])

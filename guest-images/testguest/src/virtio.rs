@@ -1,32 +1,61 @@
-//! A ring-3 virtio 1.x driver over the modern PCI transport: finds the device behind the
-//! root ports, negotiates features, sets split queues up in a scratch area of guest RAM,
-//! programs MSI-X, and moves buffers. Enough for the virtio-net and MSI-X scenarios.
+//! A ring-3 virtio 1.x transport over the modern PCI interface: finds a device in the PCI
+//! topology, negotiates features, sets split queues up in a scratch area of guest RAM,
+//! programs MSI-X, and moves buffers. The device drivers (`virtio_net`, `virtio_iommu`)
+//! sit on it.
 
 use core::sync::atomic::{Ordering, compiler_fence};
 
+use crate::lapic;
 use crate::mmio;
-use crate::pcie::{Bdf, Ecam};
+use crate::pcie::{Bdf, Ecam, Topology, regs};
 use crate::phys;
 
+/// PCI vendor ID of every virtio function.
+pub const VENDOR_ID: u16 = 0x1af4;
 /// Device status bits.
 const ACKNOWLEDGE: u8 = 1;
 const DRIVER: u8 = 2;
 const DRIVER_OK: u8 = 4;
 const FEATURES_OK: u8 = 8;
-/// Descriptor flags.
-const DESC_F_WRITE: u16 = 2;
+const DEVICE_NEEDS_RESET: u8 = 0x40;
 /// Feature bit: VERSION_1.
 pub const F_VERSION_1: u64 = 1 << 32;
+/// Feature bit: ACCESS_PLATFORM (the device's DMA goes through the platform's IOMMU).
+pub const F_ACCESS_PLATFORM: u64 = 1 << 33;
+/// A queue's MSI-X vector: none (the driver polls).
+pub const NO_VECTOR: u16 = 0xffff;
+
+/// The virtio PCI capability (a vendor-specific one): fields, from the capability.
+mod cap {
+    /// Which structure it locates (8 bits): one of the `*_CFG` values.
+    pub const CFG_TYPE: u16 = 3;
+    /// The BAR holding it (8 bits).
+    pub const BAR: u16 = 4;
+    /// Its offset in the BAR (32 bits).
+    pub const OFFSET: u16 = 8;
+    /// Notification structure: the queue notify offset multiplier (32 bits).
+    pub const NOTIFY_OFF_MULTIPLIER: u16 = 16;
+    /// Common configuration.
+    pub const COMMON_CFG: u8 = 1;
+    /// Notifications.
+    pub const NOTIFY_CFG: u8 = 2;
+    /// Device-specific configuration.
+    pub const DEVICE_CFG: u8 = 4;
+}
 
 /// Why the driver gave up.
 #[derive(Debug, Clone, Copy)]
 pub enum VirtioError {
-    /// No such device behind any root port.
-    NotFound(u16),
+    /// No such device in the PCI topology: device ID, and which one was wanted.
+    NotFound(u16, usize),
     /// A capability the transport must have.
     MissingCap(&'static str),
     /// The device refused the features.
     Features(u64),
+    /// The device does not offer features the driver needs.
+    NotOffered(u64),
+    /// The device status after DRIVER_OK: not running, or it needs a reset.
+    Status(u8),
     /// A queue the device does not have or cannot size.
     Queue(u16),
     /// The scratch area is not RAM.
@@ -36,9 +65,12 @@ pub enum VirtioError {
 impl core::fmt::Display for VirtioError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            VirtioError::NotFound(id) => write!(f, "no virtio device {id:#06x} behind a root port"),
+            VirtioError::NotFound(id, 0) => write!(f, "no virtio device {id:#06x}"),
+            VirtioError::NotFound(id, n) => write!(f, "no virtio device {id:#06x} number {n}"),
             VirtioError::MissingCap(c) => write!(f, "virtio {c} capability missing"),
             VirtioError::Features(x) => write!(f, "device refused features {x:#x}"),
+            VirtioError::NotOffered(x) => write!(f, "the device does not offer {x:#x}"),
+            VirtioError::Status(s) => write!(f, "device status {s:#x} after DRIVER_OK"),
             VirtioError::Queue(q) => write!(f, "queue {q} unusable"),
             VirtioError::Scratch(a) => write!(f, "scratch area {a:#x} is not RAM"),
         }
@@ -129,6 +161,7 @@ pub struct VirtioPci {
     notify_base: u64,
     notify_mul: u32,
     msix_table: u64,
+    msix_pba: u64,
     msix_cap: u16,
     ecam: Ecam,
     /// Added to every address the device is given (see [`Vq`]).
@@ -172,106 +205,66 @@ impl Scratch {
     }
 }
 
+/// The `nth` (from 0) virtio function with device ID `device_id` (e.g. 0x1041) in the
+/// topology, depth first: on bus 0 and behind root ports alike.
+pub fn find(topo: &Topology, device_id: u16, nth: usize) -> Result<Bdf, VirtioError> {
+    topo.with_id(VENDOR_ID, device_id)
+        .nth(nth)
+        .map(|f| f.bdf)
+        .ok_or(VirtioError::NotFound(device_id, nth))
+}
+
 impl VirtioPci {
-    /// Finds virtio device `device_id` (e.g. 0x1041) on the secondary bus of a root port.
-    pub fn find(ecam: &Ecam, device_id: u16) -> Result<Self, VirtioError> {
-        for dev in 1..32u8 {
-            let port = Bdf {
-                bus: 0,
-                dev,
-                func: 0,
-            };
-            if ecam.read16(port, 0) == 0xffff {
-                continue;
-            }
-            let bus = ecam.read8(port, 0x19);
-            let f = Bdf {
-                bus,
-                dev: 0,
-                func: 0,
-            };
-            if bus != 0 && ecam.read32(f, 0) == (u32::from(device_id) << 16) | 0x1af4 {
-                return Self::open(ecam, f);
-            }
-        }
-        Err(VirtioError::NotFound(device_id))
-    }
-
-    /// Opens virtio device `device_id` at function 0 of `bus`.
-    pub fn find_on_bus(ecam: &Ecam, bus: u8, device_id: u16) -> Result<Self, VirtioError> {
-        let f = Bdf {
-            bus,
-            dev: 0,
-            func: 0,
-        };
-        if ecam.read32(f, 0) == (u32::from(device_id) << 16) | 0x1af4 {
-            return Self::open(ecam, f);
-        }
-        Err(VirtioError::NotFound(device_id))
-    }
-
-    /// Finds virtio device `device_id` among the integrated endpoints on bus 0.
-    pub fn find_on_root_bus(ecam: &Ecam, device_id: u16) -> Result<Self, VirtioError> {
-        for dev in 1..32u8 {
-            let f = Bdf {
-                bus: 0,
-                dev,
-                func: 0,
-            };
-            if ecam.read32(f, 0) == (u32::from(device_id) << 16) | 0x1af4 {
-                return Self::open(ecam, f);
-            }
-        }
-        Err(VirtioError::NotFound(device_id))
-    }
-
     /// Reads 64 bits of device-specific configuration.
     pub fn config64(&self, off: u64) -> u64 {
         u64::from(mmio::read32(self.device_cfg + off))
             | (u64::from(mmio::read32(self.device_cfg + off + 4)) << 32)
     }
 
-    fn open(ecam: &Ecam, f: Bdf) -> Result<Self, VirtioError> {
-        let bar = |i: u8| -> u64 {
-            let off = 0x10 + 4 * u16::from(i);
-            let lo = ecam.read32(f, off);
-            let base = u64::from(lo & !0xf);
-            if lo & 0x6 == 0x4 {
-                base | (u64::from(ecam.read32(f, off + 4)) << 32)
-            } else {
-                base
-            }
-        };
+    /// Locates the transport structures of the virtio function at `f` and turns on its
+    /// memory decoding and bus mastering.
+    pub fn open(ecam: &Ecam, f: Bdf) -> Result<Self, VirtioError> {
         let caps = ecam.capabilities(f);
         let (mut common, mut device_cfg, mut notify, mut mul) = (None, None, None, 0);
         for &(id, off) in caps.as_slice() {
-            if id != 0x09 {
+            if id != regs::CAP_VNDR {
                 continue;
             }
-            let kind = ecam.read8(f, off + 3);
-            let addr = bar(ecam.read8(f, off + 4)) + u64::from(ecam.read32(f, off + 8));
-            match kind {
-                1 => common = Some(addr),
-                2 => {
+            let bar = ecam.bar(f, ecam.read8(f, off + cap::BAR)).addr;
+            let addr = bar + u64::from(ecam.read32(f, off + cap::OFFSET));
+            match ecam.read8(f, off + cap::CFG_TYPE) {
+                cap::COMMON_CFG => common = Some(addr),
+                cap::NOTIFY_CFG => {
                     notify = Some(addr);
-                    mul = ecam.read32(f, off + 16);
+                    mul = ecam.read32(f, off + cap::NOTIFY_OFF_MULTIPLIER);
                 }
-                4 => device_cfg = Some(addr),
+                cap::DEVICE_CFG => device_cfg = Some(addr),
                 _ => {}
             }
         }
-        let msix_cap = caps.find(0x11).ok_or(VirtioError::MissingCap("MSI-X"))?;
-        let table = ecam.read32(f, msix_cap + 4);
-        // Bus master on, memory decoding on.
-        let cmd = ecam.read16(f, 4);
-        ecam.write16(f, 4, cmd | 0x6);
+        let msix_cap = caps
+            .find(regs::CAP_MSIX)
+            .ok_or(VirtioError::MissingCap("MSI-X"))?;
+        // The table and the PBA: a BAR indicator and an offset into that BAR each.
+        let locate = |reg: u16| {
+            let v = ecam.read32(f, msix_cap + reg);
+            ecam.bar(f, (v & regs::MSIX_BIR) as u8).addr + u64::from(v & !regs::MSIX_BIR)
+        };
+        let (msix_table, msix_pba) = (locate(regs::MSIX_TABLE), locate(regs::MSIX_PBA));
+        let cmd = ecam.read16(f, regs::COMMAND);
+        ecam.write16(
+            f,
+            regs::COMMAND,
+            cmd | regs::COMMAND_MEMORY | regs::COMMAND_MASTER,
+        );
         Ok(Self {
             bdf: f,
             common: common.ok_or(VirtioError::MissingCap("common"))?,
             device_cfg: device_cfg.ok_or(VirtioError::MissingCap("device"))?,
             notify_base: notify.ok_or(VirtioError::MissingCap("notify"))?,
             notify_mul: mul,
-            msix_table: bar((table & 7) as u8) + u64::from(table & !7),
+            msix_table,
+            msix_pba,
             msix_cap,
             ecam: *ecam,
             dma_offset: 0,
@@ -347,12 +340,18 @@ impl VirtioPci {
         })
     }
 
-    /// DRIVER_OK: the device may use the queues.
-    pub fn driver_ok(&self) {
+    /// DRIVER_OK: the device may use the queues. Fails unless the device then says it
+    /// runs (DRIVER_OK set, DEVICE_NEEDS_RESET clear).
+    pub fn driver_ok(&self) -> Result<(), VirtioError> {
         mmio::write8(
             self.common + 0x14,
             ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
         );
+        let status = self.status();
+        if status & (DRIVER_OK | DEVICE_NEEDS_RESET) != DRIVER_OK {
+            return Err(VirtioError::Status(status));
+        }
+        Ok(())
     }
 
     /// The device status register.
@@ -368,39 +367,47 @@ impl VirtioPci {
     /// Programs MSI-X table entry `vector` to deliver `idt_vector` to the LAPIC `apic_id`,
     /// masked or not.
     pub fn msix_vector(&self, vector: u16, apic_id: u32, idt_vector: u8, masked: bool) {
-        let e = self.msix_table + 16 * u64::from(vector);
-        mmio::write32(e, 0xfee0_0000 | (apic_id << 12));
-        mmio::write32(e + 4, 0);
-        mmio::write32(e + 8, u32::from(idt_vector));
-        mmio::write32(e + 12, u32::from(masked));
+        let e = self.msix_entry(vector);
+        mmio::write32(e + regs::MSIX_ENTRY_LOWER_ADDR, lapic::msi_address(apic_id));
+        mmio::write32(e + regs::MSIX_ENTRY_UPPER_ADDR, 0);
+        mmio::write32(e + regs::MSIX_ENTRY_DATA, u32::from(idt_vector));
+        self.msix_mask(vector, masked);
     }
 
     /// Masks or unmasks MSI-X vector `vector`.
     pub fn msix_mask(&self, vector: u16, masked: bool) {
         mmio::write32(
-            self.msix_table + 16 * u64::from(vector) + 12,
+            self.msix_entry(vector) + regs::MSIX_ENTRY_VECTOR_CTRL,
             u32::from(masked),
         );
     }
 
+    fn msix_entry(&self, vector: u16) -> u64 {
+        self.msix_table + regs::MSIX_ENTRY_SIZE * u64::from(vector)
+    }
+
     /// Enables MSI-X (function mask clear).
     pub fn msix_enable(&self) {
-        let flags = self.ecam.read16(self.bdf, self.msix_cap + 2);
-        self.ecam
-            .write16(self.bdf, self.msix_cap + 2, (flags | 0x8000) & !0x4000);
+        let reg = self.msix_cap + regs::MSIX_FLAGS;
+        let flags = self.ecam.read16(self.bdf, reg);
+        self.ecam.write16(
+            self.bdf,
+            reg,
+            (flags | regs::MSIX_FLAGS_ENABLE) & !regs::MSIX_FLAGS_MASKALL,
+        );
     }
 
     /// The PBA's first quadword (pending bits of vectors 0..64).
     pub fn msix_pending(&self) -> u64 {
-        let pba = self.ecam.read32(self.bdf, self.msix_cap + 8);
-        let bar0 = u64::from(self.ecam.read32(self.bdf, 0x10) & !0xf);
-        let addr = bar0 + u64::from(pba & !7);
+        let addr = self.msix_pba;
         u64::from(mmio::read32(addr)) | (u64::from(mmio::read32(addr + 4)) << 32)
     }
 }
 
-/// Descriptor flags for scenario code.
+/// Descriptor flags.
 pub mod flags {
+    /// The chain goes on at the descriptor in `next`.
+    pub const NEXT: u16 = 1;
     /// The device writes this buffer.
-    pub const WRITE: u16 = super::DESC_F_WRITE;
+    pub const WRITE: u16 = 2;
 }

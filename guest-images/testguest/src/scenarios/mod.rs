@@ -3,8 +3,9 @@
 //! (printed here, from its result) and any number of `TESTGUEST INFO <name>: ...` lines.
 //!
 //! To add one: write `fn run(ctx: &Ctx) -> Result<(), Fail>` in a new module here, and add
-//! a line to [`SCENARIOS`]. Hardware helpers belong in their own top-level modules
-//! (serial, acpi, lapic, smp, ...), not in the scenario.
+//! a line to [`SCENARIOS`]. Hardware helpers and drivers belong in their own top-level
+//! modules (serial, acpi, lapic, smp, pcie, virtio_net, pciehp, ...), not in the scenario;
+//! PCI register names come from `pcie::regs`.
 
 use core::fmt;
 

@@ -19,32 +19,6 @@ const HOST_BRIDGE_ID: u32 = 0x0008_1b36;
 const ROOT_PORT_ID: u32 = 0x000c_1b36;
 const HOST_BRIDGE: Bdf = Bdf::new(0, 0, 0);
 
-/// PCIe capability fields.
-const EXP_TYPE_ROOT_PORT: u16 = 4;
-const EXP_TYPE_RC_END: u16 = 9;
-const EXP_FLAGS_SLOT: u16 = 1 << 8;
-const SLTCAP_ABP: u32 = 1 << 0;
-const SLTCAP_PCP: u32 = 1 << 1;
-const SLTCAP_AIP: u32 = 1 << 3;
-const SLTCAP_PIP: u32 = 1 << 4;
-const SLTCAP_HPC: u32 = 1 << 6;
-const SLTCAP_NCCS: u32 = 1 << 18;
-const SLTCTL_HPIE: u16 = 1 << 5;
-const SLTCTL_DLLSCE: u16 = 1 << 12;
-const SLTSTA_CC: u16 = 1 << 4;
-const SLTSTA_PDS: u16 = 1 << 6;
-/// ABP, PFD, MRLSC, PDC, CC, DLLSC: the RW1C event bits.
-const SLTSTA_EVENTS: u16 = 0x011f;
-const LNKCAP_DLLLARC: u32 = 1 << 20;
-/// Link Control: Retrain Link.
-const LNKCTL_RL: u16 = 1 << 5;
-const LNKSTA_LT: u16 = 1 << 11;
-const LNKSTA_DLLLA: u16 = 1 << 13;
-const DEVCAP2_ARI: u32 = 1 << 5;
-/// MSI message control: 64-bit addresses, per-vector masking.
-const MSI_64BIT: u16 = 1 << 7;
-const MSI_PVM: u16 = 1 << 8;
-
 pub fn run(ctx: &Ctx) -> Result<(), Fail> {
     let ecam = Ecam::from_acpi()?;
     let (start, size) = ecam.window();
@@ -163,45 +137,30 @@ fn check_config_address(ecam: &Ecam) -> Result<(), Fail> {
 /// registers below 0x100 through the ports and the rest through ECAM.
 fn check_access_paths(ecam: &Ecam, f: Bdf) -> Result<(), Fail> {
     for reg in (0..64u8).step_by(4) {
-        let r = u16::from(reg);
-        let d = ecam.read32(f, r);
+        let d = ecam.read32(f, u16::from(reg));
         let l = legacy::read32(f, reg);
         ensure!(
             d == l,
             "{f} reg {reg:#x}: ECAM {d:#010x} but 0xCFC {l:#010x}"
         );
-        for i in 0..4u8 {
-            let want = (d >> (8 * i)) as u8;
-            let got = ecam.read8(f, r + u16::from(i));
-            ensure!(
-                got == want,
-                "{f} reg {:#x}: ECAM byte read {got:#04x}, dword says {want:#04x}",
-                reg + i
-            );
-            if reg < 16 {
-                let got = legacy::read8(f, reg + i);
+        // Bytes, then words: each part of the dword, through ECAM and (below 16) 0xCFC.
+        for (size, name) in [(1u8, "byte"), (2, "word")] {
+            let mask = u32::MAX >> (32 - 8 * u32::from(size));
+            let digits = 2 + 2 * usize::from(size);
+            for at in (reg..reg + 4).step_by(usize::from(size)) {
+                let want = (d >> (8 * (at - reg))) & mask;
+                let got = ecam.read(f, u16::from(at), size);
                 ensure!(
                     got == want,
-                    "{f} reg {:#x}: 0xCFC byte read {got:#04x}, ECAM says {want:#04x}",
-                    reg + i
+                    "{f} reg {at:#x}: ECAM {name} read {got:#0digits$x}, dword says {want:#0digits$x}"
                 );
-            }
-        }
-        for i in [0u8, 2] {
-            let want = (d >> (8 * i)) as u16;
-            let got = ecam.read16(f, r + u16::from(i));
-            ensure!(
-                got == want,
-                "{f} reg {:#x}: ECAM word read {got:#06x}, dword says {want:#06x}",
-                reg + i
-            );
-            if reg < 16 {
-                let got = legacy::read16(f, reg + i);
-                ensure!(
-                    got == want,
-                    "{f} reg {:#x}: 0xCFC word read {got:#06x}, ECAM says {want:#06x}",
-                    reg + i
-                );
+                if reg < 16 {
+                    let got = legacy::read(f, at, size);
+                    ensure!(
+                        got == want,
+                        "{f} reg {at:#x}: 0xCFC {name} read {got:#0digits$x}, ECAM says {want:#0digits$x}"
+                    );
+                }
             }
         }
     }
@@ -298,15 +257,17 @@ fn check_host_bridge(ctx: &Ctx, ecam: &Ecam, f: &Function) -> Result<(), Fail> {
 
 /// A bridge's windows: memory, prefetchable (inclusive ends; base > limit when closed).
 fn windows(ecam: &Ecam, f: Bdf) -> ((u64, u64), (u64, u64)) {
-    let mem = ecam.read32(f, MEMORY_BASE);
-    let mem_base = u64::from(mem & 0xfff0) << 16;
-    let mem_limit = (u64::from(mem >> 16 & 0xfff0) << 16) | 0xf_ffff;
-    let pref = ecam.read32(f, PREF_BASE);
-    let pref_base =
-        (u64::from(pref & 0xfff0) << 16) | (u64::from(ecam.read32(f, PREF_BASE_UPPER)) << 32);
-    let pref_limit = (u64::from(pref >> 16 & 0xfff0) << 16)
-        | (u64::from(ecam.read32(f, PREF_LIMIT_UPPER)) << 32)
-        | 0xf_ffff;
+    // Base and limit registers hold bits 31:20 (the limit's lower bits are all ones).
+    let range = |reg: u16| {
+        let v = ecam.read32(f, reg);
+        let bits = |half: u32| u64::from(half as u16 & MEMORY_RANGE_MASK) << 16;
+        (bits(v), bits(v >> 16) | 0xf_ffff)
+    };
+    let upper = |reg: u16| u64::from(ecam.read32(f, reg)) << 32;
+    let (mem_base, mem_limit) = range(MEMORY_BASE);
+    let (pref_base, pref_limit) = range(PREF_BASE);
+    let pref_base = pref_base | upper(PREF_BASE_UPPER);
+    let pref_limit = pref_limit | upper(PREF_LIMIT_UPPER);
     ((mem_base, mem_limit), (pref_base, pref_limit))
 }
 
@@ -346,8 +307,9 @@ fn check_root_port(
         "{b}: memory window {mem_base:#x}-{mem_limit:#x}, expected {want_mem:#x} + 16 MiB"
     );
     let pref = ecam.read32(b, PREF_BASE);
+    let is64 = |half: u32| half as u16 & PREF_RANGE_TYPE_MASK == PREF_RANGE_TYPE_64;
     ensure!(
-        pref & 0xf == 1 && (pref >> 16) & 0xf == 1,
+        is64(pref) && is64(pref >> 16),
         "{b}: prefetchable window is not 64-bit ({pref:#x})"
     );
     let want_pref = 0x80_0000_0000 + (u64::from(number) - 1) * (2 << 30);
@@ -382,11 +344,11 @@ fn check_root_port(
         );
     }
     let bctl = ecam.read16(b, BRIDGE_CONTROL);
-    ecam.write16(b, BRIDGE_CONTROL, bctl | 0x0fa0);
+    ecam.write16(b, BRIDGE_CONTROL, bctl | BRIDGE_CTL_NOT_PCIE);
     let now = ecam.read16(b, BRIDGE_CONTROL);
     ecam.write16(b, BRIDGE_CONTROL, bctl);
     ensure!(
-        now & 0x0fa0 == 0,
+        now & BRIDGE_CTL_NOT_PCIE == 0,
         "{b}: bridge control reads {now:#06x} after setting bits 5 and 7..11 (PCIe: read 0)"
     );
     check_read_only_header(ecam, b)?;
@@ -400,7 +362,7 @@ fn check_root_port(
         .find(CAP_EXP)
         .ok_or_else(|| fail!("{b}: no PCI Express capability"))?;
     ensure!(
-        exp + 0x3c <= 0x100,
+        exp + EXP_SIZEOF_V2 <= CFG_SPACE_SIZE,
         "{b}: PCIe capability at {exp:#x} runs past 0x100"
     );
     let msi = caps
@@ -408,35 +370,35 @@ fn check_root_port(
         .ok_or_else(|| fail!("{b}: no MSI capability (pciehp needs an interrupt)"))?;
     let flags = ecam.read16(b, exp + EXP_FLAGS);
     ensure!(
-        flags & 0xf == 2,
+        flags & EXP_FLAGS_VERS == 2,
         "{b}: PCIe capability version {}, expected 2",
-        flags & 0xf
+        flags & EXP_FLAGS_VERS
     );
     ensure!(
-        (flags >> 4) & 0xf == EXP_TYPE_ROOT_PORT,
+        exp_type(flags) == EXP_TYPE_ROOT_PORT,
         "{b}: PCIe port type {}, expected 4 (root port)",
-        (flags >> 4) & 0xf
+        exp_type(flags)
     );
     ensure!(
         flags & EXP_FLAGS_SLOT != 0,
         "{b}: Slot Implemented is clear"
     );
     ensure!(
-        (flags >> 9) & 0x1f == 0,
+        flags & EXP_FLAGS_IRQ == 0,
         "{b}: interrupt message number {} with a single MSI vector",
-        (flags >> 9) & 0x1f
+        (flags & EXP_FLAGS_IRQ) >> 9
     );
     let sltcap = ecam.read32(b, exp + EXP_SLTCAP);
-    let need = SLTCAP_ABP | SLTCAP_PCP | SLTCAP_AIP | SLTCAP_PIP | SLTCAP_HPC;
+    let need = EXP_SLTCAP_ABP | EXP_SLTCAP_PCP | EXP_SLTCAP_AIP | EXP_SLTCAP_PIP | EXP_SLTCAP_HPC;
     ensure!(
         sltcap & need == need,
         "{b}: Slot Capabilities {sltcap:#010x} lack ABP, PCP, AIP, PIP or HPC"
     );
     ensure!(
-        sltcap & SLTCAP_NCCS == 0,
+        sltcap & EXP_SLTCAP_NCCS == 0,
         "{b}: NCCS set (expected Command Completed on every Slot Control write)"
     );
-    let psn = sltcap >> 19;
+    let psn = sltcap >> EXP_SLTCAP_PSN_SHIFT;
     ensure!(
         psn == u32::from(number),
         "{b}: physical slot {psn} (expected {number})"
@@ -449,26 +411,27 @@ fn check_root_port(
     slot_numbers[word] |= 1 << bit;
     let lnkcap = ecam.read32(b, exp + EXP_LNKCAP);
     ensure!(
-        lnkcap & LNKCAP_DLLLARC != 0,
+        lnkcap & EXP_LNKCAP_DLLLARC != 0,
         "{b}: DLLLARC clear in Link Capabilities (every hot-add would wait 1 s)"
     );
     // Retrain Link (Link Control bit 5) always reads 0, so read-modify-writes of Link
     // Control (ASPM code) do not retrain again and again.
     let lnkctl = ecam.read16(b, exp + EXP_LNKCTL);
-    ecam.write16(b, exp + EXP_LNKCTL, lnkctl | LNKCTL_RL);
+    ecam.write16(b, exp + EXP_LNKCTL, lnkctl | EXP_LNKCTL_RL);
     let now = ecam.read16(b, exp + EXP_LNKCTL);
     ecam.write16(b, exp + EXP_LNKCTL, lnkctl);
     ensure!(
-        now & LNKCTL_RL == 0,
+        now & EXP_LNKCTL_RL == 0,
         "{b}: Retrain Link reads 1 after being written ({now:#06x})"
     );
     ensure!(
-        ecam.read32(b, exp + EXP_DEVCAP2) & DEVCAP2_ARI != 0,
+        ecam.read32(b, exp + EXP_DEVCAP2) & EXP_DEVCAP2_ARI != 0,
         "{b}: no ARI forwarding in DevCap2"
     );
-    let msi_ctl = ecam.read16(b, msi + 2);
+    let msi_ctl = ecam.read16(b, msi + MSI_FLAGS);
+    let want = MSI_FLAGS_64BIT | MSI_FLAGS_MASKBIT;
     ensure!(
-        msi_ctl & (MSI_64BIT | MSI_PVM) == MSI_64BIT | MSI_PVM && (msi_ctl >> 1) & 7 == 0,
+        msi_ctl & want == want && msi_ctl & MSI_FLAGS_QMASK == 0,
         "{b}: MSI control {msi_ctl:#06x}, expected one vector, 64-bit, per-vector mask"
     );
     let ext = ecam.ext_capabilities(b);
@@ -489,8 +452,8 @@ fn check_root_port(
     let occupied = topo.children(b).next().is_some();
     let sltsta = ecam.read16(b, exp + EXP_SLTSTA);
     let lnksta = ecam.read16(b, exp + EXP_LNKSTA);
-    let present = sltsta & SLTSTA_PDS != 0;
-    let active = lnksta & LNKSTA_DLLLA != 0;
+    let present = sltsta & EXP_SLTSTA_PDS != 0;
+    let active = lnksta & EXP_LNKSTA_DLLLA != 0;
     ensure!(
         present == occupied && active == occupied,
         "{b}: slot {} but Presence Detect State {present}, Data Link Layer Link Active {active}",
@@ -499,7 +462,7 @@ fn check_root_port(
     if occupied {
         // What pciehp_check_link_status wants before it scans the slot.
         ensure!(
-            lnksta & LNKSTA_LT == 0 && (lnksta >> 4) & 0x3f != 0,
+            lnksta & EXP_LNKSTA_LT == 0 && lnksta & EXP_LNKSTA_NLW != 0,
             "{b}: link status {lnksta:#06x}: training, or no negotiated width"
         );
     }
@@ -507,7 +470,7 @@ fn check_root_port(
     info!(
         ctx,
         "{b} [1b36:000c] class 0604 type 1 bus {buses} mem {mem_base:x}-{mem_limit:x} pref {pref_base:x}-{pref_limit:x} io none slot {psn} port {} caps exp@{exp:#x} msi@{msi:#x} acs@{acs:#x}{}",
-        lnkcap >> 24,
+        lnkcap >> EXP_LNKCAP_PN_SHIFT,
         if occupied { " occupied" } else { "" }
     );
     if !occupied {
@@ -523,47 +486,47 @@ fn check_root_port(
 fn check_slot_control(ecam: &Ecam, b: Bdf, exp: u16) -> Result<(), Fail> {
     let (sltctl, sltsta) = (exp + EXP_SLTCTL, exp + EXP_SLTSTA);
     let ctl = ecam.read16(b, sltctl);
-    ecam.write16(b, sltsta, SLTSTA_EVENTS);
+    ecam.write16(b, sltsta, EXP_SLTSTA_EVENTS);
     let sta = ecam.read16(b, sltsta);
     ensure!(
-        sta & SLTSTA_EVENTS == 0,
+        sta & EXP_SLTSTA_EVENTS == 0,
         "{b}: Slot Status {sta:#06x} after writing 1 to every event bit"
     );
     ecam.write16(b, sltctl, ctl);
     ensure!(
-        ecam.read16(b, sltsta) & SLTSTA_CC != 0,
+        ecam.read16(b, sltsta) & EXP_SLTSTA_CC != 0,
         "{b}: no Command Completed after a Slot Control write"
     );
     ecam.write16(b, sltsta, 0);
     ensure!(
-        ecam.read16(b, sltsta) & SLTSTA_CC != 0,
+        ecam.read16(b, sltsta) & EXP_SLTSTA_CC != 0,
         "{b}: writing 0 cleared Command Completed"
     );
-    ecam.write16(b, sltsta, SLTSTA_CC);
+    ecam.write16(b, sltsta, EXP_SLTSTA_CC);
     ensure!(
-        ecam.read16(b, sltsta) & SLTSTA_CC == 0,
+        ecam.read16(b, sltsta) & EXP_SLTSTA_CC == 0,
         "{b}: writing 1 did not clear Command Completed"
     );
     // Through 0xCF8/0xCFC: the 16-bit registers sit at byte offsets 0 and 2 of the data
     // port.
     legacy::write16(b, sltctl as u8, ctl);
     ensure!(
-        legacy::read16(b, sltsta as u8) & SLTSTA_CC != 0,
+        legacy::read16(b, sltsta as u8) & EXP_SLTSTA_CC != 0,
         "{b}: no Command Completed after a Slot Control write through 0xCFC"
     );
-    legacy::write16(b, sltsta as u8, SLTSTA_CC);
+    legacy::write16(b, sltsta as u8, EXP_SLTSTA_CC);
     ensure!(
-        ecam.read16(b, sltsta) & SLTSTA_CC == 0,
+        ecam.read16(b, sltsta) & EXP_SLTSTA_CC == 0,
         "{b}: writing 1 through 0xCFC did not clear Command Completed"
     );
-    if ctl & SLTCTL_HPIE == 0 {
-        ecam.write16(b, sltctl, ctl | SLTCTL_DLLSCE);
+    if ctl & EXP_SLTCTL_HPIE == 0 {
+        ecam.write16(b, sltctl, ctl | EXP_SLTCTL_DLLSCE);
         let with = ecam.read16(b, sltctl);
         ecam.write16(b, sltctl, ctl);
         let back = ecam.read16(b, sltctl);
-        ecam.write16(b, sltsta, SLTSTA_CC);
+        ecam.write16(b, sltsta, EXP_SLTSTA_CC);
         ensure!(
-            with & SLTCTL_DLLSCE != 0,
+            with & EXP_SLTCTL_DLLSCE != 0,
             "{b}: DLLSCE is not writable in Slot Control"
         );
         ensure!(
@@ -589,7 +552,7 @@ fn check_integrated_endpoint(ctx: &Ctx, ecam: &Ecam, f: &Function) -> Result<(),
     let caps = ecam.capabilities(b);
     ensure!(!caps.looped, "{b}: the capability list loops");
     if let Some(exp) = caps.find(CAP_EXP) {
-        let port_type = (ecam.read16(b, exp + EXP_FLAGS) >> 4) & 0xf;
+        let port_type = exp_type(ecam.read16(b, exp + EXP_FLAGS));
         ensure!(
             port_type == EXP_TYPE_RC_END,
             "{b}: PCIe device type {port_type} on bus 0, expected 9 (root-complex integrated endpoint)"
@@ -630,9 +593,12 @@ fn check_child(ctx: &Ctx, ecam: &Ecam, f: &Function, parent: Bdf) -> Result<(), 
         "{b} answers behind {parent}: a link has device 0 only (ARI is off)"
     );
     if let Some(exp) = ecam.capabilities(b).find(CAP_EXP) {
-        let kind = (ecam.read16(b, exp + EXP_FLAGS) >> 4) & 0xf;
+        let kind = exp_type(ecam.read16(b, exp + EXP_FLAGS));
         ensure!(
-            matches!(kind, 0 | 1 | 5),
+            matches!(
+                kind,
+                EXP_TYPE_ENDPOINT | EXP_TYPE_LEG_END | EXP_TYPE_UPSTREAM
+            ),
             "{b}: PCIe type {kind} behind a root port (expected an endpoint or upstream port)"
         );
     }
@@ -640,29 +606,24 @@ fn check_child(ctx: &Ctx, ecam: &Ecam, f: &Function, parent: Bdf) -> Result<(), 
         return Ok(());
     }
     let ((mem_base, mem_limit), (pref_base, pref_limit)) = windows(ecam, parent);
-    let mut i = 0u16;
+    let mut i = 0u8;
     while i < 6 {
-        let lo = ecam.read32(b, BAR0 + 4 * i);
-        let is64 = lo & 1 == 0 && (lo >> 1) & 3 == 2;
-        let addr = if lo & 1 != 0 {
-            0
-        } else if is64 && i < 5 {
-            u64::from(lo & !0xf) | u64::from(ecam.read32(b, BAR0 + 4 * (i + 1))) << 32
+        let bar = ecam.bar(b, i);
+        let addr = bar.addr;
+        if bar.io {
+            ensure!(
+                addr == 0,
+                "{b}: I/O BAR {i} at {addr:#x} behind a port without an I/O window"
+            );
         } else {
-            u64::from(lo & !0xf)
-        };
-        ensure!(
-            lo & 1 == 0 || lo & !3 == 0,
-            "{b}: I/O BAR {i} at {:#x} behind a port without an I/O window",
-            lo & !3
-        );
-        let inside =
-            (mem_base..=mem_limit).contains(&addr) || (pref_base..=pref_limit).contains(&addr);
-        ensure!(
-            addr == 0 || inside,
-            "{b}: BAR {i} at {addr:#x} is outside the windows of {parent}"
-        );
-        i += if is64 { 2 } else { 1 };
+            let inside =
+                (mem_base..=mem_limit).contains(&addr) || (pref_base..=pref_limit).contains(&addr);
+            ensure!(
+                addr == 0 || inside,
+                "{b}: BAR {i} at {addr:#x} is outside the windows of {parent}"
+            );
+        }
+        i += if bar.is64 { 2 } else { 1 };
     }
     Ok(())
 }
@@ -687,7 +648,7 @@ fn check_absent(ctx: &Ctx, ecam: &Ecam, topo: &Topology) -> Result<(), Fail> {
                 "absent {f} reg {reg:#x}: ECAM {e:#010x}, 0xCFC {l:#010x}, expected all ones"
             );
         }
-        let e = ecam.read32(f, 0x100);
+        let e = ecam.read32(f, CFG_SPACE_SIZE);
         ensure!(
             e == 0xffff_ffff,
             "absent {f} reg 0x100: ECAM {e:#010x}, expected all ones"

@@ -1,4 +1,4 @@
-//! virtio-net scenarios, on the ring-3 driver in `virtio.rs`:
+//! virtio-net scenarios, on the ring-3 driver in `virtio_net.rs`:
 //! - `virtio-net`: frames out through the TX queue, echoed back by the peer the test runs
 //!   on the socket backend, checked byte for byte on the RX queue; MSI-X interrupts counted.
 //! - `msix`: vector and function masking with the TX-completion vector: a masked vector
@@ -7,180 +7,54 @@
 //!   as the ring allows (for `vmm-bench net`).
 
 use super::{Ctx, Fail, ensure, fail, info};
-use crate::lapic;
-use crate::pcie::Ecam;
-use crate::phys;
-use crate::ring0::{self, BSP_CPU, SPURIOUS_VECTOR};
+use crate::pcie::{Bdf, Ecam};
+use crate::ring0::{self, BSP_CPU};
 use crate::time;
-use crate::virtio::{Scratch, VirtioPci, Vq, flags};
+use crate::virtio::{self, VirtioPci};
+use crate::virtio_net::{self, HDR_LEN, MAX_FRAME, RX_VECTOR, Setup, TX_VECTOR, VirtioNet};
 
-const VIRTIO_NET: u16 = 0x1041;
-const F_MAC: u64 = 1 << 5;
-const HDR: u64 = 12;
-const RX_VECTOR: u8 = 0x50;
-const TX_VECTOR: u8 = 0x51;
-const CONFIG_VECTOR: u8 = 0x52;
 /// Rings and buffers live in RAM at 32 MiB (the tests give the VM 256 MiB).
 pub(super) const SCRATCH: (u64, u64) = (32 << 20, 16 << 20);
-/// VIRTIO_F_ACCESS_PLATFORM.
-pub(super) const F_ACCESS_PLATFORM: u64 = 1 << 33;
-const BUF: u64 = 2048;
 
-pub(super) struct Net {
-    dev: VirtioPci,
-    rx: Vq,
-    pub(super) tx: Vq,
-    pub(super) rx_bufs: u64,
-    pub(super) tx_bufs: u64,
-    rx_posted: bool,
-    mac: [u8; 6],
-}
-
-fn bring_up(ctx: &Ctx, queue_size: u16, tx_masked: bool) -> Result<Net, Fail> {
-    bring_up_with(ctx, queue_size, tx_masked, 0, 0)
-}
-
-/// Brings the device up accepting `extra` features, handing it addresses offset by
-/// `dma_offset` from guest-physical (IOVAs behind the IOMMU).
-pub(super) fn bring_up_with(
-    ctx: &Ctx,
-    queue_size: u16,
-    tx_masked: bool,
-    extra: u64,
-    dma_offset: u64,
-) -> Result<Net, Fail> {
+/// The `nth` virtio-net function in the PCI topology, depth first (the VMM puts the n-th
+/// `--net` in the n-th free root port).
+pub(super) fn find(nth: usize) -> Result<(Ecam, Bdf), Fail> {
     let ecam = Ecam::from_acpi()?;
-    let dev = VirtioPci::find(&ecam, VIRTIO_NET)?;
-    bring_up_dev(ctx, dev, SCRATCH, queue_size, tx_masked, extra, dma_offset)
+    let bdf = virtio::find(&ecam.walk()?, virtio_net::DEVICE_ID, nth)?;
+    Ok((ecam, bdf))
 }
 
-/// Brings up the virtio-net device at function 0 of `bus`, its rings and buffers in
-/// `scratch` (base, length).
-pub(super) fn bring_up_on_bus(
-    ctx: &Ctx,
-    bus: u8,
-    scratch: (u64, u64),
-    extra: u64,
-    dma_offset: u64,
-) -> Result<Net, Fail> {
-    let ecam = Ecam::from_acpi()?;
-    let dev = VirtioPci::find_on_bus(&ecam, bus, VIRTIO_NET)?;
-    bring_up_dev(ctx, dev, scratch, 64, false, extra, dma_offset)
-}
-
-fn bring_up_dev(
-    ctx: &Ctx,
-    mut dev: VirtioPci,
-    scratch_area: (u64, u64),
-    queue_size: u16,
-    tx_masked: bool,
-    extra: u64,
-    dma_offset: u64,
-) -> Result<Net, Fail> {
-    dev.dma_offset = dma_offset;
-    let offered = dev.init(F_MAC | extra)?;
-    ensure!(
-        offered & extra == extra,
-        "the device does not offer {extra:#x}"
-    );
-    ensure!(
-        offered & F_MAC != 0,
-        "the device does not offer VIRTIO_NET_F_MAC"
-    );
-    let mut mac = [0u8; 6];
-    for (i, b) in mac.iter_mut().enumerate() {
-        *b = dev.config8(i as u64);
-    }
-    let mut scratch = Scratch::new(&ctx.boot_params, scratch_area.0, scratch_area.1)?;
-    lapic::enable(SPURIOUS_VECTOR);
-    let apic = lapic::id();
-    dev.msix_vector(0, apic, RX_VECTOR, false);
-    dev.msix_vector(1, apic, TX_VECTOR, tx_masked);
-    dev.msix_vector(2, apic, CONFIG_VECTOR, false);
-    dev.msix_enable();
-    let rx = dev.setup_queue(&mut scratch, 0, queue_size, 0)?;
-    let tx = dev.setup_queue(&mut scratch, 1, queue_size, 1)?;
-    dev.driver_ok();
-    let status = dev.status();
-    ensure!(
-        status & 4 != 0 && status & 0x40 == 0,
-        "device status {status:#x} after DRIVER_OK"
-    );
-    let n = u64::from(queue_size);
-    let rx_bufs = scratch.alloc(n * BUF, 4096)?;
-    let tx_bufs = scratch.alloc(n * BUF, 4096)?;
+/// Brings the `nth` virtio-net device up as `setup` says, and says where it is.
+pub(super) fn bring_up(ctx: &Ctx, nth: usize, setup: Setup) -> Result<VirtioNet, Fail> {
+    let (ecam, bdf) = find(nth)?;
+    let net = VirtioNet::open(VirtioPci::open(&ecam, bdf)?, &ctx.boot_params, setup)?;
+    let m = net.mac;
     info!(
         ctx,
-        "virtio-net at {} mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, queues of {queue_size}",
-        dev.bdf,
-        mac[0],
-        mac[1],
-        mac[2],
-        mac[3],
-        mac[4],
-        mac[5]
+        "virtio-net at {bdf} mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, queues of {}",
+        m[0],
+        m[1],
+        m[2],
+        m[3],
+        m[4],
+        m[5],
+        setup.queue_size
     );
-    Ok(Net {
-        dev,
-        rx,
-        tx,
-        rx_bufs,
-        tx_bufs,
-        rx_posted: false,
-        mac,
-    })
+    Ok(net)
 }
 
-impl Net {
-    /// Queues one frame with sequence number `seq` and notifies.
-    pub(super) fn send_one(&mut self, seq: u32, len: usize) {
-        let slot = (seq % u32::from(self.tx.size)) as u16;
-        self.queue_tx(slot, seq, len);
-        self.tx.notify();
-    }
+/// Queues test frame `seq` of `len` bytes in transmit slot `slot` (without notifying).
+fn queue_frame(net: &mut VirtioNet, slot: u16, seq: u32, len: usize) {
+    let mut frame = [0u8; MAX_FRAME];
+    fill_frame(&mut frame[..len], net.mac, seq);
+    net.queue_tx(slot, &frame[..len]);
+}
 
-    /// Pops a used receive chain of length 0 (a frame that could not be written) and posts
-    /// the buffer again; false if none is there.
-    pub(super) fn rx_used_empty(&mut self) -> bool {
-        while self.tx.pop_used().is_some() {}
-        match self.rx.pop_used() {
-            Some((id, 0)) => {
-                self.post_rx(id as u16);
-                self.rx.notify();
-                true
-            }
-            _ => false,
-        }
-    }
-
-    fn post_rx(&mut self, slot: u16) {
-        self.rx.set_desc(
-            slot,
-            self.rx_bufs + u64::from(slot) * BUF,
-            BUF as u32,
-            flags::WRITE,
-            0,
-        );
-        self.rx.push(slot);
-    }
-
-    /// Writes frame `seq` of `len` bytes into TX slot `slot` and offers it.
-    fn queue_tx(&mut self, slot: u16, seq: u32, len: usize) {
-        let buf = self.tx_bufs + u64::from(slot) * BUF;
-        let mut frame = [0u8; 1536];
-        fill_frame(&mut frame[..len], self.mac, seq);
-        // Header (zeros), then the frame, written a quadword at a time.
-        let mut bytes = [0u8; 1536 + 16];
-        bytes[HDR as usize..HDR as usize + len].copy_from_slice(&frame[..len]);
-        let total = HDR as usize + len;
-        for q in (0..total.next_multiple_of(8)).step_by(8) {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&bytes[q..q + 8]);
-            phys::write_u64(buf + q as u64, u64::from_le_bytes(w));
-        }
-        self.tx.set_desc(slot, buf, total as u32, 0, 0);
-        self.tx.push(slot);
-    }
+/// Queues test frame `seq` of `len` bytes in the slot its number picks, and notifies.
+pub(super) fn send_one(net: &mut VirtioNet, seq: u32, len: usize) {
+    let slot = (seq % u32::from(net.tx.size)) as u16;
+    queue_frame(net, slot, seq, len);
+    net.tx.notify();
 }
 
 /// An Ethernet frame: broadcast destination, our source, EtherType 0x88B5 (local
@@ -200,13 +74,6 @@ fn frame_len(seq: u32) -> usize {
     SIZES[seq as usize % SIZES.len()]
 }
 
-fn read_bytes(addr: u64, out: &mut [u8]) {
-    for (i, chunk) in out.chunks_mut(8).enumerate() {
-        let w = phys::read_u64(addr + 8 * i as u64).to_le_bytes();
-        chunk.copy_from_slice(&w[..chunk.len()]);
-    }
-}
-
 fn param(ctx: &Ctx, key: &'static str, default: u64) -> Result<u64, Fail> {
     match ctx.cmdline.values(key).last() {
         None => Ok(default),
@@ -217,24 +84,17 @@ fn param(ctx: &Ctx, key: &'static str, default: u64) -> Result<u64, Fail> {
 /// `virtio-net`: see the module documentation.
 pub fn run(ctx: &Ctx) -> Result<(), Fail> {
     let frames = param(ctx, "testguest.net_frames", 32)? as u32;
-    let mut net = bring_up(ctx, 64, false)?;
+    let mut net = bring_up(ctx, 0, Setup::new(SCRATCH, 64))?;
     echo(ctx, &mut net, frames)
 }
 
 /// Sends `frames` frames and checks each comes back intact (the peer echoes them).
-pub(super) fn echo(ctx: &Ctx, net: &mut Net, frames: u32) -> Result<(), Fail> {
+pub(super) fn echo(ctx: &Ctx, net: &mut VirtioNet, frames: u32) -> Result<(), Fail> {
     let (rx_irqs, tx_irqs) = (
         ring0::irq_count(BSP_CPU, RX_VECTOR),
         ring0::irq_count(BSP_CPU, TX_VECTOR),
     );
-    // Post the receive buffers once; later calls find them posted (and re-posted as used).
-    if !net.rx_posted {
-        for slot in 0..net.rx.size {
-            net.post_rx(slot);
-        }
-        net.rx_posted = true;
-    }
-    net.rx.notify();
+    net.fill_rx();
     let mut sent = 0u32;
     let mut received = 0u32;
     let deadline = time::Deadline::after(time::BUDGET);
@@ -245,25 +105,20 @@ pub(super) fn echo(ctx: &Ctx, net: &mut Net, frames: u32) -> Result<(), Fail> {
         );
         // Keep a few frames in flight.
         while sent < frames && net.tx.in_flight() < net.tx.size && sent < received + 16 {
-            let slot = (sent % u32::from(net.tx.size)) as u16;
-            net.queue_tx(slot, sent, frame_len(sent));
+            send_one(net, sent, frame_len(sent));
             sent += 1;
-            net.tx.notify();
         }
         while net.tx.pop_used().is_some() {}
         while let Some((id, len)) = net.rx.pop_used() {
             let want_len = frame_len(received);
+            let want_used = HDR_LEN as usize + want_len;
             ensure!(
-                len as usize == HDR as usize + want_len,
-                "frame {received}: {len} bytes used, expected {}",
-                HDR as usize + want_len
+                len as usize == want_used,
+                "frame {received}: {len} bytes used, expected {want_used}"
             );
-            let mut got = [0u8; 1536];
-            read_bytes(
-                net.rx_bufs + u64::from(id) * BUF + HDR,
-                &mut got[..want_len],
-            );
-            let mut want = [0u8; 1536];
+            let mut got = [0u8; MAX_FRAME];
+            net.read_rx(id as u16, &mut got[..want_len]);
+            let mut want = [0u8; MAX_FRAME];
             fill_frame(&mut want[..want_len], net.mac, received);
             if got[..want_len] != want[..want_len] {
                 let at = (0..want_len).find(|i| got[*i] != want[*i]).unwrap_or(0);
@@ -296,12 +151,11 @@ pub(super) fn echo(ctx: &Ctx, net: &mut Net, frames: u32) -> Result<(), Fail> {
 
 /// `msix`: see the module documentation.
 pub fn msix(ctx: &Ctx) -> Result<(), Fail> {
-    let mut net = bring_up(ctx, 16, true)?;
+    let mut net = bring_up(ctx, 0, Setup::new(SCRATCH, 16).tx_masked())?;
     let count = || ring0::irq_count(BSP_CPU, TX_VECTOR);
     let before = count();
     // Vector 1 masked: the completion sets the pending bit only.
-    net.queue_tx(0, 0, 60);
-    net.tx.notify();
+    send_one(&mut net, 0, 60);
     let (done, _) = time::wait_until(|| net.tx.pop_used().is_some());
     ensure!(done, "TX frame never completed");
     let (pending, _) = time::wait_until(|| net.dev.msix_pending() & 0b10 != 0);
@@ -321,8 +175,7 @@ pub fn msix(ctx: &Ctx) -> Result<(), Fail> {
     );
     // A plain completion interrupts at once.
     let now = count();
-    net.queue_tx(1, 1, 60);
-    net.tx.notify();
+    send_one(&mut net, 1, 60);
     let (fired, _) = time::wait_until(|| count() > now);
     ensure!(fired, "an unmasked vector did not interrupt");
     info!(
@@ -342,15 +195,14 @@ pub fn bench(ctx: &Ctx) -> Result<(), Fail> {
         "testguest.net_size must be 60..1514"
     );
     // testguest.net_iommu=1: behind the virtio-iommu, with translated DMA.
-    let mut net = if param(ctx, "testguest.net_iommu", 0)? != 0 {
-        let offset = super::iommu::map_net_scratch(ctx)?;
-        bring_up_with(ctx, 256, false, F_ACCESS_PLATFORM, offset)?
-    } else {
-        bring_up(ctx, 256, false)?
-    };
+    let mut setup = Setup::new(SCRATCH, 256);
+    if param(ctx, "testguest.net_iommu", 0)? != 0 {
+        setup = setup.translated(super::iommu::map_net_scratch(ctx)?);
+    }
+    let mut net = bring_up(ctx, 0, setup)?;
     // Every slot holds the same frame; only the descriptors cycle.
     for slot in 0..net.tx.size {
-        net.queue_tx(slot, 0, size);
+        queue_frame(&mut net, slot, 0, size);
     }
     // The first pass offered every slot already.
     let mut offered = u64::from(net.tx.size);
