@@ -1,7 +1,7 @@
 //! The test guest: a freestanding x86_64 program the VMM boots like a Linux kernel (ELF,
 //! 64-bit boot protocol). Ring 0 (src/ring0.s) sets up the CPU in a few dozen
 //! instructions and drops to ring 3, where everything else runs at native speed even
-//! under an emulated ring 0 (see shared/reference/kvm-on-these-machines.md).
+//! under an emulated ring 0 (see docs/testing.md).
 //!
 //! Serial output, one line each:
 //! - `TESTGUEST START scenarios=<list>`
@@ -20,6 +20,10 @@
 // There is no heap: a failure reason (scenarios::Fail) is a fixed buffer of a few hundred
 // bytes, returned by value, and only on the way to a FAIL line.
 #![allow(clippy::result_large_err)]
+// Register-level code: addresses are split into 32-bit halves for MMIO registers, fields
+// are cut out of config words and descriptors everywhere; each such `as` is the meaning,
+// not an accident. (The VMM and the device models, which take guest input, keep the lint.)
+#![allow(clippy::cast_possible_truncation)]
 
 mod acpi;
 mod bootparams;
