@@ -34,13 +34,14 @@ fn sockaddr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
             "socket path empty, too long or with a NUL",
         ));
     }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    addr.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX).map_err(io::Error::other)?;
     for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
         *d = *s as libc::c_char;
     }
     let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
     // The length is at most the size of sockaddr_un (checked above).
-    Ok((addr, len as libc::socklen_t))
+    let len = libc::socklen_t::try_from(len).map_err(io::Error::other)?;
+    Ok((addr, len))
 }
 
 impl SeqpacketSocket {

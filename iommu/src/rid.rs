@@ -68,7 +68,7 @@ impl RequesterId {
 
     /// The device and function, packed as in config cycles (device << 3 | function).
     pub const fn devfn(self) -> u8 {
-        self.routing_id as u8
+        (self.routing_id & 0xff) as u8
     }
 
     /// The device number (0-31).

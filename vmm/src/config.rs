@@ -258,13 +258,20 @@ impl NetSpec {
                 ));
             }
         };
-        // Default: a locally administered address numbered after the device.
         let mac = match self.mac {
             Some(m) => parse_mac(&m)?,
-            None => [0x52, 0x54, 0x00, 0x00, 0x00, index as u8 + 1],
+            None => default_mac(index),
         };
         Ok(NetConfig { backend, mac })
     }
+}
+
+/// The default MAC of the net device numbered `index`: a locally administered address,
+/// 52:54:00 followed by index + 1 in 24 bits. The count skips 0 as it wraps, so 2^24 - 1
+/// devices in a row (hot-added and removed over a VM's life) get distinct addresses.
+fn default_mac(index: usize) -> Mac {
+    let [.., x, y, z] = (index % 0xff_ffff + 1).to_be_bytes();
+    [0x52, 0x54, 0x00, x, y, z]
 }
 
 impl VmConfigFile {
@@ -514,6 +521,20 @@ mod tests {
         }
         let long: NetSpec = "tap=abcdefghijklmnopq".parse().unwrap();
         assert!(long.check(0).is_err());
+    }
+
+    /// The n-th device's default MAC counts on in the last three bytes: no wrap (or
+    /// overflow) after 255 devices, and the count skips 0 when it wraps after 2^24 - 1.
+    #[test]
+    fn default_macs_count_in_24_bits() {
+        assert_eq!(default_mac(0), [0x52, 0x54, 0, 0, 0, 1]);
+        assert_eq!(default_mac(254), [0x52, 0x54, 0, 0, 0, 0xff]);
+        assert_eq!(default_mac(255), [0x52, 0x54, 0, 0, 1, 0]);
+        assert_eq!(default_mac(256), [0x52, 0x54, 0, 0, 1, 1]);
+        assert_eq!(default_mac(0xff_fffe), [0x52, 0x54, 0, 0xff, 0xff, 0xff]);
+        assert_eq!(default_mac(0xff_ffff), [0x52, 0x54, 0, 0, 0, 1]);
+        let t: NetSpec = "tap=tap0".parse().unwrap();
+        assert_eq!(t.check(255).unwrap().mac, [0x52, 0x54, 0, 0, 1, 0]);
     }
 
     #[test]

@@ -44,6 +44,15 @@ pub enum ResourceError {
         #[source]
         source: vm_allocator::Error,
     },
+    /// An allocator handed out what the root port's registers cannot hold (a bus number
+    /// above 255, a 32-bit window slice above 4 GiB).
+    #[error("root port {port}: the {what} is out of range")]
+    OutOfRange {
+        /// 0-based root port index.
+        port: u8,
+        /// Which resource.
+        what: &'static str,
+    },
 }
 
 /// What each root port and the bus-0 devices were given.
@@ -86,12 +95,16 @@ impl PciPlan {
             let slice64 = mem64
                 .allocate(PORT_MEM64_SIZE, PORT_MEM64_SIZE, AllocPolicy::FirstMatch)
                 .map_err(exhausted(index, "64-bit window"))?;
+            let out_of_range = |what| move |_| ResourceError::OutOfRange { port: index, what };
             ports.push(RootPortConfig {
                 port_number: index + 1,
                 // IDs come from 1..=ECAM_LAST_BUS (a u8).
-                bus: bus as u8,
+                bus: u8::try_from(bus).map_err(out_of_range("bus number"))?,
                 // The 32-bit window lies below 4 GiB.
-                mem_window: (slice32.start() as u32, slice32.end() as u32),
+                mem_window: (
+                    u32::try_from(slice32.start()).map_err(out_of_range("32-bit window"))?,
+                    u32::try_from(slice32.end()).map_err(out_of_range("32-bit window"))?,
+                ),
                 pref_window: (slice64.start(), slice64.end()),
             });
         }
@@ -116,6 +129,7 @@ impl PciPlan {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test data
 mod tests {
     use super::*;
 

@@ -57,7 +57,8 @@ impl I8042 {
     fn offset(base: PioAddress, offset: PioAddressOffset) -> Option<u8> {
         let port = base.0.checked_add(offset)?;
         match port {
-            I8042_DATA_PORT | I8042_COMMAND_PORT => Some((port - I8042_DATA_PORT) as u8),
+            I8042_DATA_PORT => Some(0),
+            I8042_COMMAND_PORT => Some(4),
             _ => None,
         }
     }

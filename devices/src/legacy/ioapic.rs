@@ -27,11 +27,14 @@ use std::sync::Arc;
 use vm_device::MutDeviceMmio;
 use vm_device::bus::{MmioAddress, MmioAddressOffset};
 
+use crate::bits::{hi32, lo32};
 use crate::interrupt::{InterruptLine, MsiRoutes};
 use crate::{debug_ratelimited, warn_ratelimited};
 
-/// Pins (redirection entries).
-pub const IOAPIC_PINS: usize = 24;
+/// Pins (redirection entries); pin n is GSI n.
+pub const IOAPIC_NUM_PINS: u32 = 24;
+/// [`IOAPIC_NUM_PINS`] as an array length and bound of pin indices.
+pub const IOAPIC_PINS: usize = IOAPIC_NUM_PINS as usize;
 /// Size of the MMIO window.
 pub const IOAPIC_WINDOW: u64 = 0x1000;
 /// Offset of the register select register.
@@ -53,7 +56,7 @@ pub mod reg {
 }
 
 /// The version register: version 0x11, highest entry 23.
-pub const VERSION_VALUE: u32 = 0x11 | (((IOAPIC_PINS as u32) - 1) << 16);
+pub const VERSION_VALUE: u32 = 0x11 | ((IOAPIC_NUM_PINS - 1) << 16);
 
 /// Redirection entry fields.
 pub mod entry {
@@ -113,6 +116,13 @@ pub fn entry_to_msi(e: u64) -> (u64, u32) {
         data |= 1 << 15;
     }
     (address, data)
+}
+
+/// The number the [`MsiRoutes`] know `pin` by. Callers hold a pin below [`IOAPIC_PINS`],
+/// which fits; anything else maps to u16::MAX, a pin no routes have, which they refuse.
+fn route_number(pin: usize) -> u16 {
+    const _: () = assert!(IOAPIC_PINS <= u16::MAX as usize);
+    u16::try_from(pin).unwrap_or(u16::MAX)
 }
 
 /// Everything the IOAPIC holds, as plain data.
@@ -251,8 +261,8 @@ impl Ioapic {
             reg::ID | reg::ARBITRATION => self.state.id,
             reg::VERSION => VERSION_VALUE,
             _ => match Self::entry_index(index) {
-                Some((pin, true)) => (self.state.redirection[pin] >> 32) as u32,
-                Some((pin, false)) => self.state.redirection[pin] as u32,
+                Some((pin, true)) => hi32(self.state.redirection[pin]),
+                Some((pin, false)) => lo32(self.state.redirection[pin]),
                 None => {
                     debug_ratelimited!("ioapic: read of unknown register {index:#x}");
                     0
@@ -301,7 +311,7 @@ impl Ioapic {
         if self.routed[pin] == Some(msi) {
             return true;
         }
-        match self.routes.set_route(pin as u16, msi.0, msi.1) {
+        match self.routes.set_route(route_number(pin), msi.0, msi.1) {
             Ok(()) => {
                 self.routed[pin] = Some(msi);
                 true
@@ -319,7 +329,7 @@ impl Ioapic {
             self.stats.failed += 1;
             return;
         }
-        match self.routes.trigger(pin as u16) {
+        match self.routes.trigger(route_number(pin)) {
             Ok(()) => self.stats.delivered += 1,
             Err(e) => {
                 self.stats.failed += 1;

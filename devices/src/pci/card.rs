@@ -15,6 +15,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::{Bar, BarKind, PciDevice, regs};
+use crate::bits::{hi32, lo32};
 
 /// A card in a slot, or an integrated endpoint on bus 0.
 pub trait PciCard: Send + std::fmt::Debug {
@@ -63,10 +64,14 @@ pub enum BarError {
     /// I/O BARs are not supported (root ports have no I/O window).
     #[error("devices with I/O BARs are not supported")]
     IoBar,
+    /// A 32-bit BAR was given an address at or above 4 GiB, which it cannot hold.
+    #[error("a 32-bit BAR cannot be placed at {0:#x}")]
+    Above4G(u64),
 }
 
 /// Programs every memory BAR of `device` at the address `alloc` gives it, then turns memory
-/// decoding on. I/O BARs are refused.
+/// decoding on. I/O BARs are refused, and so is an address above 4 GiB for a 32-bit BAR
+/// (it would be programmed truncated).
 pub fn assign_function_bars(
     device: &mut dyn PciDevice,
     alloc: &mut dyn FnMut(Bar) -> Option<u64>,
@@ -79,10 +84,13 @@ pub fn assign_function_bars(
             return Err(BarError::IoBar);
         }
         let base = alloc(bar).ok_or(BarError::WindowFull)?;
+        if bar.kind != BarKind::Memory64 && hi32(base) != 0 {
+            return Err(BarError::Above4G(base));
+        }
         let reg = regs::BAR0 + 4 * i;
-        device.config_write(reg, &(base as u32).to_le_bytes());
+        device.config_write(reg, &lo32(base).to_le_bytes());
         if bar.kind == BarKind::Memory64 {
-            device.config_write(reg + 4, &((base >> 32) as u32).to_le_bytes());
+            device.config_write(reg + 4, &hi32(base).to_le_bytes());
         }
     }
     let cmd = device.config().read_u16(regs::COMMAND) | regs::CMD_MEMORY;

@@ -9,6 +9,7 @@
 
 use super::bar::{Bar, BarKind};
 use super::regs::*;
+use crate::bits::{hi32, lo32};
 
 /// Size of PCIe configuration space.
 pub const CONFIG_SPACE_SIZE: usize = 4096;
@@ -259,12 +260,15 @@ impl ConfigSpace {
     pub fn add_capability(&mut self, body: &[u8], writable: &[u8]) -> Result<usize, ConfigError> {
         let offset = self.next_cap.next_multiple_of(4);
         let end = offset + body.len();
+        let no_room = || ConfigError::NoRoom {
+            id: u16::from(body.first().copied().unwrap_or(0)),
+            len: body.len(),
+            offset,
+        };
+        // The chain's 8-bit next pointers hold the offset: past 255 there is no room.
+        let pointer = u8::try_from(offset).map_err(|_| no_room())?;
         if body.len() < 2 || end > LEGACY_CONFIG_SIZE {
-            return Err(ConfigError::NoRoom {
-                id: u16::from(body.first().copied().unwrap_or(0)),
-                len: body.len(),
-                offset,
-            });
+            return Err(no_room());
         }
         self.regs[offset..end].copy_from_slice(body);
         self.regs[offset + 1] = 0;
@@ -274,9 +278,9 @@ impl ConfigSpace {
         self.writable[offset] = 0;
         self.writable[offset + 1] = 0;
         match self.last_cap {
-            Some(prev) => self.regs[prev + 1] = offset as u8,
+            Some(prev) => self.regs[prev + 1] = pointer,
             None => {
-                self.regs[CAPABILITIES_POINTER] = offset as u8;
+                self.regs[CAPABILITIES_POINTER] = pointer;
                 let status = self.read_u16(STATUS) | STATUS_CAP_LIST;
                 self.set_u16(STATUS, status);
             }
@@ -297,12 +301,16 @@ impl ConfigSpace {
     ) -> Result<usize, ConfigError> {
         let offset = self.next_ext_cap.next_multiple_of(4);
         let end = offset + 4 + body.len();
+        let no_room = || ConfigError::NoRoom {
+            id,
+            len: body.len() + 4,
+            offset,
+        };
+        // The chain's 12-bit next offsets (bits 20-31) hold the offset, below
+        // CONFIG_SPACE_SIZE (checked next).
+        let pointer = u32::try_from(offset).map_err(|_| no_room())?;
         if end > CONFIG_SPACE_SIZE {
-            return Err(ConfigError::NoRoom {
-                id,
-                len: body.len() + 4,
-                offset,
-            });
+            return Err(no_room());
         }
         self.set_u32(offset, u32::from(id) | (u32::from(version & 0xf) << 16));
         self.regs[offset + 4..end].copy_from_slice(body);
@@ -311,7 +319,7 @@ impl ConfigSpace {
         }
         if let Some(prev) = self.last_ext_cap {
             let header = self.read_u32(prev) & 0x000f_ffff;
-            self.set_u32(prev, header | ((offset as u32) << 20));
+            self.set_u32(prev, header | (pointer << 20));
         }
         self.last_ext_cap = Some(offset);
         self.next_ext_cap = end;
@@ -336,9 +344,9 @@ impl ConfigSpace {
         let reg = BAR0 + 4 * index;
         let addr_mask = !(bar.size - 1);
         self.set_u32(reg, bar.flags());
-        self.writable_u32(reg, (addr_mask as u32) & bar.kind.address_bits());
+        self.writable_u32(reg, lo32(addr_mask) & bar.kind.address_bits());
         if bar.kind == BarKind::Memory64 {
-            self.writable_u32(reg + 4, (addr_mask >> 32) as u32);
+            self.writable_u32(reg + 4, hi32(addr_mask));
             self.bar_upper[index + 1] = true;
         }
         self.bars[index] = Some(bar);

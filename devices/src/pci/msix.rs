@@ -90,7 +90,8 @@ impl Msix {
 
     /// Number of vectors.
     pub fn vectors(&self) -> u16 {
-        self.table.len() as u16
+        // At most 2048 entries (`with_delivery` clamps): this never saturates.
+        u16::try_from(self.table.len()).unwrap_or(u16::MAX)
     }
 
     /// Size of the table in bytes.
@@ -137,22 +138,23 @@ impl Msix {
     }
 
     fn deliver_unmasked_pending(&mut self) {
-        for v in 0..self.table.len() {
+        for vector in 0..self.vectors() {
+            let v = usize::from(vector);
             if self.is_pending(v) && self.deliverable(v) {
                 self.set_pending(v, false);
-                self.send(v);
+                self.send(vector);
             }
         }
     }
 
-    fn send(&self, v: usize) {
-        let e = self.table[v];
+    fn send(&self, vector: u16) {
+        let e = self.table[usize::from(vector)];
         let r = match &self.delivery {
             MsixDelivery::Signal(sink) => sink.send_msi(e.address(), e.data),
-            MsixDelivery::Routed(routes) => routes.trigger(v as u16),
+            MsixDelivery::Routed(routes) => routes.trigger(vector),
         };
         if let Err(err) = r {
-            warn_ratelimited!("msix: vector {v}: {err}");
+            warn_ratelimited!("msix: vector {vector}: {err}");
         }
     }
 
@@ -165,7 +167,7 @@ impl Msix {
             return;
         }
         if self.deliverable(v) {
-            self.send(v);
+            self.send(vector);
         } else {
             self.set_pending(v, true);
         }
@@ -173,11 +175,11 @@ impl Msix {
 
     /// A guest read of the table (`offset` into it; 4- or 8-byte aligned accesses).
     pub fn table_read(&self, offset: u64, data: &mut [u8]) {
-        let Some((v, field)) = self.table_slot(offset, data.len()) else {
+        let Some((vector, field)) = self.table_slot(offset, data.len()) else {
             data.fill(0xff);
             return;
         };
-        let e = &self.table[v];
+        let e = &self.table[usize::from(vector)];
         let words = [e.addr_lo, e.addr_hi, e.data, e.control];
         let mut bytes = [0u8; 16];
         for (i, w) in words.iter().enumerate() {
@@ -188,10 +190,11 @@ impl Msix {
 
     /// A guest write of the table.
     pub fn table_write(&mut self, offset: u64, data: &[u8]) {
-        let Some((v, field)) = self.table_slot(offset, data.len()) else {
+        let Some((vector, field)) = self.table_slot(offset, data.len()) else {
             debug_ratelimited!("msix: bad table write at {offset:#x}, {} bytes", data.len());
             return;
         };
+        let v = usize::from(vector);
         let mut bytes = [0u8; 16];
         let e = self.table[v];
         for (i, w) in [e.addr_lo, e.addr_hi, e.data, e.control].iter().enumerate() {
@@ -216,27 +219,27 @@ impl Msix {
         let now = self.table[v];
         if let MsixDelivery::Routed(routes) = &self.delivery
             && (now.address(), now.data) != (e.address(), e.data)
-            && let Err(err) = routes.set_route(v as u16, now.address(), now.data)
+            && let Err(err) = routes.set_route(vector, now.address(), now.data)
         {
             warn_ratelimited!("msix: route of vector {v}: {err}");
         }
         if e.masked() && !self.table[v].masked() && self.is_pending(v) && self.deliverable(v) {
             self.set_pending(v, false);
-            self.send(v);
+            self.send(vector);
         }
     }
 
     /// The vector and byte offset in its entry of an access, if well formed (4 or 8 bytes,
     /// naturally aligned, inside the table).
-    fn table_slot(&self, offset: u64, len: usize) -> Option<(usize, usize)> {
+    fn table_slot(&self, offset: u64, len: usize) -> Option<(u16, usize)> {
         if !matches!(len, 4 | 8)
             || !offset.is_multiple_of(len as u64)
             || offset >= self.table_size()
         {
             return None;
         }
-        let v = (offset / MSIX_ENTRY_SIZE) as usize;
-        Some((v, (offset % MSIX_ENTRY_SIZE) as usize))
+        let vector = u16::try_from(offset / MSIX_ENTRY_SIZE).ok()?;
+        Some((vector, (offset % MSIX_ENTRY_SIZE) as usize))
     }
 
     /// A guest read of the PBA (read-only; writes are ignored).
@@ -255,6 +258,7 @@ impl Msix {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test data
 mod tests {
     use super::*;
     use crate::interrupt::msi_test_utils::RecordingMsi;

@@ -54,8 +54,8 @@ impl ConfigAddress {
     /// Decodes an offset into the ECAM window.
     pub fn from_ecam(offset: u64) -> Self {
         Self {
-            bus: (offset >> 20) as u8,
-            devfn: (offset >> 12) as u8,
+            bus: ((offset >> 20) & 0xff) as u8,
+            devfn: ((offset >> 12) & 0xff) as u8,
             reg: (offset & 0xfff) as usize,
         }
     }
@@ -67,8 +67,8 @@ impl ConfigAddress {
             return None;
         }
         Some(Self {
-            bus: (cf8 >> 16) as u8,
-            devfn: (cf8 >> 8) as u8,
+            bus: ((cf8 >> 16) & 0xff) as u8,
+            devfn: ((cf8 >> 8) & 0xff) as u8,
             reg: (cf8 & 0xfc) as usize + usize::from(data_offset & 3),
         })
     }
@@ -328,11 +328,11 @@ impl PciRoot {
 
     /// The config address 0xCFC + `data_offset` reaches, if enabled and in range.
     fn cf8_target(&self, offset: u16, len: usize) -> Option<ConfigAddress> {
-        let data_offset = offset.checked_sub(4)?;
+        let data_offset = u8::try_from(offset.checked_sub(4)?).ok()?;
         if usize::from(data_offset) + len > 4 {
             return None;
         }
-        ConfigAddress::from_cf8(self.lock().config_address, data_offset as u8)
+        ConfigAddress::from_cf8(self.lock().config_address, data_offset)
     }
 
     /// A read of the 0xCF8..0xCFF ports (`offset` from 0xCF8).

@@ -137,11 +137,11 @@ impl RootPort {
         config.set_u16(MEMORY_LIMIT, (cfg.mem_window.1 >> 16) as u16 & 0xfff0);
         config.set_u16(
             PREF_MEMORY_BASE,
-            ((cfg.pref_window.0 >> 16) as u16 & 0xfff0) | 1,
+            ((cfg.pref_window.0 >> 16) & 0xfff0) as u16 | 1,
         );
         config.set_u16(
             PREF_MEMORY_LIMIT,
-            ((cfg.pref_window.1 >> 16) as u16 & 0xfff0) | 1,
+            ((cfg.pref_window.1 >> 16) & 0xfff0) as u16 | 1,
         );
         config.set_u32(PREF_BASE_UPPER32, (cfg.pref_window.0 >> 32) as u32);
         config.set_u32(PREF_LIMIT_UPPER32, (cfg.pref_window.1 >> 32) as u32);

@@ -13,7 +13,9 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
 
 use super::dma::{DmaMemory, FaultSink};
-use super::{ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt, read_config_bytes};
+use super::{
+    ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt, desc_take, read_config_bytes,
+};
 use crate::{debug_ratelimited, warn_ratelimited};
 
 /// virtio device type of IOMMUs.
@@ -25,6 +27,8 @@ const QUEUE_SIZE: u16 = 64;
 const MAX_REQUEST: usize = 72;
 /// Fault events kept while the driver has posted no event buffers.
 const MAX_PENDING_FAULTS: usize = 64;
+/// Bytes of a fault event (what [`encode_fault`] returns).
+const FAULT_EVENT_LEN: u32 = 24;
 
 /// The engine shared with whatever translates DMA.
 pub type SharedEngine = Arc<Mutex<Engine>>;
@@ -139,15 +143,15 @@ impl Events {
                 break;
             };
             let head = chain.head_index();
-            let ev = encode_fault(&fault);
+            let ev: [u8; FAULT_EVENT_LEN as usize] = encode_fault(&fault);
             let written = chain
-                .filter(|d| d.is_write_only() && d.len() as usize >= ev.len())
+                .filter(|d| d.is_write_only() && d.len() >= FAULT_EVENT_LEN)
                 .take(1)
                 .find_map(|d| {
                     r.mem
                         .write_slice(&ev, d.addr())
                         .ok()
-                        .map(|()| ev.len() as u32)
+                        .map(|()| FAULT_EVENT_LEN)
                 })
                 .unwrap_or(0);
             if r.queue.add_used(&r.mem, head, written).is_err() {
@@ -210,29 +214,27 @@ impl Running {
                 reply.extend_from_slice(&p);
             }
             reply.extend_from_slice(&[status as u8, 0, 0, 0]);
-            let mut written = 0usize;
+            // Bytes of the reply written, as the used ring counts them.
+            let mut written = 0u32;
             for d in writable {
-                if written == reply.len() {
+                let done = written as usize;
+                if done == reply.len() {
                     break;
                 }
-                let take = (d.len() as usize).min(reply.len() - written);
+                let take = desc_take(d.len(), reply.len() - done);
                 if self
                     .mem
-                    .write_slice(&reply[written..written + take], d.addr())
+                    .write_slice(&reply[done..done + take as usize], d.addr())
                     .is_err()
                 {
                     break;
                 }
                 written += take;
             }
-            if written < reply.len() {
+            if (written as usize) < reply.len() {
                 debug_ratelimited!("virtio-iommu: request {head} has no room for its reply");
             }
-            if self
-                .queue
-                .add_used(&self.mem, head, written as u32)
-                .is_err()
-            {
+            if self.queue.add_used(&self.mem, head, written).is_err() {
                 warn_ratelimited!("virtio-iommu: cannot return request {head}");
             }
             used = true;
@@ -310,6 +312,7 @@ impl VirtioDevice for VirtioIommu {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test data
 mod tests {
     use super::*;
     use crate::GuestMemory;

@@ -121,3 +121,9 @@ pub fn read_config_bytes(bytes: &[u8], offset: u64, data: &mut [u8]) {
         data[..end - start].copy_from_slice(&bytes[start..end]);
     }
 }
+
+/// How many of the `left` bytes still to write a device-writable descriptor of `len` bytes
+/// takes: at most `len`, so the count is a u32, as the used ring's lengths are.
+pub(crate) fn desc_take(len: u32, left: usize) -> u32 {
+    len.min(u32::try_from(left).unwrap_or(u32::MAX))
+}

@@ -1,4 +1,5 @@
 //! A split virtqueue laid out in guest memory by test code playing the driver.
+#![allow(clippy::cast_possible_truncation)] // test data
 
 use crate::GuestMemory;
 use virtio_queue::{Queue, QueueT};

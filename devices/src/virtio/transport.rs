@@ -17,6 +17,7 @@ use virtio_queue::{Queue, QueueT};
 
 use super::dma::{self, DmaMemory, IommuContext};
 use super::{ActivateContext, NO_VECTOR, VirtioDevice, VirtioInterrupt, features, status};
+use crate::bits::{hi32, lo32};
 use crate::interrupt::{DoorbellRegistry, MsixDelivery};
 use crate::pci::capability::{self, MsixLocation};
 use crate::pci::msix::Msix;
@@ -49,7 +50,17 @@ const MSIX_TABLE_OFFSET: u64 = 0x4000;
 const MSIX_PBA_OFFSET: u64 = 0x6000;
 
 /// Most queues a device may have here (the notify area is 4 KiB).
-const MAX_QUEUES: usize = 1024;
+const MAX_QUEUES: u16 = 1024;
+
+// BAR 0 is a 32-bit BAR: every offset and length in it fits the 32-bit fields of the
+// capabilities that describe it ([`bar0_field`]).
+const _: () = assert!(BAR_SIZE <= 1 << 32);
+
+/// `x`, an offset or a length inside BAR 0, as a capability's 32-bit field holds it.
+fn bar0_field(x: u64) -> u32 {
+    debug_assert!(x <= BAR_SIZE);
+    lo32(x)
+}
 
 /// The state the guest programs through the common configuration.
 #[derive(Debug)]
@@ -169,7 +180,7 @@ impl VirtioPciDevice {
                 subsystem: 0x40,
             },
         );
-        let nq = device.queue_max_sizes().len().min(MAX_QUEUES);
+        let nq = usize::from(Self::queue_count(device.as_ref()));
         let vectors = Self::vectors_for(device.as_ref());
         // A fresh endpoint has room for all of these: they cannot fail.
         let _ = config.add_bar(0, Bar::mem32(BAR_SIZE));
@@ -179,11 +190,11 @@ impl VirtioPciDevice {
             vectors,
             MsixLocation {
                 bar: 0,
-                offset: MSIX_TABLE_OFFSET as u32,
+                offset: bar0_field(MSIX_TABLE_OFFSET),
             },
             MsixLocation {
                 bar: 0,
-                offset: MSIX_PBA_OFFSET as u32,
+                offset: bar0_field(MSIX_PBA_OFFSET),
             },
         );
         let msix_cap = config
@@ -262,7 +273,12 @@ impl VirtioPciDevice {
     /// MSI-X vectors the transport gives `device`: one per queue plus one for
     /// configuration changes (routed delivery must provide as many).
     pub fn vectors_for(device: &dyn VirtioDevice) -> u16 {
-        device.queue_max_sizes().len().min(MAX_QUEUES) as u16 + 1
+        Self::queue_count(device) + 1
+    }
+
+    /// The queues the transport gives `device`: as many as it has, at most [`MAX_QUEUES`].
+    fn queue_count(device: &dyn VirtioDevice) -> u16 {
+        u16::try_from(device.queue_max_sizes().len()).map_or(MAX_QUEUES, |n| n.min(MAX_QUEUES))
     }
 
     /// Moves the doorbells to where BAR 0 decodes now (or removes them).
@@ -444,11 +460,15 @@ impl VirtioPciDevice {
         let mut raw = [0u8; 8];
         raw[..data.len()].copy_from_slice(data);
         let v = u64::from_le_bytes(raw);
+        // The value as a register of each width takes it (each arm below matches its width).
+        let v8 = raw[0];
+        let v16 = u16::from_le_bytes([raw[0], raw[1]]);
+        let v32 = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
         let live = self.common.status & status::DRIVER_OK != 0;
         let nq = self.common.queues.len();
         match (offset, data.len()) {
-            (0x00, 4) => self.common.device_feature_select = v as u32,
-            (0x08, 4) => self.common.driver_feature_select = v as u32,
+            (0x00, 4) => self.common.device_feature_select = v32,
+            (0x08, 4) => self.common.driver_feature_select = v32,
             (0x0c, 4) if self.common.status & status::FEATURES_OK == 0 => {
                 let f = &mut self.common.driver_features;
                 match self.common.driver_feature_select {
@@ -457,11 +477,11 @@ impl VirtioPciDevice {
                     _ => {}
                 }
             }
-            (0x10, 2) => *lock(&self.signals.config_vector) = self.valid_vector(v as u16),
-            (0x14, 1) => self.set_status(v as u8),
-            (0x16, 2) => self.common.queue_select = v as u16,
+            (0x10, 2) => *lock(&self.signals.config_vector) = self.valid_vector(v16),
+            (0x14, 1) => self.set_status(v8),
+            (0x16, 2) => self.common.queue_select = v16,
             (0x1a, 2) => {
-                let vector = self.valid_vector(v as u16);
+                let vector = self.valid_vector(v16);
                 if let Some(slot) =
                     lock(&self.signals.queue_vectors).get_mut(usize::from(self.common.queue_select))
                 {
@@ -471,7 +491,7 @@ impl VirtioPciDevice {
             _ if live => debug_ratelimited!("virtio: queue setup write after DRIVER_OK"),
             (0x18, 2) => {
                 if let Some(q) = self.selected_queue() {
-                    q.set_size(v as u16);
+                    q.set_size(v16);
                 }
             }
             (0x1c, 2) => {
@@ -480,8 +500,8 @@ impl VirtioPciDevice {
                 }
             }
             (0x20..=0x37, 4 | 8) if usize::from(self.common.queue_select) < nq => {
-                let low = Some(v as u32);
-                let high = (data.len() == 8).then_some((v >> 32) as u32);
+                let low = Some(v32);
+                let high = (data.len() == 8).then_some(hi32(v));
                 let Some(q) = self.selected_queue() else {
                     return;
                 };
@@ -520,14 +540,14 @@ impl VirtioPciDevice {
 
 /// A virtio vendor-specific capability.
 fn vendor_cap(kind: u8, offset: u64, len: u64, multiplier: Option<u32>) -> Vec<u8> {
-    let cap_len = if multiplier.is_some() { 20 } else { 16 };
-    let mut c = vec![0u8; cap_len];
+    let cap_len: u8 = if multiplier.is_some() { 20 } else { 16 };
+    let mut c = vec![0u8; usize::from(cap_len)];
     c[0] = CAP_ID_VNDR;
-    c[2] = cap_len as u8;
+    c[2] = cap_len;
     c[3] = kind;
     c[4] = 0; // BAR 0
-    c[8..12].copy_from_slice(&(offset as u32).to_le_bytes());
-    c[12..16].copy_from_slice(&(len as u32).to_le_bytes());
+    c[8..12].copy_from_slice(&bar0_field(offset).to_le_bytes());
+    c[12..16].copy_from_slice(&bar0_field(len).to_le_bytes());
     if let Some(m) = multiplier {
         c[16..20].copy_from_slice(&m.to_le_bytes());
     }
@@ -598,8 +618,11 @@ impl PciDevice for VirtioPciDevice {
                 self.device.write_config(o - DEVICE_OFFSET, data)
             }
             o if (NOTIFY_OFFSET..MSIX_TABLE_OFFSET).contains(&o) => {
-                let queue = ((o - NOTIFY_OFFSET) / u64::from(NOTIFY_MULTIPLIER)) as u16;
-                if self.activated && usize::from(queue) < self.common.queues.len() {
+                let queue = u16::try_from((o - NOTIFY_OFFSET) / u64::from(NOTIFY_MULTIPLIER));
+                if let Ok(queue) = queue
+                    && self.activated
+                    && usize::from(queue) < self.common.queues.len()
+                {
                     self.device.queue_notify(queue);
                 }
             }

@@ -1,5 +1,6 @@
 //! Attach/detach, translation and faults, notifications, and a property test against a
 //! page-granular reference model.
+#![allow(clippy::cast_possible_truncation)] // test data
 
 use super::*;
 use std::collections::HashMap;

@@ -19,8 +19,9 @@ const OSC_GRANTED: u32 = 0x1f;
 /// What the ACPI tables say about PCI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PciAcpi {
-    /// ECAM base (of bus 0).
-    pub ecam_base: u64,
+    /// ECAM base (of bus 0), below 4 GiB: the motherboard resources reserve the window
+    /// with a 32-bit fixed memory range.
+    pub ecam_base: u32,
     /// Last bus ECAM decodes.
     pub last_bus: u8,
     /// 32-bit MMIO window (inclusive).
@@ -30,16 +31,16 @@ pub struct PciAcpi {
 }
 
 impl PciAcpi {
-    /// Size of the ECAM window.
-    pub fn ecam_size(&self) -> u64 {
-        (u64::from(self.last_bus) + 1) << 20
+    /// Size of the ECAM window (1 MiB per bus: at most 256 MiB).
+    pub fn ecam_size(&self) -> u32 {
+        (u32::from(self.last_bus) + 1) << 20
     }
 }
 
 /// The MCFG table: one ECAM entry for segment 0, buses 0..=last_bus.
 pub fn mcfg(pci: &PciAcpi) -> Vec<u8> {
     let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    mcfg.add_ecam(pci.ecam_base, PCI_SEGMENT, 0, pci.last_bus);
+    mcfg.add_ecam(u64::from(pci.ecam_base), PCI_SEGMENT, 0, pci.last_bus);
     bytes_of(&mcfg)
 }
 
@@ -132,7 +133,7 @@ pub fn host_bridge(pci: &PciAcpi) -> RawAml {
 /// late only when a PNP0C01/PNP0C02 `_CRS` covers it).
 pub fn ecam_reservation(pci: &PciAcpi) -> RawAml {
     let hid = aml::EISAName::new("PNP0C02");
-    let ecam = aml::Memory32Fixed::new(false, pci.ecam_base as u32, pci.ecam_size() as u32);
+    let ecam = aml::Memory32Fixed::new(false, pci.ecam_base, pci.ecam_size());
     let crs = aml::ResourceTemplate::new(vec![&ecam]);
     let mut out = Vec::new();
     aml::Device::new(

@@ -1,5 +1,6 @@
 //! Table layout, checksums and contents, error paths, and a decompile of every table by
 //! `iasl -d` (acpica-tools) when it is installed.
+#![allow(clippy::cast_possible_truncation)] // test data
 
 use super::*;
 use acpi_tables::aml;

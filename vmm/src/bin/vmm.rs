@@ -95,7 +95,7 @@ fn parse_size(s: &str) -> Result<ByteSize, String> {
     s.parse().map_err(|e: ConfigError| e.to_string())
 }
 
-fn run(args: RunArgs, started: Instant) -> Result<(i32, String), VmmError> {
+fn run(args: RunArgs, started: Instant) -> Result<(u8, String), VmmError> {
     let file = match &args.config {
         Some(path) => VmConfigFile::load(path)?,
         None => VmConfigFile::default(),
@@ -116,7 +116,7 @@ fn run(args: RunArgs, started: Instant) -> Result<(i32, String), VmmError> {
     let outcome = machine::run(&config)?;
     if args.exit_stats {
         let stats = ExitStats {
-            wall_us: started.elapsed().as_micros() as u64,
+            wall_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             peak_rss_kib: peak_rss_kib(),
             guest_touched_kib: outcome.guest_touched_bytes().unwrap_or(0) / 1024,
         };
@@ -143,7 +143,7 @@ fn main() -> ExitCode {
         Command::Run(args) => match run(args, started) {
             Ok((code, message)) => {
                 eprintln!("vmm: {message}");
-                ExitCode::from(code as u8)
+                ExitCode::from(code)
             }
             Err(e) => {
                 eprintln!("vmm: error: {}", vmm::error_chain(&e));

@@ -2,6 +2,7 @@
 //! line, initrd, e820 map and RSDP address.
 
 use devices::GuestMemory;
+use devices::bits::{hi32, lo32};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -46,12 +47,16 @@ pub fn build_boot_params(info: &BootInfo<'_>) -> boot_params {
     }
     params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
     params.hdr.loadflags |= LOADED_HIGH;
-    params.hdr.cmd_line_ptr = layout::CMDLINE_START as u32;
-    params.hdr.cmdline_size = info.cmdline_len as u32;
+    params.hdr.cmd_line_ptr = const { layout::addr32(layout::CMDLINE_START) };
+    // Below MAX_CMDLINE_LEN (the config checks it): this never saturates.
+    params.hdr.cmdline_size = u32::try_from(info.cmdline_len).unwrap_or(u32::MAX);
     if let Some((addr, size)) = info.initrd {
-        // Both below 2 GiB (checked by the loader against initrd_addr_max).
-        params.hdr.ramdisk_image = addr.0 as u32;
-        params.hdr.ramdisk_size = size as u32;
+        // The loader keeps the initrd below initrd_addr_max, a 32-bit address, so the high
+        // halves (the ext_ fields of boot protocol 2.12) are 0.
+        params.hdr.ramdisk_image = lo32(addr.0);
+        params.ext_ramdisk_image = hi32(addr.0);
+        params.hdr.ramdisk_size = lo32(size);
+        params.ext_ramdisk_size = hi32(size);
     }
     params.acpi_rsdp_addr = info.rsdp.0;
     let n = info.e820.len().min(params.e820_table.len());
@@ -62,7 +67,8 @@ pub fn build_boot_params(info: &BootInfo<'_>) -> boot_params {
             r#type: e.kind,
         };
     }
-    params.e820_entries = n as u8;
+    // At most the table's 128 slots: this never saturates.
+    params.e820_entries = u8::try_from(n).unwrap_or(u8::MAX);
     params
 }
 
@@ -73,6 +79,7 @@ pub fn write_boot_params(mem: &GuestMemory, params: &boot_params) -> Result<(), 
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test data
 mod tests {
     use super::*;
     use vm_memory::ByteValued;

@@ -2,6 +2,7 @@
 //! control and general registers, FPU, MSRs, and the local APIC's LINT pins.
 
 use devices::GuestMemory;
+use devices::bits::lo32;
 use kvm_bindings::{kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -25,6 +26,8 @@ const PDE_PAGE_SIZE: u64 = 1 << 7;
 const GDT_CODE: usize = 2;
 const GDT_DATA: usize = 3;
 const GDT_TSS: usize = 4;
+/// Entries of the boot GDT: null, unused, code, data, TSS.
+const GDT_ENTRIES: u16 = 5;
 
 /// A GDT descriptor from flags (type, S, DPL, P in bits 0-7; AVL, L, D/B, G in 12-15),
 /// base and limit.
@@ -40,8 +43,8 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 }
 
 /// The boot GDT.
-pub fn boot_gdt() -> [u64; 5] {
-    let mut gdt = [0u64; 5];
+pub fn boot_gdt() -> [u64; GDT_ENTRIES as usize] {
+    let mut gdt = [0u64; GDT_ENTRIES as usize];
     gdt[GDT_CODE] = gdt_entry(0xa09b, 0, 0xfffff); // 64-bit code, present, DPL 0
     gdt[GDT_DATA] = gdt_entry(0xc093, 0, 0xfffff); // data, read/write
     gdt[GDT_TSS] = gdt_entry(0x808b, 0, 0xfffff); // busy 64-bit TSS
@@ -50,11 +53,14 @@ pub fn boot_gdt() -> [u64; 5] {
 
 /// The `kvm_segment` a GDT entry at `index` describes.
 pub fn segment_from_gdt(entry: u64, index: usize) -> kvm_segment {
-    let bits = |shift: u64, width: u64| ((entry >> shift) & ((1 << width) - 1)) as u8;
+    // Bits shift..shift + width (width at most 8).
+    let bits = |shift: u64, width: u64| ((entry >> shift) & ((1 << width) - 1) & 0xff) as u8;
     kvm_segment {
         base: (((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000)),
-        limit: ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32,
-        selector: (index * 8) as u16,
+        limit: lo32((entry & 0xffff) | ((entry >> 32) & 0xf_0000)),
+        // The index above TI (0: the GDT) and RPL 0; past the 8192 entries a GDT can have,
+        // the null selector.
+        selector: u16::try_from(index * 8).unwrap_or(0),
         type_: bits(40, 4),
         present: bits(47, 1),
         dpl: bits(45, 2),
@@ -115,7 +121,7 @@ pub fn boot_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
     let data = segment_from_gdt(gdt[GDT_DATA], GDT_DATA);
     let tss = segment_from_gdt(gdt[GDT_TSS], GDT_TSS);
     sregs.gdt.base = layout::BOOT_GDT_START;
-    sregs.gdt.limit = (std::mem::size_of_val(&gdt) - 1) as u16;
+    sregs.gdt.limit = GDT_ENTRIES * 8 - 1;
     sregs.idt.base = layout::BOOT_IDT_START;
     sregs.idt.limit = 7;
     sregs.cs = code;

@@ -10,15 +10,16 @@ use devices::sync::lock;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use devices::bits::{hi32, lo32};
 use devices::interrupt::MsiRoutes;
-use devices::legacy::ioapic::IOAPIC_PINS;
+use devices::legacy::ioapic::{IOAPIC_NUM_PINS, IOAPIC_PINS};
 use kvm_bindings::{KVM_IRQ_ROUTING_MSI, KvmIrqRouting, kvm_irq_routing_entry};
 use kvm_ioctls::VmFd;
 use vm_allocator::IdAllocator;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 /// First GSI above the IOAPIC's pins.
-const FIRST_MSI_GSI: u32 = IOAPIC_PINS as u32;
+const FIRST_MSI_GSI: u32 = IOAPIC_NUM_PINS;
 /// Routes KVM accepts on these machines.
 const MAX_GSI: u32 = 4096;
 
@@ -113,8 +114,8 @@ impl GsiRouter {
             type_: KVM_IRQ_ROUTING_MSI,
             ..Default::default()
         };
-        e.u.msi.address_lo = address as u32;
-        e.u.msi.address_hi = (address >> 32) as u32;
+        e.u.msi.address_lo = lo32(address);
+        e.u.msi.address_hi = hi32(address);
         e.u.msi.data = data;
         let mut t = self.lock();
         t.msi.insert(gsi, e);
@@ -279,10 +280,10 @@ impl Drop for KvmIoapicPins {
             return;
         }
         let mut gsis = Vec::new();
-        for (gsi, fd) in self.lock().iter().enumerate() {
+        for (gsi, fd) in (0u32..).zip(self.lock().iter()) {
             if let Some(fd) = fd {
-                let _ = self.router.vm.unregister_irqfd(fd, gsi as u32);
-                gsis.push(gsi as u32);
+                let _ = self.router.vm.unregister_irqfd(fd, gsi);
+                gsis.push(gsi);
             }
         }
         let _ = self.router.drop_routes(&gsis);

@@ -12,6 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use std::sync::Arc;
 
+use devices::bits::{hi32, lo32};
 use devices::interrupt::{DoorbellRegistry, MsiSink};
 use kvm_bindings::kvm_msi;
 use kvm_ioctls::{IoEventAddress, NoDatamatch};
@@ -97,7 +98,7 @@ impl Vm {
         let fd = ioctl("KVM_CREATE_VM", kvm.create_vm())?;
         ioctl(
             "KVM_SET_TSS_ADDR",
-            fd.set_tss_address(layout::KVM_TSS_START as usize),
+            fd.set_tss_address(const { layout::addr32(layout::KVM_TSS_START) } as usize),
         )?;
         ioctl(
             "KVM_SET_IDENTITY_MAP_ADDR",
@@ -127,6 +128,12 @@ impl Vm {
         &self.fd
     }
 
+    /// Whether dropping this closes the VM's fd (nothing else holds it: routes, irqfd
+    /// owners and MSI sinks are gone).
+    pub fn is_last_holder(&self) -> bool {
+        Arc::strong_count(&self.fd) == 1
+    }
+
     /// The VM's GSI routing table (installs KVM's default routes).
     pub fn gsi_router(&self) -> std::io::Result<Arc<super::irq_routing::GsiRouter>> {
         super::irq_routing::GsiRouter::new(self.fd.clone()).map(Arc::new)
@@ -144,7 +151,7 @@ impl Vm {
 
     /// Registers every region of `mem` as a memory slot.
     pub fn register_memory(&self, mem: &GuestMemory) -> Result<(), KvmError> {
-        for (slot, region) in mem.iter().enumerate() {
+        for (slot, region) in (0u32..).zip(mem.iter()) {
             let host = mem.get_host_address(region.start_addr()).map_err(|_| {
                 KvmError::Ioctl(
                     "KVM_SET_USER_MEMORY_REGION",
@@ -152,7 +159,7 @@ impl Vm {
                 )
             })?;
             let mr = kvm_userspace_memory_region {
-                slot: slot as u32,
+                slot,
                 flags: 0,
                 guest_phys_addr: region.start_addr().raw_value(),
                 memory_size: region.len(),
@@ -267,8 +274,8 @@ pub struct KvmMsi(Arc<VmFd>);
 impl MsiSink for KvmMsi {
     fn send_msi(&self, address: u64, data: u32) -> std::io::Result<()> {
         let msi = kvm_msi {
-            address_lo: address as u32,
-            address_hi: (address >> 32) as u32,
+            address_lo: lo32(address),
+            address_hi: hi32(address),
             data,
             ..Default::default()
         };

@@ -99,7 +99,7 @@ impl VmApi {
             memory_bytes: vmm.config().memory,
             cpu_template: vmm.template().to_string(),
             kernel: vmm.config().kernel.path().display().to_string(),
-            uptime_ms: vmm.uptime().as_millis() as u64,
+            uptime_ms: u64::try_from(vmm.uptime().as_millis()).unwrap_or(u64::MAX),
         }
     }
 

@@ -45,19 +45,21 @@ fn load_guest(config: &VmConfig, ram: &GuestRam, plan: &PciPlan) -> Result<Guest
         mem,
         &AcpiConfig {
             num_vcpus: config.vcpus,
-            lapic_addr: layout::LAPIC_START as u32,
-            ioapic_addr: layout::IOAPIC_START as u32,
+            lapic_addr: const { layout::addr32(layout::LAPIC_START) },
+            ioapic_addr: const { layout::addr32(layout::IOAPIC_START) },
             ioapic_id: IOAPIC_ID,
             pm_io_base: devices::legacy::acpi_pm::PM_IO_BASE,
             rsdp_addr: GuestAddress(layout::RSDP_START),
             tables_end: GuestAddress(layout::ACPI_END),
             pci: Some(PciAcpi {
-                ecam_base: layout::ECAM_START,
+                ecam_base: const { layout::addr32(layout::ECAM_START) },
                 last_bus: layout::ECAM_LAST_BUS,
-                mem32: (
-                    layout::PCI_MMIO32_START as u32,
-                    (layout::PCI_MMIO32_END - 1) as u32,
-                ),
+                mem32: const {
+                    (
+                        layout::addr32(layout::PCI_MMIO32_START),
+                        layout::addr32(layout::PCI_MMIO32_END - 1),
+                    )
+                },
                 mem64: (layout::PCI_MMIO64_START, layout::PCI_MMIO64_END - 1),
             }),
             viot: plan

@@ -22,7 +22,7 @@ pub enum VmEnd {
 
 impl VmEnd {
     /// The process exit code and a one-line description.
-    pub fn exit_code_and_message(&self) -> (i32, String) {
+    pub fn exit_code_and_message(&self) -> (u8, String) {
         match self {
             VmEnd::Power(PowerEvent::PowerOff) => (0, "guest powered off".into()),
             VmEnd::Power(PowerEvent::Reset) => (0, "guest requested a reset; VM stopped".into()),

@@ -262,6 +262,11 @@ impl Vmm {
         } = self;
         drop(vcpus);
         devices.release_with_vm();
+        if !vm.is_last_holder() {
+            // Still correct, only slower: unmapping guest memory under a live VM walks
+            // KVM's reverse maps page by page.
+            devices::warn_ratelimited!("VM fd still shared at teardown");
+        }
         drop(vm);
         ram.into_memfd()
     }

@@ -133,6 +133,9 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
     // The subscribers hold the VM too: dropping them leaves this the only reference.
     drop(em);
     lock(&serial).flush();
+    // The console reaches the VM's fd through its interrupt line: let go of it before the
+    // teardown, which closes that fd before unmapping guest memory.
+    drop(serial);
     drop(terminal);
     let end = monitor.take().unwrap_or(VmEnd::Signal(0));
     let vmm = Arc::try_unwrap(vmm)

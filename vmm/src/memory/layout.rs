@@ -10,6 +10,8 @@
 //! 4 GiB..      RAM beyond what fits below the hole
 //! ```
 
+use devices::bits::{hi32, lo32};
+
 /// One MiB, GiB.
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -90,6 +92,14 @@ const _: () = {
     assert!(PCI_MMIO32_END <= ECAM_START && ECAM_START + ECAM_SIZE <= IOAPIC_START);
     assert!(MMIO_HOLE_END + (MAX_MEMORY - MMIO_HOLE_START) <= PCI_MMIO64_START);
 };
+
+/// `addr`, an address of this map below 4 GiB, as the 32-bit fields of the boot protocol,
+/// the ACPI tables and KVM hold it. Call it in a const context (`const { addr32(..) }`),
+/// where an address at or above 4 GiB fails the build.
+pub const fn addr32(addr: u64) -> u32 {
+    assert!(hi32(addr) == 0, "not a 32-bit address");
+    lo32(addr)
+}
 
 /// E820 entry types.
 pub const E820_RAM: u32 = 1;

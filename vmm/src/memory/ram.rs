@@ -98,6 +98,7 @@ pub fn touched_bytes(memfd: &File) -> std::io::Result<u64> {
 pub const MEMFD_NAME: &CStr = c"guest-ram";
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test data
 mod tests {
     use super::*;
     use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};

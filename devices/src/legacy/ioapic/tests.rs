@@ -1,5 +1,6 @@
 //! The IOAPIC driven the way Linux drives it: IOREGSEL/IOWIN accesses, entries written
 //! high half first, then edge and level lines, masking, EOIs and Remote IRR.
+#![allow(clippy::cast_possible_truncation)] // test data
 
 use std::sync::Mutex;
 

@@ -1,4 +1,5 @@
 //! Config space semantics, driven the way Linux drives them.
+#![allow(clippy::cast_possible_truncation)] // test data
 
 use super::*;
 use crate::pci::capability;

@@ -1,4 +1,5 @@
 //! Config cycles through ECAM and 0xCF8/0xCFC.
+#![allow(clippy::cast_possible_truncation)] // test data
 
 use super::*;
 use crate::interrupt::msi_test_utils::RecordingMsi;
@@ -233,6 +234,24 @@ fn cold_plug_assigns_bars_and_routes_mmio() {
     let mem_base = (2u64 << 15) | MEMORY_BASE as u64;
     rc.ecam_write(mem_base, &0xd000u16.to_le_bytes());
     assert!(!rc.mmio_read(0xc020_0010, &mut b));
+}
+
+/// A 32-bit BAR offered an address above 4 GiB is refused, not programmed truncated; a
+/// 64-bit BAR takes it in both halves.
+#[test]
+fn a_32_bit_bar_is_not_placed_above_4_gib() {
+    let c = card(BarDevice::new());
+    let high = 0x1_c000_0000;
+    assert_eq!(
+        lock(&c).assign_bars(&mut |_| Some(high)),
+        Err(crate::pci::card::BarError::Above4G(high))
+    );
+    let mut next = [0xc000_0000, 0x80_0000_0000].into_iter();
+    lock(&c).assign_bars(&mut |_| next.next()).unwrap();
+    let mut b = [0u8; 8];
+    lock(&c).config_read(0, BAR0 + 8, &mut b[..4]);
+    lock(&c).config_read(0, BAR0 + 12, &mut b[4..]);
+    assert_eq!(u64::from_le_bytes(b) & !0xf, 0x80_0000_0000);
 }
 
 #[test]

@@ -140,7 +140,7 @@ impl TapBackend {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
-        let hdr_len = super::NET_HDR_LEN as libc::c_int;
+        let hdr_len = libc::c_int::try_from(super::NET_HDR_LEN).map_err(io::Error::other)?;
         // SAFETY: TUNSETVNETHDRSZ reads an int from the pointer, which is valid.
         if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ, &hdr_len) } < 0 {
             return Err(io::Error::last_os_error());

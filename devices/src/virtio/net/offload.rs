@@ -101,7 +101,8 @@ fn ones_complement_sum(data: &[u8]) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    sum as u16
+    // The loop leaves at most 0xffff: the mask drops nothing.
+    (sum & 0xffff) as u16
 }
 
 /// Where the checksum field `start + offset` lies in a `len`-byte frame, if it fits.

@@ -1,4 +1,5 @@
 //! virtio-net through its worker, with a seqpacket peer standing for the other end.
+#![allow(clippy::cast_possible_truncation)] // test data
 
 use super::*;
 use crate::GuestMemory;

@@ -14,7 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::offload::{self, NET_HDR_LEN};
 use super::{F_GUEST_CSUM, MAX_FRAME, NetBackend, RX_QUEUE, TX_QUEUE};
-use crate::virtio::{ActivateContext, VirtioInterrupt};
+use crate::virtio::{ActivateContext, VirtioInterrupt, desc_take};
 use crate::{debug_ratelimited, warn_ratelimited};
 
 const EV_TX: u64 = 0;
@@ -371,23 +371,21 @@ impl Worker {
                 if !desc.is_write_only() {
                     break;
                 }
-                let take = (desc.len() as usize).min(stream.len() - written);
-                if mem
-                    .write_slice(&stream[written..written + take], desc.addr())
-                    .is_err()
-                {
+                let take = desc_take(desc.len(), stream.len() - written);
+                let end = written + take as usize;
+                if mem.write_slice(&stream[written..end], desc.addr()).is_err() {
                     warn_ratelimited!(
                         "virtio-net: RX buffer not writable (outside RAM or an IOMMU fault)"
                     );
                     break;
                 }
                 for off in [10usize, 11] {
-                    if (written..written + take).contains(&off) {
+                    if (written..end).contains(&off) {
                         num_buffers_at.push((desc.addr().0 + (off - written) as u64, off));
                     }
                 }
-                written += take;
-                chain_len += take as u32;
+                written = end;
+                chain_len += take;
                 if written == stream.len() {
                     break;
                 }
@@ -400,7 +398,9 @@ impl Worker {
                 break;
             }
         }
-        let count = (used.len() as u16).to_le_bytes();
+        // num_buffers is 16 bits. Every chain took at least one byte of the frame, so only a
+        // driver that posts tens of thousands of 1-byte buffers gets more: it reads 0xffff.
+        let count = u16::try_from(used.len()).unwrap_or(u16::MAX).to_le_bytes();
         for (addr, off) in num_buffers_at {
             let _ = mem.write_slice(&count[off - 10..off - 9], vm_memory::GuestAddress(addr));
         }

@@ -1,4 +1,5 @@
 //! The transport driven as Linux's virtio_pci_modern driver drives it.
+#![allow(clippy::cast_possible_truncation)] // test data
 
 use super::*;
 use crate::GuestMemory;

@@ -26,8 +26,8 @@ const CODE: &[u8] = &[
     0xeb, 0xfd, // jmp hlt
 ];
 
-const EHDR_LEN: usize = 64;
-const PHDR_LEN: usize = 56;
+const EHDR_LEN: u16 = 64;
+const PHDR_LEN: u16 = 56;
 const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
 /// XEN_ELFNOTE_PHYS32_ENTRY: the PVH entry point.
@@ -35,7 +35,7 @@ const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 
 /// The ELF image.
 pub fn elf() -> Vec<u8> {
-    let note_off = EHDR_LEN + 2 * PHDR_LEN;
+    let note_off = usize::from(EHDR_LEN) + 2 * usize::from(PHDR_LEN);
     // Note: namesz, descsz, type, "Xen\0", the 4-byte entry.
     let mut note = Vec::new();
     note.extend_from_slice(&4u32.to_le_bytes());
@@ -44,7 +44,9 @@ pub fn elf() -> Vec<u8> {
     note.extend_from_slice(b"Xen\0");
     let code_off = note_off + note.len() + 4;
     let entry = LOAD_ADDR + code_off as u64;
-    note.extend_from_slice(&(entry as u32).to_le_bytes());
+    // The PVH entry is a 32-bit address; this one is a few hundred bytes above 1 MiB.
+    let entry32 = u32::try_from(entry).expect("the entry point is below 4 GiB");
+    note.extend_from_slice(&entry32.to_le_bytes());
     let total = code_off + CODE.len();
 
     let mut f = Vec::with_capacity(total);
@@ -55,11 +57,11 @@ pub fn elf() -> Vec<u8> {
     f.extend_from_slice(&0x3eu16.to_le_bytes()); // EM_X86_64
     f.extend_from_slice(&1u32.to_le_bytes()); // EV_CURRENT
     f.extend_from_slice(&entry.to_le_bytes());
-    f.extend_from_slice(&(EHDR_LEN as u64).to_le_bytes()); // e_phoff
+    f.extend_from_slice(&u64::from(EHDR_LEN).to_le_bytes()); // e_phoff
     f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
     f.extend_from_slice(&0u32.to_le_bytes()); // e_flags
-    f.extend_from_slice(&(EHDR_LEN as u16).to_le_bytes());
-    f.extend_from_slice(&(PHDR_LEN as u16).to_le_bytes());
+    f.extend_from_slice(&EHDR_LEN.to_le_bytes());
+    f.extend_from_slice(&PHDR_LEN.to_le_bytes());
     f.extend_from_slice(&2u16.to_le_bytes()); // e_phnum
     f.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
     f.extend_from_slice(&0u16.to_le_bytes()); // e_shnum

@@ -1,5 +1,6 @@
 //! Checksum completion against an independent reference (the full RFC 768/793 checksum
 //! over the pseudo-header), and the header rules in both directions.
+#![allow(clippy::cast_possible_truncation)] // test data
 
 use super::*;
 
