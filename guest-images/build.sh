@@ -15,14 +15,19 @@
 #                               guest-images/linux/init and guest-images/linux/scenarios/
 #            out/initramfs.modules  the modules in the initramfs, in load order
 #            cache/vmlinuz      the package's bzImage (for QEMU, which wants a bzImage)
-#            See guest-images/linux/README.md.
+#            out/nested-host.vmlinuz    the same bzImage, as the nested KVM host's kernel
+#            out/nested-host.cpio.gz    the nested KVM host's initramfs: busybox, the
+#                               modules kvm_amd (irqbypass, kvm, ccp, kvm-amd), tun, veth,
+#                               bridge, and guest-images/nested-host/init
+#            out/nested-host.modules    its modules, in load order
+#            See guest-images/linux/README.md and guest-images/nested-host/README.md.
 #
 # Debian packages are fetched with `apt-get download` through a private apt configuration
 # under cache/apt/ (the system's apt sources and state are not touched) and unpacked with
 # dpkg-deb. Only missing host tools are installed on the system, from its own sources.
 # The linux target is rebuilt when out/.linux.stamp (a hash of this script, linux/init,
-# linux/extract-vmlinux.sh, linux/scenarios/*.sh and the names, so versions, of the .debs
-# used) no longer matches. The private package lists are refreshed once a day, so a new
+# linux/extract-vmlinux.sh, linux/scenarios/*.sh, nested-host/init and the names, so
+# versions, of the .debs used) no longer matches. The private package lists are refreshed once a day, so a new
 # Debian kernel release is picked up (and rebuilt) then.
 #
 # Environment:
@@ -35,6 +40,7 @@ export LC_ALL=C
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 linux_dir="$here/linux"
+nested_dir="$here/nested-host"
 out="$here/out"
 cache="$here/cache"
 target=${1:-all}
@@ -45,6 +51,14 @@ target=${1:-all}
 linux_modules=(virtio_iommu failover net_failover virtio_net)
 # Reported as built in or module (the virtio core the above rely on).
 linux_core_modules=(virtio virtio_ring virtio_pci virtio_pci_modern_dev virtio_pci_legacy_dev)
+# The nested KVM host's modules (guest-images/nested-host/): KVM for AMD (kvm_amd needs kvm
+# and ccp, kvm needs irqbypass), TAP devices for --net tap=, and veth and bridge for
+# network-namespace setups.
+nested_host_modules=(kvm_amd tun veth bridge)
+nested_host_core_modules=()
+# What the linux target writes to out/.
+linux_outputs=(vmlinux vmlinux.config linux-version initramfs.cpio.gz nested-host.cpio.gz
+  nested-host.vmlinuz)
 
 say() { printf 'build.sh: %s\n' "$*" >&2; }
 die() { printf 'build.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -247,18 +261,18 @@ build_linux() {
   local stamp
   stamp=$({
     cat "$here/build.sh" "$linux_dir/init" "$linux_dir/extract-vmlinux.sh" \
-      "$linux_dir"/scenarios/*.sh
+      "$linux_dir"/scenarios/*.sh "$nested_dir/init"
     basename "$kdeb"
     basename "$bdeb"
   } | sha256sum | cut -d' ' -f1)
   local uptodate=1
-  for f in vmlinux vmlinux.config linux-version initramfs.cpio.gz initramfs.modules; do
+  for f in "${linux_outputs[@]}" initramfs.modules nested-host.modules; do
     [ -f "$out/$f" ] || uptodate=0
   done
   [ -f "$cache/vmlinuz" ] || uptodate=0
   if [ "$uptodate" = 1 ] && [ "$(cat "$out/.linux.stamp" 2>/dev/null)" = "$stamp" ]; then
-    say "linux: out/vmlinux and out/initramfs.cpio.gz are up to date ($(cat "$out/linux-version"))"
-    built+=("$out/vmlinux" "$out/vmlinux.config" "$out/linux-version" "$out/initramfs.cpio.gz")
+    say "linux: out/vmlinux, out/initramfs.cpio.gz and out/nested-host.* are up to date ($(cat "$out/linux-version"))"
+    built+=("${linux_outputs[@]/#/$out/}")
     return 0
   fi
   rm -f "$out/.linux.stamp"
@@ -299,6 +313,47 @@ build_linux() {
   [ -f "$moddir/modules.builtin" ] || die "the package has no modules.builtin"
 
   local order=() builtin=() name path
+  resolve_modules linux_modules linux_core_modules
+  local guest_order=("${order[@]}") guest_builtin=("${builtin[@]}")
+  order=()
+  builtin=()
+  resolve_modules nested_host_modules nested_host_core_modules
+  local host_order=("${order[@]}") host_builtin=("${builtin[@]}")
+
+  # 3. The initramfs trees: the guest's, and the nested KVM host's.
+  local ir="$work/initramfs" hr="$work/nested-host"
+  make_initramfs "$ir" "$linux_dir/init" "${guest_order[@]}"
+  install -m 0755 "$linux_dir"/scenarios/*.sh "$ir/scenarios/"
+  make_initramfs "$hr" "$nested_dir/init" "${host_order[@]}"
+  write_cpio "$ir" "$work/initramfs.cpio.gz"
+  write_cpio "$hr" "$work/nested-host.cpio.gz"
+
+  mv "$work/vmlinux" "$out/vmlinux"
+  mv "$work/initramfs.cpio.gz" "$out/initramfs.cpio.gz"
+  mv "$work/nested-host.cpio.gz" "$out/nested-host.cpio.gz"
+  cp "$work/kernel/boot/config-$kver" "$out/vmlinux.config"
+  cp "$work/kernel/boot/vmlinuz-$kver" "$cache/vmlinuz"
+  cp "$work/kernel/boot/vmlinuz-$kver" "$out/nested-host.vmlinuz"
+  printf '%s\n' "$kver" >"$out/linux-version"
+  cp "$ir/etc/modules.order" "$out/initramfs.modules"
+  cp "$hr/etc/modules.order" "$out/nested-host.modules"
+  printf '%s\n' "$stamp" >"$out/.linux.stamp"
+  rm -rf "$work"
+  say "linux: kernel $kver from $(basename "$kdeb"), busybox from $(basename "$bdeb")"
+  say "linux: built in: ${guest_builtin[*]:-none}"
+  say "linux: modules in the initramfs (load order): $(tr '\n' ' ' <"$out/initramfs.modules")"
+  say "nested host: built in: ${host_builtin[*]:-none}"
+  say "nested host: modules (load order): $(tr '\n' ' ' <"$out/nested-host.modules")"
+  built+=("${linux_outputs[@]/#/$out/}" "$cache/vmlinuz")
+}
+
+# resolve_modules NAMES_ARRAY CORE_ARRAY: appends to `order` the module files (relative to
+# $moddir) of the modules named in the array NAMES_ARRAY, each after its dependencies (from
+# modules.dep), and to `builtin` those built into the kernel; the modules named in
+# CORE_ARRAY are only reported when built in, or loaded first when modular.
+resolve_modules() {
+  local -n names=$1 core=$2
+  local name path
   add_module() { # PATH relative to $moddir: its dependencies first, then itself
     local m=$1 dep deps seen
     for seen in "${order[@]}"; do [ "$seen" = "$m" ] && return 0; done
@@ -308,7 +363,7 @@ build_linux() {
     done
     order+=("$m")
   }
-  for name in "${linux_modules[@]}"; do
+  for name in "${names[@]}"; do
     path=$(module_path "$name" "$moddir/modules.dep")
     if [ -n "$path" ]; then
       add_module "$path"
@@ -318,7 +373,7 @@ build_linux() {
       die "module $name is neither a module nor built into $kver"
     fi
   done
-  for name in "${linux_core_modules[@]}"; do
+  for name in "${core[@]}"; do
     if [ -n "$(module_path "$name" "$moddir/modules.builtin")" ]; then
       builtin+=("$name")
     elif path=$(module_path "$name" "$moddir/modules.dep") && [ -n "$path" ]; then
@@ -329,9 +384,14 @@ build_linux() {
       for path in "${rest[@]}"; do add_module "$path"; done
     fi
   done
+}
 
-  # 3. The initramfs tree.
-  local ir="$work/initramfs"
+# make_initramfs DIR INIT MODULE...: a busybox tree in DIR with INIT as /init and the
+# modules (paths relative to $moddir, in load order) decompressed into /lib/modules, their
+# order in /etc/modules.order.
+make_initramfs() {
+  local ir=$1 init=$2
+  shift 2
   mkdir -p "$ir"/{bin,dev,etc,lib/modules,proc,root,run,scenarios,sys,tmp,usr}
   ln -s bin "$ir/sbin"
   ln -s ../bin "$ir/usr/bin"
@@ -342,7 +402,7 @@ build_linux() {
   for applet in $applets; do
     [ "$applet" = busybox ] || ln -s busybox "$ir/bin/$applet"
   done
-  for applet in sh mount insmod cttyhack setsid poweroff; do
+  for applet in sh mount insmod cttyhack setsid poweroff ip; do
     [ -L "$ir/bin/$applet" ] || die "busybox has no $applet applet"
   done
   # /dev/console, so that the kernel gives /init a console before devtmpfs is mounted.
@@ -351,7 +411,7 @@ build_linux() {
 
   : >"$ir/etc/modules.order"
   local m base
-  for m in "${order[@]}"; do
+  for m in "$@"; do
     base=$(basename "$m")
     case "$base" in
       *.ko.xz) xz -dc "$moddir/$m" >"$ir/lib/modules/${base%.xz}"; base=${base%.xz} ;;
@@ -366,27 +426,15 @@ build_linux() {
     printf '%s\n' "$base" >>"$ir/etc/modules.order"
   done
   printf '%s\n' "$kver" >"$ir/etc/linux-version"
-  install -m 0755 "$linux_dir/init" "$ir/init"
-  install -m 0755 "$linux_dir"/scenarios/*.sh "$ir/scenarios/"
+  install -m 0755 "$init" "$ir/init"
+}
 
-  # Reproducible archive: sorted names, owner root, mtime 0, renumbered inodes, gzip -n.
-  find "$ir" -exec touch -h -d @0 {} +
-  (cd "$ir" && find . -mindepth 1 -printf '%P\n' | sort |
-    cpio --quiet -o -H newc -R 0:0 --reproducible) | gzip -9 -n >"$work/initramfs.cpio.gz"
-
-  mv "$work/vmlinux" "$out/vmlinux"
-  mv "$work/initramfs.cpio.gz" "$out/initramfs.cpio.gz"
-  cp "$work/kernel/boot/config-$kver" "$out/vmlinux.config"
-  cp "$work/kernel/boot/vmlinuz-$kver" "$cache/vmlinuz"
-  printf '%s\n' "$kver" >"$out/linux-version"
-  cp "$ir/etc/modules.order" "$out/initramfs.modules"
-  printf '%s\n' "$stamp" >"$out/.linux.stamp"
-  rm -rf "$work"
-  say "linux: kernel $kver from $(basename "$kdeb"), busybox from $(basename "$bdeb")"
-  say "linux: built in: ${builtin[*]:-none}"
-  say "linux: modules in the initramfs (load order): $(tr '\n' ' ' <"$out/initramfs.modules")"
-  built+=("$out/vmlinux" "$out/vmlinux.config" "$out/linux-version" "$out/initramfs.cpio.gz"
-    "$cache/vmlinuz")
+# write_cpio DIR FILE: a reproducible gzip'd newc archive of DIR: sorted names, owner root,
+# mtime 0, renumbered inodes, gzip -n.
+write_cpio() {
+  find "$1" -exec touch -h -d @0 {} +
+  (cd "$1" && find . -mindepth 1 -printf '%P\n' | sort |
+    cpio --quiet -o -H newc -R 0:0 --reproducible) | gzip -9 -n >"$2"
 }
 
 built=()

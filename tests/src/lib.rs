@@ -6,6 +6,8 @@
 //! `VMM_TESTS_STRICT=1` (CI) it panics instead, unless the reason is one the CI machine
 //! cannot meet by design ([`SkipKind::HostLimit`], e.g. Linux user space on PVM).
 
+pub mod cpio;
+pub mod nested;
 pub mod peer;
 pub mod vm;
 
@@ -51,11 +53,31 @@ pub fn repo_root() -> PathBuf {
 /// The directory holding the binaries of this build (target/<profile>).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test-binary>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps")
-        .to_path_buf()
+    // target/<profile>/deps/<test-binary>, or target/<profile>/<binary> for the
+    // `nested-kvm` tool.
+    let dir = exe.parent().expect("the executable has a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("deps has a parent").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// The cargo profile of this build (`dev` for target/debug).
+pub fn profile() -> String {
+    let dir = bin_dir();
+    match dir.file_name().and_then(|n| n.to_str()) {
+        None | Some("debug") => "dev".into(),
+        Some(p) => p.into(),
+    }
+}
+
+/// A prebuilt binary named by environment variable `var`, if set (e.g. `VMM_BIN` inside
+/// the nested KVM host, where there is no cargo and no source tree).
+fn prebuilt(var: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(std::env::var_os(var)?);
+    assert!(p.exists(), "{var}={} does not exist", p.display());
+    Some(p)
 }
 
 /// Builds the workspace binaries the tests run (`vmm`, `testguest`) with the profile and
@@ -67,21 +89,14 @@ fn ensure_built() {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let result = BUILT.get_or_init(|| {
         let dir = bin_dir();
-        let profile = dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("debug")
-            .to_string();
+        let profile = profile();
         let target_dir = dir.parent().unwrap_or(&dir).to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(repo_root())
             // `--bins`, not `--bin vmm`: a target filter applies to every package given.
             .args(["build", "--quiet", "-p", "vmm", "-p", "testguest", "--bins"])
-            .args([
-                "--profile",
-                if profile == "debug" { "dev" } else { &profile },
-            ])
+            .args(["--profile", &profile])
             .arg("--target-dir")
             .arg(&target_dir)
             .status()
@@ -105,14 +120,14 @@ fn built(name: &str) -> PathBuf {
     p
 }
 
-/// The `vmm` binary built alongside these tests.
+/// The `vmm` binary: `$VMM_BIN` if set, else the one built alongside these tests.
 pub fn vmm_binary() -> PathBuf {
-    built("vmm")
+    prebuilt("VMM_BIN").unwrap_or_else(|| built("vmm"))
 }
 
-/// The `vmctl` binary built alongside these tests.
+/// The `vmctl` binary: `$VMCTL_BIN` if set, else the one built alongside these tests.
 pub fn vmctl_binary() -> PathBuf {
-    built("vmctl")
+    prebuilt("VMCTL_BIN").unwrap_or_else(|| built("vmctl"))
 }
 
 /// Runs `vmctl --socket SOCK ARGS...`: exit code and the JSON it printed (Null if none).
@@ -127,9 +142,10 @@ pub fn vmctl(sock: &Path, args: &[&str]) -> (i32, serde_json::Value) {
     (out.status.code().unwrap_or(-1), v)
 }
 
-/// The test guest ELF built alongside these tests (the workspace member `testguest`).
+/// The test guest ELF: `$VMM_TESTGUEST` if set, else the one built alongside these tests
+/// (the workspace member `testguest`).
 pub fn testguest_elf() -> PathBuf {
-    built("testguest")
+    prebuilt("VMM_TESTGUEST").unwrap_or_else(|| built("testguest"))
 }
 
 /// Where guest-images/build.sh puts the Linux images.

@@ -5,10 +5,14 @@
 //!   (RSDP, XSDT, FACP, DSDT, APIC), which proves the boot protocol, e820 and RSDP
 //!   placement. On PVM this takes a minute or two (guest ring 0 is emulated).
 //! - `linux_boots_to_user_space`, `linux_pcie_ping_and_hotplug` and `linux_behind_iommu`
-//!   need hardware-assisted KVM: on PVM, Linux user space does not start at all
+//!   need hardware-style KVM: on PVM, Linux user space does not start at all
 //!   (shared/reference/kvm-on-these-machines.md), so they skip there. They run the
-//!   initramfs scenarios `smoke`, `pcie` and `iommu` (guest-images/linux/scenarios/), which
-//!   were checked under QEMU's q35 machine with the same kernel and initramfs.
+//!   initramfs scenarios `smoke`, `pcie` and `iommu` (guest-images/linux/scenarios/).
+//!
+//! Where KVM is PVM, `nested_kvm.rs` runs this whole file inside a nested KVM host (QEMU's
+//! emulator with an EPYC CPU, kvm_amd inside), with `VMM_BIN`, `VMCTL_BIN`,
+//! `VMM_TESTGUEST` and `VMM_GUEST_IMAGES` naming the prebuilt binaries and images and
+//! `VMM_TESTS_STRICT=1`: there nothing here skips.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,7 +32,8 @@ fn user_space_runs() -> bool {
         skip(
             SkipKind::HostLimit,
             "KVM here is PVM (software-assisted, nested): Linux user space cannot start; \
-             this test runs on hardware-assisted KVM",
+             this test runs on hardware-style KVM, and here inside the nested KVM host \
+             (tests/tests/nested_kvm.rs)",
         );
         return false;
     }

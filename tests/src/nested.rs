@@ -1,0 +1,1031 @@
+//! The nested KVM host: Debian's 6.12 kernel booted as a KVM host under QEMU's emulator
+//! (TCG, `-cpu EPYC`: SVM with nested paging emulated), where `/dev/kvm` is a
+//! hardware-style KVM (kvm_amd), unlike this machine's PVM. The Linux-guest tests run
+//! inside it, with the vmm, vmctl, the test binaries and the guest images put in at run
+//! time as a second cpio archive appended to the host's initramfs.
+//!
+//! The host's `/init` (guest-images/nested-host/init) runs `/payload/run`, a script this
+//! module writes, prints `NESTED HEARTBEAT` lines every 10 s meanwhile, and `NESTED EXIT
+//! <status>` at the end. The console is QEMU's serial port on its stdout, read here line by
+//! line and streamed to stderr. A frozen emulator shows as silence: no line for the stall
+//! limit ends the run as [`Outcome::Stalled`], which a caller may retry once; anything else
+//! is a result.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+use crate::cpio::Archive;
+
+/// Why the nested host cannot be run.
+#[derive(Debug, thiserror::Error)]
+pub enum NestedError {
+    /// QEMU is not installed in its private prefix.
+    #[error("QEMU 11 is not installed ({0} is missing): run guest-images/qemu.sh")]
+    QemuMissing(PathBuf),
+    /// An image guest-images/build.sh makes is missing.
+    #[error("{0} is not built: run guest-images/build.sh linux")]
+    ImageMissing(PathBuf),
+    /// Reading or writing a file failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The shared libraries of a binary could not be found.
+    #[error("cannot list the shared libraries of {binary}: {why}")]
+    Libraries {
+        /// The binary.
+        binary: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// Building a test binary failed.
+    #[error("cannot build the test binary {name}: {why}")]
+    Build {
+        /// The test target.
+        name: String,
+        /// Why.
+        why: String,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NestedError {
+    let what = what.into();
+    move |source| NestedError::Io { what, source }
+}
+
+/// QEMU's wrapper in the private prefix of guest-images/qemu.sh (or `$VMM_QEMU`).
+pub fn qemu_binary() -> PathBuf {
+    std::env::var_os("VMM_QEMU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            crate::repo_root().join("guest-images/cache/qemu/bin/qemu-system-x86_64")
+        })
+}
+
+/// What boots the nested host: QEMU and the host's kernel and initramfs.
+#[derive(Debug, Clone)]
+pub struct NestedHost {
+    /// QEMU's wrapper.
+    pub qemu: PathBuf,
+    /// out/nested-host.vmlinuz.
+    pub kernel: PathBuf,
+    /// out/nested-host.cpio.gz.
+    pub initramfs: PathBuf,
+    /// Guest RAM of the nested host, e.g. "3G".
+    pub memory: String,
+    /// vCPUs of the nested host.
+    pub cpus: u32,
+}
+
+impl NestedHost {
+    /// Finds QEMU and the images, or says which is missing.
+    pub fn find() -> Result<Self, NestedError> {
+        let qemu = qemu_binary();
+        if !qemu.exists() {
+            return Err(NestedError::QemuMissing(qemu));
+        }
+        let out = crate::guest_images_out();
+        let image = |name: &str| {
+            let p = out.join(name);
+            if p.exists() {
+                Ok(p)
+            } else {
+                Err(NestedError::ImageMissing(p))
+            }
+        };
+        Ok(Self {
+            qemu,
+            kernel: image("nested-host.vmlinuz")?,
+            initramfs: image("nested-host.cpio.gz")?,
+            memory: "3G".into(),
+            cpus: 2,
+        })
+    }
+
+    fn qemu_command(&self, initrd: &Path, append: &str) -> Command {
+        let mut c = Command::new(&self.qemu);
+        c.args(["-machine", "q35", "-cpu", "EPYC,check=off"])
+            .args(["-smp", &self.cpus.to_string(), "-m", &self.memory])
+            .args(["-accel", "tcg,thread=multi", "-nodefaults", "-no-reboot"])
+            .args(["-display", "none"])
+            .arg("-kernel")
+            .arg(&self.kernel)
+            .arg("-initrd")
+            .arg(initrd)
+            .args(["-append", append]);
+        // QEMU's own account of CPU resets and guest errors (a triple fault of the
+        // nested host itself shows only there), for investigations.
+        if let Some(log) = std::env::var_os("VMM_QEMU_LOG") {
+            c.args(["-d", "cpu_reset,guest_errors", "-D"]).arg(log);
+        }
+        c
+    }
+}
+
+/// The files put into the nested host at run time.
+#[derive(Debug, Default)]
+pub struct Payload {
+    archive: Archive,
+    libs: std::collections::BTreeSet<PathBuf>,
+}
+
+impl Payload {
+    /// An empty payload.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the file `src` at `dest` in the nested host.
+    pub fn file(&mut self, dest: &str, src: &Path, mode: u32) -> Result<(), NestedError> {
+        let data = std::fs::read(src).map_err(io_err(format!("read {}", src.display())))?;
+        self.archive.file(dest, mode, data);
+        Ok(())
+    }
+
+    /// Adds `text` at `dest`.
+    pub fn text(&mut self, dest: &str, text: &str, mode: u32) {
+        self.archive.file(dest, mode, text.as_bytes().to_vec());
+    }
+
+    /// Adds the dynamically linked `src` at `dest`, and the shared libraries and loader it
+    /// needs at the paths it names them by (libc, libgcc_s, ld-linux).
+    pub fn binary(&mut self, dest: &str, src: &Path) -> Result<(), NestedError> {
+        self.file(dest, src, 0o755)?;
+        let out = Command::new("ldd")
+            .arg(src)
+            .output()
+            .map_err(|e| NestedError::Libraries {
+                binary: src.into(),
+                why: format!("cannot run ldd: {e}"),
+            })?;
+        if !out.status.success() {
+            return Err(NestedError::Libraries {
+                binary: src.into(),
+                why: String::from_utf8_lossy(&out.stderr).into(),
+            });
+        }
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
+            // "/lib64/ld-linux-x86-64.so.2 (0x...)"; the vDSO has no path.
+            let path = match line.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next(),
+                None => line.split_whitespace().next(),
+            };
+            if let Some(p) = path.filter(|p| p.starts_with('/')) {
+                self.libs.insert(PathBuf::from(p));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the nested host's initrd to `dest`: its initramfs, padded to 4 bytes (the
+    /// kernel looks for the next archive's magic at 4-byte offsets), then this payload as
+    /// an uncompressed cpio archive.
+    pub fn write_initrd(&self, host: &NestedHost, dest: &Path) -> Result<u64, NestedError> {
+        let mut archive = self.archive.clone();
+        for lib in &self.libs {
+            // Copied as the file it resolves to, under the name the binary asks for.
+            let data = std::fs::read(lib).map_err(io_err(format!("read {}", lib.display())))?;
+            archive.file(&lib.to_string_lossy(), 0o755, data);
+        }
+        let mut base = std::fs::read(&host.initramfs)
+            .map_err(io_err(format!("read {}", host.initramfs.display())))?;
+        base.resize(base.len().div_ceil(4) * 4, 0);
+        let f =
+            std::fs::File::create(dest).map_err(io_err(format!("create {}", dest.display())))?;
+        let mut w = std::io::BufWriter::new(f);
+        let what = format!("write {}", dest.display());
+        w.write_all(&base).map_err(io_err(what.clone()))?;
+        let n = archive.write_to(&mut w).map_err(io_err(what.clone()))?;
+        w.flush().map_err(io_err(what))?;
+        Ok(base.len() as u64 + n)
+    }
+}
+
+/// How one run of the nested host ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// `/payload/run` finished with this exit status and the host powered off.
+    Exited(i32),
+    /// No console output for the stall limit: the emulator froze (the host prints a
+    /// heartbeat every 10 s).
+    Stalled(Duration),
+    /// The run's deadline passed while the host was still producing output.
+    TimedOut(Duration),
+    /// The host's kernel panicked.
+    Panicked,
+    /// QEMU exited before the payload finished.
+    EmulatorExited(Option<ExitStatus>),
+}
+
+impl Outcome {
+    /// Whether the emulator, not the code under test, ended the run: a frozen or crashed
+    /// QEMU, or a nested host that reset without a word. Only such runs may be retried.
+    ///
+    /// The reset: QEMU runs with `-no-reboot`, so a reset of the nested host makes it exit
+    /// with status 0 before the payload's end line. Nothing in the nested host resets it on
+    /// purpose (its init powers off; the vmm only makes KVM ioctls, and a guest's triple
+    /// fault is a VM exit to the host's KVM, not a host reset), and no panic or oops is
+    /// printed first; seen once in about 60 two-vCPU boots, and put down to the emulator's
+    /// SVM emulation.
+    pub fn is_emulator_failure(&self) -> bool {
+        match self {
+            Outcome::Stalled(_) => true,
+            // Killed by a signal we did not send (QEMU crashed), or the host reset.
+            Outcome::EmulatorExited(Some(s)) => s.code().is_none_or(|c| c == 0),
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Exited(s) => write!(f, "the payload exited with status {s}"),
+            Outcome::Stalled(d) => write!(
+                f,
+                "no console output for {} s: the emulator froze",
+                d.as_secs()
+            ),
+            Outcome::TimedOut(d) => write!(f, "the run did not finish within {} s", d.as_secs()),
+            Outcome::Panicked => write!(f, "the nested host's kernel panicked"),
+            Outcome::EmulatorExited(Some(s)) if s.code() == Some(0) => {
+                write!(
+                    f,
+                    "QEMU exited before the payload finished: the nested host reset"
+                )
+            }
+            Outcome::EmulatorExited(s) => write!(f, "QEMU exited early ({s:?})"),
+        }
+    }
+}
+
+/// A finished run: the console transcript (heartbeats left out) and how it ended.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// Console lines.
+    pub lines: Vec<String>,
+    /// QEMU's stderr.
+    pub qemu_stderr: Vec<String>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Wall time from QEMU's start.
+    pub elapsed: Duration,
+    /// Wall time from QEMU's start to the host's `/init`.
+    pub to_init: Option<Duration>,
+}
+
+impl Run {
+    /// The transcript, for failure messages.
+    pub fn transcript(&self) -> String {
+        format!(
+            "--- nested host console ---\n{}\n--- qemu stderr ---\n{}\n--- {} after {:.1} s",
+            self.lines.join("\n"),
+            self.qemu_stderr.join("\n"),
+            self.outcome,
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+/// Limits of one run.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// No console line for this long: the emulator froze.
+    pub stall: Duration,
+    /// The whole run.
+    pub deadline: Duration,
+}
+
+enum Line {
+    Console(String),
+    Stderr(String),
+}
+
+fn pump<R: Read + Send + 'static>(
+    r: R,
+    tx: std::sync::mpsc::Sender<Line>,
+    wrap: fn(String) -> Line,
+) {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(r);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf)
+                        .trim_end_matches(['\n', '\r'])
+                        .to_string();
+                    if tx.send(wrap(line)).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}
+
+struct Qemu(Child);
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// A scratch directory for the initrd, removed afterwards.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Self, NestedError> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("vmm-nested-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Boots the nested host with `payload`, streams its console to `echo` (heartbeats left
+/// out), and returns when `/payload/run` is done, the host dies, or a limit passes.
+pub fn run(
+    host: &NestedHost,
+    payload: &Payload,
+    limits: Limits,
+    mut echo: impl FnMut(&str),
+) -> Result<Run, NestedError> {
+    let scratch = Scratch::new()?;
+    let initrd = scratch.0.join("initrd");
+    payload.write_initrd(host, &initrd)?;
+    let mut cmd = host.qemu_command(&initrd, "console=ttyS0 panic=-1 loglevel=4");
+    cmd.args(["-serial", "stdio", "-monitor", "none"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(io_err(format!("spawn {}", host.qemu.display())))?;
+    let (tx, rx) = channel();
+    pump(
+        child.stdout.take().expect("stdout"),
+        tx.clone(),
+        Line::Console,
+    );
+    pump(child.stderr.take().expect("stderr"), tx, Line::Stderr);
+    let mut qemu = Qemu(child);
+    let (outcome, lines, qemu_stderr, to_init) = watch(&rx, start, limits, &mut echo);
+    let outcome = match outcome {
+        Some(o) => o,
+        None => {
+            // The console closed: QEMU is exiting.
+            let status = qemu.0.wait().ok();
+            Outcome::EmulatorExited(status)
+        }
+    };
+    if matches!(outcome, Outcome::Exited(_)) {
+        // The host powers off after NESTED EXIT; give QEMU a moment to exit by itself.
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = qemu.0.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    drop(qemu);
+    Ok(Run {
+        lines,
+        qemu_stderr,
+        outcome,
+        elapsed: start.elapsed(),
+        to_init,
+    })
+}
+
+/// `line` without the heartbeats in it (one may land in the middle of a line).
+fn without_heartbeats(line: &str) -> String {
+    let mut out = String::new();
+    let mut rest = line;
+    while let Some(i) = rest.find("NESTED HEARTBEAT ") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + "NESTED HEARTBEAT ".len()..];
+        let number_end = after
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(after.len());
+        rest = &after[number_end..];
+    }
+    out.push_str(rest);
+    if out.trim().is_empty() {
+        String::new()
+    } else {
+        out
+    }
+}
+
+type Watched = (Option<Outcome>, Vec<String>, Vec<String>, Option<Duration>);
+
+fn watch(
+    rx: &Receiver<Line>,
+    start: Instant,
+    limits: Limits,
+    echo: &mut impl FnMut(&str),
+) -> Watched {
+    let mut lines = Vec::new();
+    let mut stderr = Vec::new();
+    let mut to_init = None;
+    let mut last = Instant::now();
+    let mut open = 2;
+    while open > 0 {
+        let now = Instant::now();
+        if now.duration_since(start) >= limits.deadline {
+            return (
+                Some(Outcome::TimedOut(limits.deadline)),
+                lines,
+                stderr,
+                to_init,
+            );
+        }
+        let wait = (last + limits.stall)
+            .min(start + limits.deadline)
+            .saturating_duration_since(now);
+        match rx.recv_timeout(wait) {
+            Ok(Line::Console(l)) => {
+                last = Instant::now();
+                let l = without_heartbeats(&l);
+                if l.is_empty() {
+                    continue;
+                }
+                echo(&l);
+                if l.starts_with("NESTED HOST INIT") {
+                    to_init = Some(start.elapsed());
+                }
+                let exit = l
+                    .strip_prefix("NESTED EXIT ")
+                    .and_then(|s| s.trim().parse::<i32>().ok());
+                let panicked = l.contains("Kernel panic - not syncing");
+                lines.push(l);
+                if let Some(status) = exit {
+                    return (Some(Outcome::Exited(status)), lines, stderr, to_init);
+                }
+                if panicked {
+                    return (Some(Outcome::Panicked), lines, stderr, to_init);
+                }
+            }
+            Ok(Line::Stderr(l)) => {
+                echo(&format!("qemu: {l}"));
+                stderr.push(l);
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if last.elapsed() >= limits.stall {
+                    return (Some(Outcome::Stalled(limits.stall)), lines, stderr, to_init);
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => open = 0,
+        }
+    }
+    (None, lines, stderr, to_init)
+}
+
+/// [`run`], once more if the emulator (not our code) ended the first run: a frozen or
+/// crashed QEMU. Says so on stderr. Returns the run that counts.
+pub fn run_retrying_emulator_failure(
+    host: &NestedHost,
+    payload: &Payload,
+    limits: Limits,
+    mut echo: impl FnMut(&str),
+) -> Result<Run, NestedError> {
+    let first = run(host, payload, limits, &mut echo)?;
+    if !first.outcome.is_emulator_failure() {
+        return Ok(first);
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "nested: {} after {:.0} s; that is the emulator, not the code under test: \
+         retrying once",
+        first.outcome,
+        first.elapsed.as_secs_f64()
+    );
+    run(host, payload, limits, echo)
+}
+
+/// Writes a console line to this process's stderr (past libtest's capture), prefixed.
+pub fn echo_line(line: &str) {
+    let _ = writeln!(std::io::stderr(), "nested| {line}");
+}
+
+/// Boots the nested host with `payload` and a shell on this terminal (`nested.shell=1`):
+/// QEMU's serial console and monitor multiplexed on stdio (Ctrl-A X quits, Ctrl-A C is the
+/// monitor).
+pub fn shell(host: &NestedHost, payload: &Payload) -> Result<ExitStatus, NestedError> {
+    let scratch = Scratch::new()?;
+    let initrd = scratch.0.join("initrd");
+    payload.write_initrd(host, &initrd)?;
+    let mut cmd = host.qemu_command(&initrd, "console=ttyS0 panic=-1 loglevel=4 nested.shell=1");
+    cmd.args(["-serial", "mon:stdio"]);
+    let status = cmd
+        .status()
+        .map_err(io_err(format!("run {}", host.qemu.display())))?;
+    Ok(status)
+}
+
+/// Builds the integration-test target `name` of the `tests` package (with this build's
+/// profile) and returns its executable.
+pub fn test_binary(name: &str) -> Result<PathBuf, NestedError> {
+    let err = |why: String| NestedError::Build {
+        name: name.into(),
+        why,
+    };
+    let dir = crate::bin_dir();
+    let target_dir = dir.parent().unwrap_or(&dir).to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(crate::repo_root())
+        .args(["test", "--quiet", "--no-run", "--message-format=json"])
+        .args([
+            "-p",
+            "tests",
+            "--test",
+            name,
+            "--profile",
+            &crate::profile(),
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| err(format!("cannot run cargo: {e}")))?;
+    if !out.status.success() {
+        return Err(err(format!("cargo test --no-run failed: {}", out.status)));
+    }
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["reason"] == "compiler-artifact"
+            && v["target"]["name"] == name
+            && let Some(exe) = v["executable"].as_str()
+        {
+            return Ok(PathBuf::from(exe));
+        }
+    }
+    Err(err("cargo named no executable".into()))
+}
+
+/// Where the payload puts things in the nested host.
+pub mod paths {
+    /// The vmm.
+    pub const VMM: &str = "/payload/bin/vmm";
+    /// vmctl.
+    pub const VMCTL: &str = "/payload/bin/vmctl";
+    /// The guest images (vmlinux, initramfs.cpio.gz, testguest.elf).
+    pub const IMAGES: &str = "/payload/images";
+    /// The test binaries.
+    pub const TESTS: &str = "/payload/tests";
+}
+
+/// A payload with the vmm and vmctl of this build and the guest images (vmlinux,
+/// initramfs.cpio.gz and testguest.elf), plus `run` as `/payload/run`.
+pub fn base_payload(run: &str) -> Result<Payload, NestedError> {
+    let mut p = Payload::new();
+    p.binary(paths::VMM, &crate::vmm_binary())?;
+    p.binary(paths::VMCTL, &crate::vmctl_binary())?;
+    let out = crate::guest_images_out();
+    for name in ["vmlinux", "initramfs.cpio.gz"] {
+        let src = out.join(name);
+        if !src.exists() {
+            return Err(NestedError::ImageMissing(src));
+        }
+        p.file(&format!("{}/{name}", paths::IMAGES), &src, 0o644)?;
+    }
+    p.file(
+        &format!("{}/testguest.elf", paths::IMAGES),
+        &crate::testguest_elf(),
+        0o644,
+    )?;
+    p.text("/payload/run", run, 0o755);
+    Ok(p)
+}
+
+/// The environment the tests get inside the nested host: the prebuilt binaries and
+/// images, and strict skips (a Linux-guest test must run there, not skip).
+pub const TEST_ENV: &str = "export VMM_BIN=/payload/bin/vmm VMCTL_BIN=/payload/bin/vmctl \
+VMM_TESTGUEST=/payload/images/testguest.elf VMM_GUEST_IMAGES=/payload/images \
+VMM_TESTS_STRICT=1 RUST_BACKTRACE=1 TMPDIR=/tmp";
+
+/// The `/payload/run` that runs every test of every binary in /payload/tests whose name
+/// contains one of `filters` (all with none), one test per process, between
+/// `NESTED TEST BEGIN <bin>::<test>` and `NESTED TEST END <bin>::<test> status=N
+/// seconds=S` lines; it exits with the number of failed tests.
+pub fn tests_script(filters: &[String]) -> String {
+    let filter_args: String = filters.iter().map(|f| format!(" '{f}'")).collect();
+    format!(
+        r#"#!/bin/sh
+# Written by tests/src/nested.rs: the test binaries in {tests}, one test per process.
+{env}
+cd /tmp
+failed=0
+for bin in {tests}/*; do
+  name=${{bin##*/}}
+  list=$("$bin" --list --format terse{filter_args}) || {{ echo "NESTED TEST LIST $name FAILED"; failed=$((failed + 1)); continue; }}
+  for t in $(echo "$list" | sed -n 's/: test$//p'); do
+    echo "NESTED TEST BEGIN $name::$t"
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    "$bin" --exact "$t" --test-threads=1
+    rc=$?
+    t1=$(cut -d' ' -f1 /proc/uptime)
+    echo "NESTED TEST END $name::$t status=$rc seconds=$(awk "BEGIN {{ print $t1 - $t0 }}")"
+    [ "$rc" -eq 0 ] || failed=$((failed + 1))
+  done
+done
+exit "$failed"
+"#,
+        tests = paths::TESTS,
+        env = TEST_ENV,
+    )
+}
+
+/// The inner test targets this tier runs: the Linux-guest tests (tests/tests/*.rs).
+pub const LINUX_TEST_TARGETS: &[&str] = &["linux_guest"];
+
+/// A finished tier run: which tests were expected, what ran, and the run itself.
+#[derive(Debug, Clone)]
+pub struct TierReport {
+    /// `<binary>::<test>` of every test that should have run.
+    pub expected: Vec<String>,
+    /// What ran.
+    pub results: Vec<TestResult>,
+    /// The nested host's run.
+    pub run: Run,
+}
+
+impl TierReport {
+    /// One line per test and the run's outcome.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        for name in &self.expected {
+            let line = match self.results.iter().find(|r| &r.name == name) {
+                None => "did not run".to_string(),
+                Some(r) if r.passed() => format!("ok ({:.1} s)", r.seconds.unwrap_or(0.0)),
+                Some(r) if !r.skips.is_empty() => format!("SKIPPED: {}", r.skips.join("; ")),
+                Some(r) => match r.status {
+                    Some(st) => format!("FAILED (status {st})"),
+                    None => "did not finish".into(),
+                },
+            };
+            s.push_str(&format!("nested: {name}: {line}\n"));
+        }
+        let init = self
+            .run
+            .to_init
+            .map(|d| format!("{:.1} s", d.as_secs_f64()))
+            .unwrap_or_else(|| "never".into());
+        s.push_str(&format!(
+            "nested: {}; {:.1} s in all, QEMU start to the host's /init {init}",
+            self.run.outcome,
+            self.run.elapsed.as_secs_f64()
+        ));
+        s
+    }
+
+    /// Whether every expected test ran and passed, and the host powered off cleanly.
+    pub fn passed(&self) -> bool {
+        self.run.outcome == Outcome::Exited(0)
+            && !self.expected.is_empty()
+            && self
+                .expected
+                .iter()
+                .all(|name| self.results.iter().any(|r| &r.name == name && r.passed()))
+    }
+}
+
+/// The tests of the test binary `bin` (by `--list`) whose names contain one of `filters`.
+fn list_tests(bin: &Path, filters: &[String]) -> Result<Vec<String>, NestedError> {
+    let out = Command::new(bin)
+        .args(["--list", "--format", "terse"])
+        .args(filters)
+        .output()
+        .map_err(io_err(format!("run {} --list", bin.display())))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .map(String::from)
+        .collect())
+}
+
+/// Runs the Linux-guest test targets inside the nested host (the tests whose names
+/// contain one of `filters`; all with none), retrying once only when the emulator froze.
+pub fn run_linux_tier(filters: &[String], limits: Limits) -> Result<TierReport, NestedError> {
+    let host = NestedHost::find()?;
+    let mut payload = base_payload(&tests_script(filters))?;
+    let mut expected = Vec::new();
+    for target in LINUX_TEST_TARGETS {
+        let bin = test_binary(target)?;
+        expected.extend(
+            list_tests(&bin, filters)?
+                .into_iter()
+                .map(|t| format!("{target}::{t}")),
+        );
+        payload.binary(&format!("{}/{target}", paths::TESTS), &bin)?;
+    }
+    let run = run_retrying_emulator_failure(&host, &payload, limits, echo_line)?;
+    Ok(TierReport {
+        expected,
+        results: test_results(&run.lines),
+        run,
+    })
+}
+
+/// One inner test's result, from the BEGIN/END lines of [`tests_script`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestResult {
+    /// `<binary>::<test>`.
+    pub name: String,
+    /// Its exit status (None: the run ended before its END line).
+    pub status: Option<i32>,
+    /// Seconds inside the nested host.
+    pub seconds: Option<f64>,
+    /// The `SKIP:` lines it printed.
+    pub skips: Vec<String>,
+    /// Its output lines.
+    pub output: Vec<String>,
+}
+
+impl TestResult {
+    /// Passed: exit status 0 and no skip.
+    pub fn passed(&self) -> bool {
+        self.status == Some(0) && self.skips.is_empty()
+    }
+}
+
+/// The inner tests' results, in the order they ran.
+pub fn test_results(lines: &[String]) -> Vec<TestResult> {
+    let mut out: Vec<TestResult> = Vec::new();
+    let mut current: Option<TestResult> = None;
+    for l in lines {
+        if let Some(name) = l.strip_prefix("NESTED TEST BEGIN ") {
+            out.extend(current.take());
+            current = Some(TestResult {
+                name: name.trim().into(),
+                status: None,
+                seconds: None,
+                skips: Vec::new(),
+                output: Vec::new(),
+            });
+        } else if let Some(rest) = l.strip_prefix("NESTED TEST END ") {
+            let mut words = rest.split_whitespace();
+            let name = words.next().unwrap_or_default();
+            if let Some(mut t) = current.take() {
+                if t.name == name {
+                    for w in words {
+                        if let Some(s) = w.strip_prefix("status=") {
+                            t.status = s.parse().ok();
+                        } else if let Some(s) = w.strip_prefix("seconds=") {
+                            t.seconds = s.parse().ok();
+                        }
+                    }
+                }
+                out.push(t);
+            }
+        } else if let Some(t) = current.as_mut() {
+            if let Some(i) = l.find("SKIP: ") {
+                t.skips.push(l[i..].to_string());
+            }
+            t.output.push(l.clone());
+        }
+    }
+    out.extend(current);
+    out
+}
+
+/// The `/payload/run` that boots the Linux guest `runs` times with the `smoke` scenario
+/// and `vcpus` vCPUs: one `NESTED BOOT <i> status=N pass=yes|no vmm-exit-stats: {...}` line
+/// per boot, and for a boot that failed (or took longer than `timeout_s`, after which it is
+/// killed) its whole transcript between `NESTED BOOT <i> TRANSCRIPT BEGIN` and `... END`,
+/// with the state of the vmm's threads when it hung.
+///
+/// With `trace`, KVM's tracepoints in the nested host (kvm_exit but for port I/O,
+/// kvm_inj_exception, kvm_apic_ipi, kvm_apic_accept_irq, kvm_cr) record each boot, and a
+/// failed boot's transcript ends with the last 400 events: the exits and injected
+/// exceptions before a triple fault, which KVM's state after the shutdown no longer shows
+/// (on SVM it resets the vCPU).
+pub fn boot_loop_script(
+    runs: u32,
+    vcpus: u32,
+    extra_cmdline: &str,
+    timeout_s: u32,
+    trace: bool,
+) -> String {
+    let trace_setup = if trace {
+        r#"T=/sys/kernel/tracing
+mount -t tracefs nodev $T || exit 90
+echo 4096 >$T/buffer_size_kb
+for e in kvm_exit kvm_inj_exception kvm_apic_ipi kvm_apic_accept_irq kvm_cr; do
+  echo 1 >$T/events/kvm/$e/enable || echo "NESTED TRACE: no event $e"
+done
+# Not the port I/O exits (the serial console's bytes): by far the most, and not the point.
+echo 'exit_reason != 123' >$T/events/kvm/kvm_exit/filter || echo "NESTED TRACE: no filter"
+echo 1 >$T/tracing_on"#
+    } else {
+        "T="
+    };
+    format!(
+        r#"#!/bin/sh
+# Written by tests/src/nested.rs: repeated boots of the Linux guest's smoke scenario.
+cd /tmp
+{trace_setup}
+i=1
+while [ "$i" -le {runs} ]; do
+  [ -z "$T" ] || echo >$T/trace
+  {vmm} run --kernel {images}/vmlinux --initrd {images}/initramfs.cpio.gz \
+    --vcpus {vcpus} --memory 512M --exit-stats \
+    --cmdline "console=ttyS0 panic=-1 {extra_cmdline} guest.scenario=smoke" >/tmp/boot.log 2>&1 &
+  pid=$!
+  waited=0
+  while kill -0 "$pid" 2>/dev/null && [ "$waited" -lt {timeout_s} ]; do
+    sleep 1
+    waited=$((waited + 1))
+  done
+  hung=no
+  if kill -0 "$pid" 2>/dev/null; then
+    hung=yes
+    echo "NESTED BOOT $i HUNG after {timeout_s} s: vmm threads:"
+    for t in /proc/$pid/task/*; do
+      echo "  $(cat $t/comm) state=$(cut -d' ' -f3 $t/stat) wchan=$(cat $t/wchan 2>/dev/null)"
+      sed 's/^/    /' $t/stack 2>/dev/null
+    done
+    kill -9 "$pid"
+  fi
+  wait "$pid"
+  rc=$?
+  pass=no
+  grep -q "GUEST SCENARIO smoke PASS" /tmp/boot.log && pass=yes
+  echo "NESTED BOOT $i status=$rc pass=$pass hung=$hung $(grep -o 'vmm-exit-stats: .*' /tmp/boot.log)"
+  [ "$i" -gt 1 ] || grep -m 2 -E 'model name|smp: Brought up' /tmp/boot.log
+  if [ "$rc" -ne 0 ] || [ "$pass" = no ]; then
+    echo "NESTED BOOT $i TRANSCRIPT BEGIN"
+    cat /tmp/boot.log
+    if [ -n "$T" ]; then
+      echo "--- the last 400 KVM trace events"
+      grep -v '^#' $T/trace | tail -n 400
+    fi
+    echo "NESTED BOOT $i TRANSCRIPT END"
+  fi
+  i=$((i + 1))
+done
+"#,
+        vmm = paths::VMM,
+        images = paths::IMAGES,
+    )
+}
+
+/// One boot of [`boot_loop_script`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct BootResult {
+    /// 1-based.
+    pub index: u32,
+    /// The vmm's exit status.
+    pub status: i32,
+    /// The scenario passed.
+    pub passed: bool,
+    /// Killed after the per-boot timeout.
+    pub hung: bool,
+    /// `wall_us` of `--exit-stats`: vmm start to exit.
+    pub wall: Option<Duration>,
+}
+
+/// The boots' results.
+pub fn boot_results(lines: &[String]) -> Vec<BootResult> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("NESTED BOOT ")?;
+            let mut words = rest.split_whitespace();
+            let index = words.next()?.parse().ok()?;
+            let status = words.next()?.strip_prefix("status=")?.parse().ok()?;
+            let passed = words.next()? == "pass=yes";
+            let hung = words.next()? == "hung=yes";
+            let wall = rest
+                .split_once("\"wall_us\":")
+                .and_then(|(_, r)| r.split([',', '}']).next())
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .map(Duration::from_micros);
+            Some(BootResult {
+                index,
+                status,
+                passed,
+                hung,
+                wall,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(s: &str) -> Vec<String> {
+        s.lines().map(String::from).collect()
+    }
+
+    #[test]
+    fn test_results_from_markers() {
+        let l = lines(
+            "noise\n\
+             NESTED TEST BEGIN linux_guest::a\n\
+             running 1 test\n\
+             test a ... ok\n\
+             NESTED TEST END linux_guest::a status=0 seconds=12.5\n\
+             NESTED TEST BEGIN linux_guest::b\n\
+             [  3.1] SKIP: no KVM\n\
+             NESTED TEST END linux_guest::b status=0 seconds=0.1\n\
+             NESTED TEST BEGIN linux_guest::c\n\
+             thread panicked",
+        );
+        let r = test_results(&l);
+        assert_eq!(r.len(), 3);
+        assert!(r[0].passed());
+        assert_eq!(r[0].seconds, Some(12.5));
+        assert_eq!(r[0].output.len(), 2);
+        assert!(!r[1].passed(), "a skip inside the nested host is a failure");
+        assert_eq!(r[1].skips, ["SKIP: no KVM"]);
+        assert_eq!(r[2].status, None);
+        assert!(!r[2].passed());
+    }
+
+    #[test]
+    fn boot_results_parse_exit_stats() {
+        let l = lines(
+            "NESTED BOOT 1 status=0 pass=yes hung=no vmm-exit-stats: {\"wall_us\":14965316,\"peak_rss_kib\":1}\n\
+             NESTED BOOT 2 status=1 pass=no hung=no\n\
+             NESTED BOOT 3 TRANSCRIPT BEGIN",
+        );
+        let r = boot_results(&l);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].wall, Some(Duration::from_micros(14_965_316)));
+        assert!(r[0].passed && !r[0].hung);
+        assert_eq!((r[1].status, r[1].passed, r[1].wall), (1, false, None));
+    }
+
+    #[test]
+    fn heartbeats_are_dropped_even_mid_line() {
+        assert_eq!(without_heartbeats("NESTED HEARTBEAT 12.34"), "");
+        assert_eq!(
+            without_heartbeats("test a ... NESTED HEARTBEAT 35.62"),
+            "test a ... "
+        );
+        assert_eq!(
+            without_heartbeats("x NESTED HEARTBEAT 1.0NESTED HEARTBEAT 2.5 y"),
+            "x  y"
+        );
+        assert_eq!(without_heartbeats("plain"), "plain");
+    }
+
+    #[test]
+    fn emulator_failures_are_only_stalls_and_crashes() {
+        assert!(Outcome::Stalled(Duration::from_secs(1)).is_emulator_failure());
+        assert!(!Outcome::Exited(1).is_emulator_failure());
+        assert!(!Outcome::Panicked.is_emulator_failure());
+        assert!(!Outcome::TimedOut(Duration::from_secs(1)).is_emulator_failure());
+        use std::os::unix::process::ExitStatusExt;
+        let reset = Outcome::EmulatorExited(Some(ExitStatus::from_raw(0)));
+        assert!(reset.is_emulator_failure(), "a silent host reset");
+        let error = Outcome::EmulatorExited(Some(ExitStatus::from_raw(1 << 8)));
+        assert!(
+            !error.is_emulator_failure(),
+            "QEMU refusing its arguments is ours"
+        );
+        let killed = Outcome::EmulatorExited(Some(ExitStatus::from_raw(libc::SIGSEGV)));
+        assert!(killed.is_emulator_failure());
+        assert!(!Outcome::EmulatorExited(None).is_emulator_failure());
+    }
+
+    #[test]
+    fn scripts_name_the_payload_paths() {
+        let s = tests_script(&["linux".into()]);
+        assert!(s.contains("--list --format terse 'linux'"));
+        assert!(s.contains("VMM_BIN=/payload/bin/vmm"));
+        let b = boot_loop_script(3, 2, "quiet", 120, false);
+        assert!(b.contains("--vcpus 2") && b.contains("-le 3") && b.contains("quiet"));
+        assert!(!b.contains("tracefs"));
+        assert!(boot_loop_script(1, 2, "", 120, true).contains("kvm_inj_exception"));
+    }
+}
