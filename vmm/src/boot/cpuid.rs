@@ -150,13 +150,47 @@ fn topology_leaf(function: u32, apic_id: u32, n: u32) -> Vec<kvm_cpuid_entry2> {
     ]
 }
 
-/// Filters KVM's supported CPUID for vCPU `vcpu_id` of `num_vcpus` under `template`.
-/// Pure, so unit tests call it with synthetic tables.
+/// The first and last leaf of the processor brand string (48 bytes, 16 per leaf).
+const BRAND_LEAVES: std::ops::RangeInclusive<u32> = 0x8000_0002..=0x8000_0004;
+
+/// The host CPU's brand string leaves (EAX, EBX, ECX, EDX of 0x8000_0002..=0x8000_0004),
+/// or None when the CPU has none. KVM's supported CPUID zeroes these leaves, so without
+/// this a Linux guest shows "model name: <family>/<model>".
+pub fn host_brand() -> Option<[[u32; 4]; 3]> {
+    use std::arch::x86_64::__cpuid;
+    // CPUID is unprivileged, has no side effects and exists on every x86-64 CPU.
+    if __cpuid(0x8000_0000).eax < *BRAND_LEAVES.end() {
+        return None;
+    }
+    let mut brand = [[0u32; 4]; 3];
+    for (regs, leaf) in brand.iter_mut().zip(BRAND_LEAVES) {
+        let r = __cpuid(leaf);
+        *regs = [r.eax, r.ebx, r.ecx, r.edx];
+    }
+    Some(brand)
+}
+
+/// Filters KVM's supported CPUID for vCPU `vcpu_id` of `num_vcpus` under `template`,
+/// with the host's brand string ([`host_brand`]).
 pub fn vcpu_cpuid(
     supported: &[kvm_cpuid_entry2],
     template: CpuTemplate,
     vcpu_id: u8,
     num_vcpus: u8,
+) -> Vec<kvm_cpuid_entry2> {
+    vcpu_cpuid_with_brand(supported, template, vcpu_id, num_vcpus, host_brand())
+}
+
+/// [`vcpu_cpuid`] with the brand string given: pure, so unit tests call it with
+/// synthetic tables. Both templates pass the brand through (it names the CPU; it enables
+/// nothing), in leaves 0x8000_0002..=0x8000_0004, which are added when KVM's table lacks
+/// them but its highest extended leaf (0x8000_0000 EAX) covers them.
+pub fn vcpu_cpuid_with_brand(
+    supported: &[kvm_cpuid_entry2],
+    template: CpuTemplate,
+    vcpu_id: u8,
+    num_vcpus: u8,
+    brand: Option<[[u32; 4]; 3]>,
 ) -> Vec<kvm_cpuid_entry2> {
     let apic_id = u32::from(vcpu_id);
     let n = u32::from(num_vcpus);
@@ -219,9 +253,29 @@ pub fn vcpu_cpuid(
             (0x8000_0001, _) if nested_safe => {
                 clear(&mut e.edx, &[bits::EXT1_EDX_PDPE1GB, bits::EXT1_EDX_RDTSCP]);
             }
+            // Set below from the host's brand string, when it has one.
+            (f, _) if BRAND_LEAVES.contains(&f) && brand.is_some() => continue,
             _ => {}
         }
         out.push(e);
+    }
+    let max_ext = supported
+        .iter()
+        .find(|e| e.function == 0x8000_0000)
+        .map_or(0, |e| e.eax);
+    if let Some(brand) = brand
+        && max_ext >= *BRAND_LEAVES.end()
+    {
+        for (function, [eax, ebx, ecx, edx]) in BRAND_LEAVES.zip(brand) {
+            out.push(kvm_cpuid_entry2 {
+                function,
+                eax,
+                ebx,
+                ecx,
+                edx,
+                ..Default::default()
+            });
+        }
     }
     for leaf in [0xb, 0x1f] {
         if supported.iter().any(|e| e.function == leaf) {
@@ -313,6 +367,74 @@ mod tests {
         assert!(find(&out, 0xd, 0).is_none() && find(&out, 0xd, 1).is_none());
         let ext = find(&out, 0x8000_0001, 0).unwrap();
         assert_eq!(ext.edx & (3 << 26), 0, "1 GiB pages and RDTSCP");
+    }
+
+    fn brand(text: &str) -> [[u32; 4]; 3] {
+        let mut bytes = [0u8; 48];
+        bytes[..text.len()].copy_from_slice(text.as_bytes());
+        let mut out = [[0u32; 4]; 3];
+        for (i, chunk) in bytes.chunks(4).enumerate() {
+            out[i / 4][i % 4] = u32::from_le_bytes(chunk.try_into().unwrap());
+        }
+        out
+    }
+
+    fn brand_text(t: &[kvm_cpuid_entry2]) -> String {
+        let mut bytes = Vec::new();
+        for leaf in BRAND_LEAVES {
+            let e = find(t, leaf, 0).expect("brand leaf");
+            for r in [e.eax, e.ebx, e.ecx, e.edx] {
+                bytes.extend(r.to_le_bytes());
+            }
+        }
+        String::from_utf8(bytes)
+            .unwrap()
+            .trim_end_matches('\0')
+            .into()
+    }
+
+    #[test]
+    fn brand_string_passes_through() {
+        let mut table = host_like();
+        // KVM lists the brand leaves zeroed, and 0x8000_0000 covers them.
+        table.push(kvm_cpuid_entry2 {
+            function: 0x8000_0000,
+            eax: 0x8000_0008,
+            ..Default::default()
+        });
+        for f in BRAND_LEAVES {
+            table.push(leaf(f, 0, 0, 0, 0));
+        }
+        let name = "AMD EPYC Processor";
+        for template in [CpuTemplate::Host, CpuTemplate::NestedSafe] {
+            let out = vcpu_cpuid_with_brand(&table, template, 1, 2, Some(brand(name)));
+            assert_eq!(brand_text(&out), name, "{template}");
+            for f in BRAND_LEAVES {
+                assert_eq!(out.iter().filter(|e| e.function == f).count(), 1);
+            }
+        }
+        // Leaves missing from KVM's table are added when 0x8000_0000 covers them...
+        table.retain(|e| !BRAND_LEAVES.contains(&e.function));
+        let out = vcpu_cpuid_with_brand(&table, CpuTemplate::Host, 0, 1, Some(brand(name)));
+        assert_eq!(brand_text(&out), name);
+        // ...and not otherwise.
+        table.retain(|e| e.function != 0x8000_0000);
+        let out = vcpu_cpuid_with_brand(&table, CpuTemplate::Host, 0, 1, Some(brand(name)));
+        assert!(find(&out, 0x8000_0002, 0).is_none());
+        // No host brand: KVM's leaves stay as they are.
+        let out = vcpu_cpuid_with_brand(&host_like(), CpuTemplate::Host, 0, 1, None);
+        assert!(find(&out, 0x8000_0002, 0).is_none());
+    }
+
+    #[test]
+    fn host_brand_reads_this_cpu() {
+        // Every x86-64 CPU this runs on has a brand string of printable ASCII.
+        let b = host_brand().expect("a brand string");
+        let bytes: Vec<u8> = b.iter().flatten().flat_map(|r| r.to_le_bytes()).collect();
+        let text = String::from_utf8_lossy(&bytes);
+        let text = text.trim_end_matches('\0').trim();
+        assert!(!text.is_empty());
+        assert!(text.bytes().all(|c| (0x20..0x7f).contains(&c)), "{text:?}");
     }
 
     #[test]

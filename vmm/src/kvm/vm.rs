@@ -18,7 +18,7 @@ use kvm_bindings::kvm_msi;
 use kvm_ioctls::{IoEventAddress, NoDatamatch};
 
 use super::cpu_state::CpuStateCaps;
-use crate::boot::cpuid::{CpuTemplate, vcpu_cpuid};
+use crate::boot::cpuid::{CpuTemplate, host_brand, vcpu_cpuid_with_brand};
 use crate::boot::regs;
 use crate::memory::layout;
 use devices::legacy::ioapic::IOAPIC_PINS;
@@ -61,6 +61,8 @@ pub struct Vm {
     supported_cpuid: std::sync::OnceLock<Vec<kvm_bindings::kvm_cpuid_entry2>>,
     /// The MSRs a saved vCPU carries, asked for the first time a state is saved.
     saved_msrs: std::sync::OnceLock<Arc<Vec<u32>>>,
+    /// The host CPU's brand string leaves.
+    host_brand: std::sync::OnceLock<Option<[[u32; 4]; 3]>>,
 }
 
 /// CPUID.1:ECX bit 24, the LAPIC timer's TSC-deadline mode. KVM emulates it without listing
@@ -120,6 +122,7 @@ impl Vm {
             tsc_deadline,
             supported_cpuid: std::sync::OnceLock::new(),
             saved_msrs: std::sync::OnceLock::new(),
+            host_brand: std::sync::OnceLock::new(),
         })
     }
 
@@ -234,7 +237,10 @@ impl Vm {
                 self.supported_cpuid.get_or_init(|| s.as_slice().to_vec())
             }
         };
-        let mut entries = vcpu_cpuid(supported, template, id, num_vcpus);
+        // The host's brand string, read once per VM (each CPUID traps when the host is
+        // itself a VM).
+        let brand = *self.host_brand.get_or_init(host_brand);
+        let mut entries = vcpu_cpuid_with_brand(supported, template, id, num_vcpus, brand);
         if self.tsc_deadline {
             for e in entries.iter_mut().filter(|e| e.function == 1) {
                 e.ecx |= 1 << CPUID_1_ECX_TSC_DEADLINE;
