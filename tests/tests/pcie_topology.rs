@@ -57,8 +57,8 @@ fn enumerate(flag: Option<u32>, ports: u32, vcpus: u32) {
         "{t}"
     );
     assert_eq!(tree.len(), 1 + 2 * ports as usize, "{t}");
-    for i in 1..=u64::from(ports) {
-        let at = 2 * i as usize - 1;
+    for n in 1..=ports {
+        let (at, i) = (2 * n as usize - 1, u64::from(n));
         assert!(tree[at].starts_with(&port_line(i)), "{}\n{t}", port_line(i));
         assert_eq!(
             tree[at + 1],
