@@ -14,7 +14,8 @@
 #   debs/     the downloaded .debs
 #   prefix/   every .deb unpacked with `dpkg -x` (a merged-/usr tree with its own libc)
 #   bin/qemu-system-x86_64   the wrapper: runs the prefix's QEMU through the prefix's own
-#             loader and libraries (see ../shared/reference/qemu-interop.md)
+#             loader and libraries, with QEMU_MODULE_DIR and a qemu-bundle symlink so
+#             it loads its own modules and data (see docs/testing.md)
 #   .stamp    written last; while it matches this script, a run is a no-op (no network)
 #
 # The packages are qemu-system-x86, qemu-system-common, qemu-system-data, seabios,

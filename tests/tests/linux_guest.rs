@@ -6,7 +6,7 @@
 //!   placement. On PVM this takes a minute or two (guest ring 0 is emulated).
 //! - `linux_boots_to_user_space`, `linux_pcie_ping_and_hotplug` and `linux_behind_iommu`
 //!   need hardware-style KVM: on PVM, Linux user space does not start at all
-//!   (shared/reference/kvm-on-these-machines.md), so they skip there. They run the
+//!   (docs/testing.md), so they skip there. They run the
 //!   initramfs scenarios `smoke`, `pcie` and `iommu` (guest-images/linux/scenarios/).
 //!
 //! Where KVM is PVM, `nested_kvm.rs` runs this whole file inside a nested KVM host (QEMU's
