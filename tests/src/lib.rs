@@ -130,16 +130,58 @@ pub fn vmctl_binary() -> PathBuf {
     prebuilt("VMCTL_BIN").unwrap_or_else(|| built("vmctl"))
 }
 
-/// Runs `vmctl --socket SOCK ARGS...`: exit code and the JSON it printed (Null if none).
-pub fn vmctl(sock: &Path, args: &[&str]) -> (i32, serde_json::Value) {
+/// Runs `vmctl --socket SOCK ARGS...`: its exit code and the answer it printed, decoded
+/// as the API's typed response (an error response carrying vmctl's stderr when it printed
+/// none, e.g. it could not connect).
+pub fn vmctl(sock: &Path, args: &[&str]) -> (i32, vmm::api::Response) {
     let out = Command::new(vmctl_binary())
         .arg("--socket")
         .arg(sock)
         .args(args)
         .output()
         .expect("run vmctl");
-    let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    (out.status.code().unwrap_or(-1), v)
+    let answer = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        vmm::api::Response::error(format!(
+            "vmctl printed no answer: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    });
+    (out.status.code().unwrap_or(-1), answer)
+}
+
+/// A path in the temp directory that no other test (of this process or another) uses:
+/// `vmm-test-PID-N-NAME`.
+pub fn temp_path(name: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("vmm-test-{}-{n}-{name}", std::process::id()))
+}
+
+/// Whether this process may create TAP devices (CAP_NET_ADMIN and /dev/net/tun); prints
+/// the skip line and returns false when not.
+pub fn require_net_admin() -> bool {
+    const CAP_NET_ADMIN: u32 = 12;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let reason = if cap_eff & (1 << CAP_NET_ADMIN) == 0 {
+        Some("creating a TAP device needs CAP_NET_ADMIN (run as root)".to_string())
+    } else if !Path::new("/dev/net/tun").exists() {
+        Some("there is no /dev/net/tun".to_string())
+    } else {
+        None
+    };
+    match reason {
+        None => true,
+        Some(r) => {
+            skip(SkipKind::Missing, &r);
+            false
+        }
+    }
 }
 
 /// The test guest ELF: `$VMM_TESTGUEST` if set, else the one built alongside these tests

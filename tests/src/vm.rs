@@ -54,6 +54,27 @@ fn pump<R: Read + Send + 'static>(
 }
 
 impl VmProcess {
+    /// Waits for the VM to end (at most `deadline`) and checks that it ran every scenario
+    /// of `scenarios` to `TESTGUEST PASS`, printed no FAIL and exited 0; panics with the
+    /// transcript otherwise.
+    pub fn expect_pass(&mut self, scenarios: &[&str], deadline: Duration) {
+        let status = self.wait_exit(deadline);
+        let t = self.transcript();
+        for name in scenarios {
+            let pass = format!("TESTGUEST PASS {name}");
+            assert!(
+                self.stdout.iter().any(|l| l.trim_end() == pass),
+                "no `{pass}`\n{t}"
+            );
+        }
+        assert!(
+            !self.stdout.iter().any(|l| l.starts_with("TESTGUEST FAIL")),
+            "a scenario failed\n{t}"
+        );
+        let status = status.unwrap_or_else(|| panic!("vmm did not exit within {deadline:?}\n{t}"));
+        assert_eq!(status.code(), Some(0), "{t}");
+    }
+
     /// Spawns `vmm` with `args`; stdin is empty.
     pub fn spawn<S: AsRef<std::ffi::OsStr>>(vmm: &Path, args: &[S]) -> Self {
         let mut child = Command::new(vmm)

@@ -15,7 +15,7 @@ fn vmm(args: &[&str]) -> (i32, String) {
 }
 
 fn temp(name: &str, bytes: &[u8]) -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!("vmm-bad-input-{}-{name}", std::process::id()));
+    let p = tests::temp_path(name);
     std::fs::write(&p, bytes).unwrap();
     p
 }

@@ -3,21 +3,15 @@
 
 use std::time::Duration;
 
-use tests::{PeerMode, RunArgs, SeqpacketPeer, require_kvm};
+use tests::{PeerMode, RunArgs, SeqpacketPeer, require_kvm, temp_path};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
 fn run(scenarios: &str, vcpus: u32) {
-    let mut vm = RunArgs::testguest(scenarios, vcpus, "256M")
+    RunArgs::testguest(scenarios, vcpus, "256M")
         .with(&["--iommu".as_ref()])
-        .spawn();
-    let status = vm.wait_exit(DEADLINE);
-    let t = vm.transcript();
-    for s in scenarios.split(',') {
-        let pass = format!("TESTGUEST PASS {s}");
-        assert!(vm.stdout.contains(&pass), "{t}");
-    }
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "{t}");
+        .spawn()
+        .expect_pass(&scenarios.split(',').collect::<Vec<_>>(), DEADLINE);
 }
 
 #[test]
@@ -45,22 +39,15 @@ fn thirty_one_ports_leave_no_room() {
 }
 
 fn run_net(scenario: &str, extra_cmdline: &str) -> SeqpacketPeer {
-    let path =
-        std::env::temp_dir().join(format!("vmm-iommu-{}-{scenario}.sock", std::process::id()));
+    let path = temp_path(&format!("{scenario}.sock"));
     let peer = SeqpacketPeer::listen(&path, PeerMode::Echo);
     let net = format!("socket={}", path.display());
     let mut args = RunArgs::testguest(scenario, 2, "256M");
     args.cmdline.push_str(extra_cmdline);
-    let mut vm = args
-        .with(&["--iommu".as_ref(), "--net".as_ref(), net.as_ref()])
-        .spawn();
-    let status = vm.wait_exit(DEADLINE);
-    let t = vm.transcript();
-    assert!(
-        vm.stdout.contains(&format!("TESTGUEST PASS {scenario}")),
-        "{t}"
-    );
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "{t}");
+    args.with(&["--iommu".as_ref(), "--net".as_ref(), net.as_ref()])
+        .spawn()
+        .expect_pass(&[scenario], DEADLINE);
+    let _ = std::fs::remove_file(&path);
     peer
 }
 
@@ -91,9 +78,7 @@ fn endpoints_are_isolated() {
     if !require_kvm() {
         return;
     }
-    let sock =
-        |n: &str| std::env::temp_dir().join(format!("vmm-iso-{}-{n}.sock", std::process::id()));
-    let (pa, pb) = (sock("a"), sock("b"));
+    let (pa, pb) = (temp_path("a.sock"), temp_path("b.sock"));
     let (peer_a, peer_b) = (
         SeqpacketPeer::listen(&pa, PeerMode::Echo),
         SeqpacketPeer::listen(&pb, PeerMode::Echo),
@@ -111,14 +96,7 @@ fn endpoints_are_isolated() {
             nb.as_ref(),
         ])
         .spawn();
-    let status = vm.wait_exit(DEADLINE);
-    let t = vm.transcript();
-    assert!(
-        vm.stdout
-            .contains(&"TESTGUEST PASS iommu-isolation".to_string()),
-        "{t}"
-    );
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "{t}");
+    vm.expect_pass(&["iommu-isolation"], DEADLINE);
     assert_eq!(
         (peer_a.frames(), peer_b.frames()),
         (8, 8),

@@ -32,7 +32,7 @@ fn config_file_boots() {
     if !require_kvm() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("vmm-cfg-{}", std::process::id()));
+    let dir = tests::temp_path("cfg");
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("vm.json");
     let config = serde_json::json!({
@@ -72,7 +72,7 @@ fn api_status_and_garbage() {
     if !require_kvm() {
         return;
     }
-    let sock = std::env::temp_dir().join(format!("vmm-api-{}.sock", std::process::id()));
+    let sock = tests::temp_path("api.sock");
     let mut vm = idle_vm(2, &["--api-socket".as_ref(), sock.as_os_str()]);
     let stream = UnixStream::connect(&sock).expect("API socket accepts");
     stream.set_read_timeout(Some(DEADLINE)).unwrap();

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tests::{
     RunArgs, SkipKind, VmProcess, guest_images_out, hold_connections, host_is_pvm, require_kvm,
-    skip, vmctl,
+    skip, temp_path, vmctl,
 };
 
 /// Whether Linux user space can run here; prints the skip otherwise.
@@ -66,10 +66,6 @@ fn scenario_passes(vm: &mut VmProcess, budget: Duration, scenario: &str) {
     expect_line(vm, budget, &format!("GUEST SCENARIO {scenario} PASS"));
     let status = vm.wait_exit(budget).expect("powers off");
     assert_eq!(status.code(), Some(0), "{}", vm.transcript());
-}
-
-fn temp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("vmm-linux-{}-{name}", std::process::id()))
 }
 
 fn ip(args: &[&str]) {
@@ -167,18 +163,18 @@ fn linux_boots_to_user_space() {
     scenario_passes(&mut vm, budget, "smoke");
 }
 
-/// Issue 3's Linux tier: the PCI tree, pcieport and a pciehp slot on every root port,
+/// Linux tier for PCIe: the PCI tree, pcieport and a pciehp slot on every root port,
 /// virtio_net up and answering a ping through the TAP backend, then a virtio-net hot-added
 /// through the API appears in the guest and an orderly removal (attention button, the
 /// guest's power-off) completes.
 #[test]
 fn linux_pcie_ping_and_hotplug() {
-    if !user_space_runs() {
+    if !user_space_runs() || !tests::require_net_admin() {
         return;
     }
     let tap = format!("vmml{}", std::process::id() % 100_000);
-    let api = temp("api.sock");
-    let host = temp("host.sock");
+    let api = temp_path("api.sock");
+    let host = temp_path("host.sock");
     let _peer = hold_connections(&host);
     let net = format!("tap={tap},mac=52:54:00:00:00:15");
     let Some(mut vm) = linux(
@@ -200,24 +196,24 @@ fn linux_pcie_ping_and_hotplug() {
     expect_line(&mut vm, budget, "GUEST HOTPLUG READY");
     let spec = format!("socket={}", host.display());
     let (code, r) = vmctl(&api, &["device", "add", "net", &spec, "--port", "2"]);
-    assert_eq!(code, 0, "{r}\n{}", vm.transcript());
-    let id = r["device"]["id"].as_str().expect("device id").to_string();
+    assert_eq!(code, 0, "{r:?}\n{}", vm.transcript());
+    let id = r.device.expect("the added device").id;
     expect_line(&mut vm, budget, "GUEST HOTPLUG ADDED");
     // Answered once pciehp has powered the slot off and the VMM has detached the device.
     let (code, r) = vmctl(&api, &["device", "remove", &id]);
-    assert_eq!(code, 0, "{r}\n{}", vm.transcript());
+    assert_eq!(code, 0, "{r:?}\n{}", vm.transcript());
     expect_line(&mut vm, budget, "GUEST HOTPLUG REMOVED");
     scenario_passes(&mut vm, budget, "pcie");
 }
 
-/// Issue 4's Linux tier: virtio-iommu binds from the initramfs module, one IOMMU group per
+/// Linux tier for the IOMMU: virtio-iommu binds from the initramfs module, one IOMMU group per
 /// endpoint, virtio_net comes up behind it.
 #[test]
 fn linux_behind_iommu() {
     if !user_space_runs() {
         return;
     }
-    let host = temp("iommu-host.sock");
+    let host = temp_path("iommu-host.sock");
     let _peer = hold_connections(&host);
     let net = format!("socket={}", host.display());
     let Some(mut vm) = linux(

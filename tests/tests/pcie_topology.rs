@@ -118,7 +118,10 @@ fn cold_plugged_virtio_net_is_behind_port_1() {
     if !require_kvm() {
         return;
     }
-    // A TAP backend needs CAP_NET_ADMIN; the name is unique per test process.
+    if !tests::require_net_admin() {
+        return;
+    }
+    // The name is unique per test process.
     let tap = format!("vmmt{}", std::process::id() % 100_000);
     let net = format!("tap={tap},mac=52:54:00:00:00:07");
     let mut args = RunArgs::testguest("pci-enum", 1, "256M");

@@ -12,22 +12,9 @@ fn run_scenarios(scenarios: &str, vcpus: u32) {
     if !require_kvm() {
         return;
     }
-    let mut vm = RunArgs::testguest(scenarios, vcpus, "256M").spawn();
-    let status = vm.wait_exit(DEADLINE);
-    let transcript = vm.transcript();
-    for name in scenarios.split(',') {
-        let pass = format!("TESTGUEST PASS {name}");
-        assert!(
-            vm.stdout.iter().any(|l| l.trim_end() == pass),
-            "no `{pass}` with {vcpus} vCPUs\n{transcript}"
-        );
-    }
-    assert!(
-        !vm.stdout.iter().any(|l| l.starts_with("TESTGUEST FAIL")),
-        "{transcript}"
-    );
-    let status = status.unwrap_or_else(|| panic!("vmm did not exit in time\n{transcript}"));
-    assert_eq!(status.code(), Some(0), "{transcript}");
+    RunArgs::testguest(scenarios, vcpus, "256M")
+        .spawn()
+        .expect_pass(&scenarios.split(',').collect::<Vec<_>>(), DEADLINE);
 }
 
 macro_rules! scenario_tests {
