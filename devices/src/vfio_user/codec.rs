@@ -840,9 +840,20 @@ fn encode_region_info(b: &mut Vec<u8>, ri: &RegionInfoReply) {
     let info = &ri.info;
     let has_caps = !info.sparse.is_empty();
     b.put_u32(ri.argsz);
-    b.put_u32(info.flags | if has_caps { VFIO_REGION_INFO_FLAG_CAPS } else { 0 });
+    b.put_u32(
+        info.flags
+            | if has_caps {
+                VFIO_REGION_INFO_FLAG_CAPS
+            } else {
+                0
+            },
+    );
     b.put_u32(info.index);
-    b.put_u32(if has_caps { wire_len(REGION_INFO_SIZE) } else { 0 });
+    b.put_u32(if has_caps {
+        wire_len(REGION_INFO_SIZE)
+    } else {
+        0
+    });
     b.put_u64(info.size);
     b.put_u64(info.offset);
     if has_caps {
@@ -885,8 +896,9 @@ fn encode_version(b: &mut Vec<u8>, v: &Version) {
 }
 
 fn json_u64(v: &serde_json::Value) -> Result<u64, DecodeError> {
-    v.as_u64()
-        .ok_or(DecodeError::Capabilities("a number member is not an unsigned integer"))
+    v.as_u64().ok_or(DecodeError::Capabilities(
+        "a number member is not an unsigned integer",
+    ))
 }
 
 /// Parses the NUL-terminated JSON of VERSION (a missing final NUL is tolerated; an inner
@@ -904,9 +916,9 @@ fn parse_capabilities(data: &[u8]) -> Result<Capabilities, DecodeError> {
     let Some(c) = top.get("capabilities") else {
         return Ok(caps);
     };
-    let c = c
-        .as_object()
-        .ok_or(DecodeError::Capabilities("\"capabilities\" is not an object"))?;
+    let c = c.as_object().ok_or(DecodeError::Capabilities(
+        "\"capabilities\" is not an object",
+    ))?;
     for (k, v) in c {
         match k.as_str() {
             "max_msg_fds" => caps.max_msg_fds = Some(json_u64(v)?),

@@ -137,7 +137,8 @@ impl Capabilities {
     }
     /// `max_data_xfer_size` or the spec's default.
     pub fn max_data_xfer_size_or_default(&self) -> u64 {
-        self.max_data_xfer_size.unwrap_or(DEFAULT_MAX_DATA_XFER_SIZE)
+        self.max_data_xfer_size
+            .unwrap_or(DEFAULT_MAX_DATA_XFER_SIZE)
     }
     /// `max_dma_maps` or the spec's default.
     pub fn max_dma_maps_or_default(&self) -> u64 {

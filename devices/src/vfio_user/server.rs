@@ -104,7 +104,10 @@ pub trait VfioUserDevice {
     fn region_info(&self, index: u32) -> Result<(RegionInfo, Option<OwnedFd>), DeviceError>;
 
     /// Sub-regions the client may wire to ioeventfds, with their fds. Default: none.
-    fn region_io_fds(&self, _index: u32) -> Result<(Vec<IoFdSubRegion>, Vec<OwnedFd>), DeviceError> {
+    fn region_io_fds(
+        &self,
+        _index: u32,
+    ) -> Result<(Vec<IoFdSubRegion>, Vec<OwnedFd>), DeviceError> {
         Err(DeviceError::Unsupported("GET_REGION_IO_FDS"))
     }
 
@@ -435,7 +438,10 @@ impl<D: VfioUserDevice> Server<D> {
             Request::DmaUnmap(u) => self.dma_unmap(u),
             Request::DeviceGetInfo { argsz } => {
                 if (argsz as usize) < DEVICE_INFO_SIZE {
-                    return Err(Refused::new(libc::EINVAL, "DEVICE_GET_INFO argsz too small"));
+                    return Err(Refused::new(
+                        libc::EINVAL,
+                        "DEVICE_GET_INFO argsz too small",
+                    ));
                 }
                 let info = self.device.device_info();
                 Ok(Reply::DeviceGetInfo(DeviceInfo {
@@ -495,7 +501,10 @@ impl<D: VfioUserDevice> Server<D> {
         if v.major != PROTOCOL_MAJOR {
             return Err(Refused::new(
                 libc::ENOTSUP,
-                format!("protocol major {} (this server speaks {PROTOCOL_MAJOR})", v.major),
+                format!(
+                    "protocol major {} (this server speaks {PROTOCOL_MAJOR})",
+                    v.major
+                ),
             ));
         }
         // Our only minor, 0, is never above the proposed one (replace by a min() when
@@ -555,7 +564,10 @@ impl<D: VfioUserDevice> Server<D> {
 
     fn region_info(&self, argsz: u32, index: u32, neg: &Negotiated) -> Result<Reply, Refused> {
         if (argsz as usize) < REGION_INFO_SIZE {
-            return Err(Refused::new(libc::EINVAL, "GET_REGION_INFO argsz too small"));
+            return Err(Refused::new(
+                libc::EINVAL,
+                "GET_REGION_INFO argsz too small",
+            ));
         }
         self.check_region_index(index)?;
         let (mut info, mut fd) = self.device.region_info(index)?;
@@ -585,12 +597,18 @@ impl<D: VfioUserDevice> Server<D> {
 
     fn region_io_fds(&self, argsz: u32, index: u32, neg: &Negotiated) -> Result<Reply, Refused> {
         if (argsz as usize) < REGION_IO_FDS_SIZE {
-            return Err(Refused::new(libc::EINVAL, "GET_REGION_IO_FDS argsz too small"));
+            return Err(Refused::new(
+                libc::EINVAL,
+                "GET_REGION_IO_FDS argsz too small",
+            ));
         }
         self.check_region_index(index)?;
         let (subs, fds) = self.device.region_io_fds(index)?;
         if fds.len() as u64 > neg.client_max_msg_fds {
-            return Err(Refused::new(libc::E2BIG, "more io fds than the client takes"));
+            return Err(Refused::new(
+                libc::E2BIG,
+                "more io fds than the client takes",
+            ));
         }
         let full = REGION_IO_FDS_SIZE + subs.len() * IO_FD_SUB_REGION_SIZE;
         let count = u32::try_from(subs.len()).unwrap_or(u32::MAX);

@@ -10,7 +10,11 @@ use crate::vfio_user::*;
 /// owned copies of the fds.
 fn loopback(enc: &Encoded<'_>) -> Message {
     let header = Header::decode(&enc.bytes).unwrap();
-    assert_eq!(header.size as usize, enc.bytes.len(), "size covers the message");
+    assert_eq!(
+        header.size as usize,
+        enc.bytes.len(),
+        "size covers the message"
+    );
     Message {
         header,
         payload: enc.bytes[16..].to_vec(),
@@ -87,7 +91,10 @@ fn every_request_round_trips() {
         fd: Some(fd()),
     })) {
         Request::DmaMap(m) => {
-            assert_eq!((m.flags, m.offset, m.iova, m.size), (3, 0x1000, 0x8000_0000, 0x20_0000));
+            assert_eq!(
+                (m.flags, m.offset, m.iova, m.size),
+                (3, 0x1000, 0x8000_0000, 0x20_0000)
+            );
             assert!(m.fd.is_some());
         }
         o => panic!("{o:?}"),
@@ -104,19 +111,40 @@ fn every_request_round_trips() {
         Request::DeviceGetInfo { argsz: 16 }
     ));
     assert!(matches!(
-        request_roundtrip(&Request::GetRegionInfo { argsz: 32, index: 7 }),
-        Request::GetRegionInfo { argsz: 32, index: 7 }
+        request_roundtrip(&Request::GetRegionInfo {
+            argsz: 32,
+            index: 7
+        }),
+        Request::GetRegionInfo {
+            argsz: 32,
+            index: 7
+        }
     ));
     assert!(matches!(
-        request_roundtrip(&Request::GetRegionIoFds { argsz: 16, index: 0 }),
-        Request::GetRegionIoFds { argsz: 16, index: 0 }
+        request_roundtrip(&Request::GetRegionIoFds {
+            argsz: 16,
+            index: 0
+        }),
+        Request::GetRegionIoFds {
+            argsz: 16,
+            index: 0
+        }
     ));
     assert!(matches!(
-        request_roundtrip(&Request::GetIrqInfo { argsz: 16, index: 2 }),
-        Request::GetIrqInfo { argsz: 16, index: 2 }
+        request_roundtrip(&Request::GetIrqInfo {
+            argsz: 16,
+            index: 2
+        }),
+        Request::GetIrqInfo {
+            argsz: 16,
+            index: 2
+        }
     ));
     for (action, data) in [
-        (IrqAction::Trigger, IrqData::Eventfds(vec![eventfd(), eventfd(), eventfd()])),
+        (
+            IrqAction::Trigger,
+            IrqData::Eventfds(vec![eventfd(), eventfd(), eventfd()]),
+        ),
         (IrqAction::Trigger, IrqData::Eventfds(vec![])),
         (IrqAction::Mask, IrqData::Bool(vec![true, false, true])),
         (IrqAction::Unmask, IrqData::None),
@@ -135,7 +163,10 @@ fn every_request_round_trips() {
         };
         match request_roundtrip(&Request::SetIrqs(set)) {
             Request::SetIrqs(b) => {
-                assert_eq!((b.index, b.start, b.count, b.action), (2, 0, n as u32, action));
+                assert_eq!(
+                    (b.index, b.start, b.count, b.action),
+                    (2, 0, n as u32, action)
+                );
             }
             o => panic!("{o:?}"),
         }
@@ -145,14 +176,21 @@ fn every_request_round_trips() {
         region: 7,
         count: 4,
     };
-    assert!(matches!(request_roundtrip(&Request::RegionRead(rd)), Request::RegionRead(b) if b == rd));
+    assert!(
+        matches!(request_roundtrip(&Request::RegionRead(rd)), Request::RegionRead(b) if b == rd)
+    );
     let w = RegionData {
         offset: 0x4,
         region: 7,
         data: vec![6, 0, 0x10, 0],
     };
-    assert!(matches!(request_roundtrip(&Request::RegionWrite(w.clone())), Request::RegionWrite(b) if b == w));
-    assert!(matches!(request_roundtrip(&Request::DeviceReset), Request::DeviceReset));
+    assert!(
+        matches!(request_roundtrip(&Request::RegionWrite(w.clone())), Request::RegionWrite(b) if b == w)
+    );
+    assert!(matches!(
+        request_roundtrip(&Request::DeviceReset),
+        Request::DeviceReset
+    ));
     assert!(matches!(
         request_roundtrip(&Request::Unknown { command: 99 }),
         Request::Unknown { command: 99 }
@@ -169,23 +207,35 @@ fn every_reply_round_trips() {
             ..Default::default()
         }),
     };
-    assert!(matches!(reply_roundtrip(&Reply::Version(v.clone()), cmd::VERSION), Reply::Version(b) if b == v));
-    assert!(matches!(reply_roundtrip(&Reply::DmaMap, cmd::DMA_MAP), Reply::DmaMap));
+    assert!(
+        matches!(reply_roundtrip(&Reply::Version(v.clone()), cmd::VERSION), Reply::Version(b) if b == v)
+    );
+    assert!(matches!(
+        reply_roundtrip(&Reply::DmaMap, cmd::DMA_MAP),
+        Reply::DmaMap
+    ));
     let u = DmaUnmap {
         argsz: 24,
         flags: 0,
         iova: 0x1000,
         size: 0x1000,
     };
-    assert!(matches!(reply_roundtrip(&Reply::DmaUnmap(Some(u)), cmd::DMA_UNMAP), Reply::DmaUnmap(Some(b)) if b == u));
-    assert!(matches!(reply_roundtrip(&Reply::DmaUnmap(None), cmd::DMA_UNMAP), Reply::DmaUnmap(None)));
+    assert!(
+        matches!(reply_roundtrip(&Reply::DmaUnmap(Some(u)), cmd::DMA_UNMAP), Reply::DmaUnmap(Some(b)) if b == u)
+    );
+    assert!(matches!(
+        reply_roundtrip(&Reply::DmaUnmap(None), cmd::DMA_UNMAP),
+        Reply::DmaUnmap(None)
+    ));
     let di = DeviceInfo {
         argsz: 16,
         flags: 3,
         num_regions: 9,
         num_irqs: 5,
     };
-    assert!(matches!(reply_roundtrip(&Reply::DeviceGetInfo(di), cmd::DEVICE_GET_INFO), Reply::DeviceGetInfo(b) if b == di));
+    assert!(
+        matches!(reply_roundtrip(&Reply::DeviceGetInfo(di), cmd::DEVICE_GET_INFO), Reply::DeviceGetInfo(b) if b == di)
+    );
     let info = RegionInfo {
         index: 0,
         flags: VFIO_REGION_INFO_FLAG_READ
@@ -234,7 +284,10 @@ fn every_reply_round_trips() {
     };
     match reply_roundtrip(&Reply::GetRegionIoFds(io), cmd::GET_REGION_IO_FDS) {
         Reply::GetRegionIoFds(b) => {
-            assert_eq!((b.argsz, b.count, b.sub_regions.len(), b.fds.len()), (56, 1, 1, 1));
+            assert_eq!(
+                (b.argsz, b.count, b.sub_regions.len(), b.fds.len()),
+                (56, 1, 1, 1)
+            );
             assert_eq!(b.sub_regions[0].offset, 0x818);
         }
         o => panic!("{o:?}"),
@@ -245,21 +298,33 @@ fn every_reply_round_trips() {
         index: 2,
         count: 3,
     };
-    assert!(matches!(reply_roundtrip(&Reply::GetIrqInfo(ii), cmd::GET_IRQ_INFO), Reply::GetIrqInfo(b) if b == ii));
-    assert!(matches!(reply_roundtrip(&Reply::SetIrqs, cmd::SET_IRQS), Reply::SetIrqs));
+    assert!(
+        matches!(reply_roundtrip(&Reply::GetIrqInfo(ii), cmd::GET_IRQ_INFO), Reply::GetIrqInfo(b) if b == ii)
+    );
+    assert!(matches!(
+        reply_roundtrip(&Reply::SetIrqs, cmd::SET_IRQS),
+        Reply::SetIrqs
+    ));
     let d = RegionData {
         offset: 0,
         region: 7,
         data: vec![0x86, 0x80, 0xca, 0x10],
     };
-    assert!(matches!(reply_roundtrip(&Reply::RegionRead(d.clone()), cmd::REGION_READ), Reply::RegionRead(b) if b == d));
+    assert!(
+        matches!(reply_roundtrip(&Reply::RegionRead(d.clone()), cmd::REGION_READ), Reply::RegionRead(b) if b == d)
+    );
     let w = RegionWriteReply {
         offset: 4,
         region: 7,
         count: 2,
     };
-    assert!(matches!(reply_roundtrip(&Reply::RegionWrite(w), cmd::REGION_WRITE), Reply::RegionWrite(b) if b == w));
-    assert!(matches!(reply_roundtrip(&Reply::DeviceReset, cmd::DEVICE_RESET), Reply::DeviceReset));
+    assert!(
+        matches!(reply_roundtrip(&Reply::RegionWrite(w), cmd::REGION_WRITE), Reply::RegionWrite(b) if b == w)
+    );
+    assert!(matches!(
+        reply_roundtrip(&Reply::DeviceReset, cmd::DEVICE_RESET),
+        Reply::DeviceReset
+    ));
     // An error reply is the header alone, with the errno.
     let e = Reply::Error {
         errno: libc::EEXIST as u32,
@@ -276,7 +341,9 @@ fn every_reply_round_trips() {
             error: libc::EEXIST as u32
         }
     );
-    assert!(matches!(reply_roundtrip(&e, cmd::DMA_MAP), Reply::Error { errno } if errno == libc::EEXIST as u32));
+    assert!(
+        matches!(reply_roundtrip(&e, cmd::DMA_MAP), Reply::Error { errno } if errno == libc::EEXIST as u32)
+    );
 }
 
 /// Little-endian fields, pushed one by one as QEMU's structs lay them out.
@@ -302,7 +369,12 @@ impl Bytes {
     }
     /// VFIOUserHdr: id, command, size, flags, error_reply.
     fn hdr(id: u16, command: u16, size: u32, flags: u32) -> Self {
-        Self::default().u16(id).u16(command).u32(size).u32(flags).u32(0)
+        Self::default()
+            .u16(id)
+            .u16(command)
+            .u32(size)
+            .u32(flags)
+            .u32(0)
     }
 }
 
@@ -373,7 +445,11 @@ pub fn qemu_region_info(id: u16, index: u32, argsz: u32) -> Vec<u8> {
 
 /// QEMU's REGION_READ (32 bytes) and REGION_WRITE (32 + count; posted: no-reply flag).
 pub fn qemu_region_read(id: u16, region: u32, offset: u64, count: u32) -> Vec<u8> {
-    Bytes::hdr(id, 9, 32, 0).u64(offset).u32(region).u32(count).0
+    Bytes::hdr(id, 9, 32, 0)
+        .u64(offset)
+        .u32(region)
+        .u32(count)
+        .0
 }
 
 pub fn qemu_region_write(id: u16, region: u32, offset: u64, data: &[u8], posted: bool) -> Vec<u8> {
@@ -424,13 +500,19 @@ fn qemu_version_request_decodes_exactly() {
 fn qemu_dma_map_and_unmap_decode_and_encode_byte_exact() {
     let mem = memfd(0x10000);
     let bytes = qemu_dma_map(3, 0x2000, 0xc000_0000, 0x8000, true);
-    let m = match Request::decode(parse(&bytes, vec![mem.as_fd().try_clone_to_owned().unwrap()]))
-        .unwrap()
+    let m = match Request::decode(parse(
+        &bytes,
+        vec![mem.as_fd().try_clone_to_owned().unwrap()],
+    ))
+    .unwrap()
     {
         Request::DmaMap(m) => m,
         o => panic!("{o:?}"),
     };
-    assert_eq!((m.flags, m.offset, m.iova, m.size), (3, 0x2000, 0xc000_0000, 0x8000));
+    assert_eq!(
+        (m.flags, m.offset, m.iova, m.size),
+        (3, 0x2000, 0xc000_0000, 0x8000)
+    );
     assert!(m.fd.is_some());
     // Our encoder, as the vmm's client will use it, produces QEMU's bytes.
     let req = Request::DmaMap(m);
@@ -445,7 +527,11 @@ fn qemu_dma_map_and_unmap_decode_and_encode_byte_exact() {
             Request::DmaUnmap(u) => u,
             o => panic!("{o:?}"),
         };
-        assert_eq!(u.flags & VFIO_DMA_UNMAP_FLAG_ALL != 0, all, "bit 1 is unmap-all");
+        assert_eq!(
+            u.flags & VFIO_DMA_UNMAP_FLAG_ALL != 0,
+            all,
+            "bit 1 is unmap-all"
+        );
         assert_eq!(Request::DmaUnmap(u).encode(4, false).bytes, bytes);
     }
 }
@@ -459,7 +545,10 @@ fn qemu_set_irqs_region_info_and_region_io_encode_byte_exact() {
         action: IrqAction::Trigger,
         data: IrqData::Eventfds(vec![eventfd(), eventfd()]),
     });
-    assert_eq!(set.encode(5, false).bytes, qemu_set_irqs_eventfd(5, 2, 0, 2));
+    assert_eq!(
+        set.encode(5, false).bytes,
+        qemu_set_irqs_eventfd(5, 2, 0, 2)
+    );
     assert_eq!(
         Request::GetRegionInfo {
             argsz: 32,
@@ -484,17 +573,28 @@ fn qemu_set_irqs_region_info_and_region_io_encode_byte_exact() {
         region: 0,
         data: vec![1, 0, 0, 0],
     });
-    assert_eq!(w.encode(8, true).bytes, qemu_region_write(8, 0, 0x818, &[1, 0, 0, 0], true));
+    assert_eq!(
+        w.encode(8, true).bytes,
+        qemu_region_write(8, 0, 0x818, &[1, 0, 0, 0], true)
+    );
     // DEVICE_GET_INFO and GET_IRQ_INFO: the fixed structs with argsz only.
     assert_eq!(
         Request::DeviceGetInfo { argsz: 16 }.encode(1, false).bytes,
         Bytes::hdr(1, 4, 32, 0).u32(16).u32(0).u32(0).u32(0).0
     );
     assert_eq!(
-        Request::GetIrqInfo { argsz: 16, index: 2 }.encode(2, false).bytes,
+        Request::GetIrqInfo {
+            argsz: 16,
+            index: 2
+        }
+        .encode(2, false)
+        .bytes,
         Bytes::hdr(2, 7, 32, 0).u32(16).u32(0).u32(2).u32(0).0
     );
-    assert_eq!(Request::DeviceReset.encode(3, false).bytes, Bytes::hdr(3, 13, 16, 0).0);
+    assert_eq!(
+        Request::DeviceReset.encode(3, false).bytes,
+        Bytes::hdr(3, 13, 16, 0).0
+    );
 }
 
 #[test]

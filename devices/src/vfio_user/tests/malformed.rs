@@ -31,10 +31,16 @@ fn still_usable(client: &mut Client, server: &mut Server<Toy>, s: &Socket) {
 fn short_header_then_close_is_a_truncated_message() {
     let (c, s) = Socket::pair().unwrap();
     let mut server = Server::new(Toy::new());
-    (&*c.stream()).write_all(&hdr(1, 4, 32, 0)[..10]).unwrap();
+    c.stream().write_all(&hdr(1, 4, 32, 0)[..10]).unwrap();
     drop(c);
     let e = server.serve_one(&s).unwrap_err();
-    assert!(matches!(e, ServerError::Recv(SocketError::Truncated { got: 10, want: 16 })), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            ServerError::Recv(SocketError::Truncated { got: 10, want: 16 })
+        ),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -42,7 +48,13 @@ fn size_smaller_than_header_fails_the_connection() {
     let (client, mut server, s) = connected();
     client.send_raw(&hdr(1, 4, 8, 0), &[]);
     let e = server.serve_one(&s).unwrap_err();
-    assert!(matches!(e, ServerError::Recv(SocketError::SizeBelowHeader { size: 8 })), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            ServerError::Recv(SocketError::SizeBelowHeader { size: 8 })
+        ),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -100,7 +112,13 @@ fn size_lying_about_the_payload() {
     client.send_raw(&m, &[]);
     drop(client);
     let e = server.serve_one(&s).unwrap_err();
-    assert!(matches!(e, ServerError::Recv(SocketError::Truncated { got: 20, want: 32 })), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            ServerError::Recv(SocketError::Truncated { got: 20, want: 32 })
+        ),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -130,8 +148,38 @@ fn too_many_fds_get_einval_and_none_leaks() {
     still_usable(&mut client, &mut server, &s);
     drop(fds);
     drop((copies, writer));
-    assert!(all_writers_closed(&reader), "the server kept none of the refused fds");
+    assert!(
+        all_writers_closed(&reader),
+        "the server kept none of the refused fds"
+    );
     assert!(server.device().msix.iter().all(Option::is_none));
+}
+
+#[test]
+fn socket_refuses_a_message_with_too_many_fds_and_reads_on() {
+    let (a, b) = Socket::pair().unwrap();
+    let limits = Limits {
+        max_msg_size: 4096,
+        max_fds: 2,
+    };
+    let (reader, writer) = pipe();
+    let fds = [writer.as_fd(), writer.as_fd(), writer.as_fd()];
+    let first = Request::DeviceReset.encode(1, false);
+    a.send_message(&first.bytes, &fds).unwrap();
+    let second = Request::DeviceReset.encode(2, false);
+    a.send_message(&second.bytes, &fds[..2]).unwrap();
+    match b.recv_message(&limits) {
+        Err(e @ SocketError::TooManyFds { header, limit: 2 }) => {
+            assert_eq!(header.id, 1);
+            assert!(!e.is_fatal());
+        }
+        other => panic!("{other:?}"),
+    }
+    let m = b.recv_message(&limits).unwrap();
+    assert_eq!((m.header.id, m.fds.len()), (2, 2));
+    drop(m);
+    drop(writer);
+    assert!(all_writers_closed(&reader), "no received fd kept");
 }
 
 #[test]
@@ -144,7 +192,11 @@ fn no_reply_flag_on_a_command_that_needs_a_reply_is_dropped() {
     assert!(!client.has_pending(), "never a reply to a no-reply message");
     assert_eq!(server.stats().dropped, 1);
     // A failing no-reply command is dropped too (counted), not answered.
-    let bad_write = Request::RegionWrite(RegionData { offset: 0x1000, region: 7, data: vec![0; 4] });
+    let bad_write = Request::RegionWrite(RegionData {
+        offset: 0x1000,
+        region: 7,
+        data: vec![0; 4],
+    });
     client.send(&bad_write, true);
     server.serve_one(&s).unwrap();
     assert!(!client.has_pending());
@@ -178,25 +230,62 @@ fn version_rules() {
     let mut client = Client::new(c);
     let mut server = Server::new(Toy::new());
     // Anything before VERSION.
-    let r = call(&mut client, &mut server, &s, &Request::GetIrqInfo { argsz: 16, index: 2 });
+    let r = call(
+        &mut client,
+        &mut server,
+        &s,
+        &Request::GetIrqInfo {
+            argsz: 16,
+            index: 2,
+        },
+    );
     assert_eq!(errno(&r), libc::EINVAL);
     // Major 1: not spoken.
-    let r = call(&mut client, &mut server, &s, &Request::Version(Version { major: 1, minor: 0, capabilities: None }));
+    let r = call(
+        &mut client,
+        &mut server,
+        &s,
+        &Request::Version(Version {
+            major: 1,
+            minor: 0,
+            capabilities: None,
+        }),
+    );
     assert_eq!(errno(&r), libc::ENOTSUP);
     // Malformed JSON, and a wrongly typed member.
-    for json in [&b"{not json\0"[..], b"{\"capabilities\":{\"max_msg_fds\":\"many\"}}\0", b"[1]\0", b"{}\0{}\0"] {
+    for json in [
+        &b"{not json\0"[..],
+        b"{\"capabilities\":{\"max_msg_fds\":\"many\"}}\0",
+        b"[1]\0",
+        b"{}\0{}\0",
+    ] {
         let mut m = hdr(40, cmd::VERSION, (16 + 4 + json.len()) as u32, 0);
         m.extend_from_slice(&[0, 0, 0, 0]);
         m.extend_from_slice(json);
         client.send_raw(&m, &[]);
         server.serve_one(&s).unwrap();
-        assert_eq!(errno(&client.recv().1), libc::EINVAL, "{}", String::from_utf8_lossy(json));
+        assert_eq!(
+            errno(&client.recv().1),
+            libc::EINVAL,
+            "{}",
+            String::from_utf8_lossy(json)
+        );
     }
     assert!(server.negotiated().is_none());
     // A proper one, then a second: EINVAL.
-    let r = call(&mut client, &mut server, &s, &Request::Version(Version::default()));
+    let r = call(
+        &mut client,
+        &mut server,
+        &s,
+        &Request::Version(Version::default()),
+    );
     assert!(matches!(r, Reply::Version(_)));
-    let r = call(&mut client, &mut server, &s, &Request::Version(Version::default()));
+    let r = call(
+        &mut client,
+        &mut server,
+        &s,
+        &Request::Version(Version::default()),
+    );
     assert_eq!(errno(&r), libc::EINVAL);
 }
 
@@ -214,37 +303,79 @@ fn dma_map_and_unmap_checks() {
         })
     };
     let mut go = |req: &Request| call(&mut client, &mut server, &s, req);
-    assert!(matches!(go(&map(0x10000, 0x4000, 0, 3, true)), Reply::DmaMap));
+    assert!(matches!(
+        go(&map(0x10000, 0x4000, 0, 3, true)),
+        Reply::DmaMap
+    ));
     // Overlaps at either end and inside.
-    for (iova, size) in [(0xf000, 0x2000), (0x13000, 0x1000), (0x11000, 0x1000), (0x8000, 0x10000)] {
-        assert_eq!(errno(&go(&map(iova, size, 0, 3, true))), libc::EEXIST, "{iova:#x}+{size:#x}");
+    for (iova, size) in [
+        (0xf000, 0x2000),
+        (0x13000, 0x1000),
+        (0x11000, 0x1000),
+        (0x8000, 0x10000),
+    ] {
+        assert_eq!(
+            errno(&go(&map(iova, size, 0, 3, true))),
+            libc::EEXIST,
+            "{iova:#x}+{size:#x}"
+        );
     }
     // Adjacent is fine.
-    assert!(matches!(go(&map(0x14000, 0x1000, 0, 1, true)), Reply::DmaMap));
+    assert!(matches!(
+        go(&map(0x14000, 0x1000, 0, 1, true)),
+        Reply::DmaMap
+    ));
     // Unaligned, empty, wrapping, unknown flags.
     assert_eq!(errno(&go(&map(0x20800, 0x1000, 0, 3, true))), libc::EINVAL);
     assert_eq!(errno(&go(&map(0x30000, 0, 0, 3, true))), libc::EINVAL);
-    assert_eq!(errno(&go(&map(u64::MAX - 0xfff, 0x2000, 0, 3, true))), libc::EINVAL);
+    assert_eq!(
+        errno(&go(&map(u64::MAX - 0xfff, 0x2000, 0, 3, true))),
+        libc::EINVAL
+    );
     assert_eq!(errno(&go(&map(0x40000, 0x1000, 0, 4, true))), libc::EINVAL);
     // No fd: the client's RAM is not shared.
-    assert_eq!(errno(&go(&map(0x50000, 0x1000, 0, 3, false))), libc::ENOTSUP);
+    assert_eq!(
+        errno(&go(&map(0x50000, 0x1000, 0, 3, false))),
+        libc::ENOTSUP
+    );
     // Unmap must match exactly; the dirty-bitmap bit is not supported; unmap-all takes
     // no range.
-    let unmap = |iova, size, flags| Request::DmaUnmap(DmaUnmap { argsz: 24, flags, iova, size });
+    let unmap = |iova, size, flags| {
+        Request::DmaUnmap(DmaUnmap {
+            argsz: 24,
+            flags,
+            iova,
+            size,
+        })
+    };
     assert_eq!(errno(&go(&unmap(0x10000, 0x1000, 0))), libc::ENOENT);
     assert_eq!(errno(&go(&unmap(0x10000, 0x4000, 1))), libc::ENOTSUP);
     assert_eq!(errno(&go(&unmap(0x10000, 0x4000, 2))), libc::EINVAL);
-    assert!(matches!(go(&unmap(0x10000, 0x4000, 0)), Reply::DmaUnmap(Some(_))));
-    assert_eq!(server.dma_mappings().collect::<Vec<_>>(), [(0x14000, 0x1000)]);
+    assert!(matches!(
+        go(&unmap(0x10000, 0x4000, 0)),
+        Reply::DmaUnmap(Some(_))
+    ));
+    assert_eq!(
+        server.dma_mappings().collect::<Vec<_>>(),
+        [(0x14000, 0x1000)]
+    );
 }
 
 #[test]
 fn dma_map_table_is_bounded_by_max_dma_maps() {
     let (c, s) = Socket::pair().unwrap();
     let mut client = Client::new(c);
-    let config = ServerConfig { max_dma_maps: 2, ..Default::default() };
+    let config = ServerConfig {
+        max_dma_maps: 2,
+        ..Default::default()
+    };
     let mut server = Server::with_config(Toy::new(), config);
-    call(&mut client, &mut server, &s, &Request::Version(Version::default()));
+    call(
+        &mut client,
+        &mut server,
+        &s,
+        &Request::Version(Version::default()),
+    );
     let mem = memfd(0x1000);
     for (i, want) in [(0u64, None), (1, None), (2, Some(libc::ENOSPC))] {
         let req = Request::DmaMap(DmaMap {
@@ -266,24 +397,89 @@ fn dma_map_table_is_bounded_by_max_dma_maps() {
 fn region_access_bounds() {
     let (mut client, mut server, s) = connected();
     // count above max_data_xfer_size: EINVAL without allocating it.
-    let r = call(&mut client, &mut server, &s, &Request::RegionRead(RegionRead { offset: 0, region: 7, count: u32::MAX }));
+    let r = call(
+        &mut client,
+        &mut server,
+        &s,
+        &Request::RegionRead(RegionRead {
+            offset: 0,
+            region: 7,
+            count: u32::MAX,
+        }),
+    );
     assert_eq!(errno(&r), libc::EINVAL);
     // Past the region, and a region that does not exist.
-    let r = call(&mut client, &mut server, &s, &Request::RegionRead(RegionRead { offset: 254, region: 7, count: 4 }));
+    let r = call(
+        &mut client,
+        &mut server,
+        &s,
+        &Request::RegionRead(RegionRead {
+            offset: 254,
+            region: 7,
+            count: 4,
+        }),
+    );
     assert_eq!(errno(&r), libc::EINVAL);
-    let r = call(&mut client, &mut server, &s, &Request::RegionRead(RegionRead { offset: 0, region: 9, count: 4 }));
+    let r = call(
+        &mut client,
+        &mut server,
+        &s,
+        &Request::RegionRead(RegionRead {
+            offset: 0,
+            region: 9,
+            count: 4,
+        }),
+    );
     assert_eq!(errno(&r), libc::EINVAL);
-    let r = call(&mut client, &mut server, &s, &Request::GetRegionInfo { argsz: 32, index: 99 });
+    let r = call(
+        &mut client,
+        &mut server,
+        &s,
+        &Request::GetRegionInfo {
+            argsz: 32,
+            index: 99,
+        },
+    );
     assert_eq!(errno(&r), libc::EINVAL);
-    let r = call(&mut client, &mut server, &s, &Request::GetRegionInfo { argsz: 8, index: 7 });
+    let r = call(
+        &mut client,
+        &mut server,
+        &s,
+        &Request::GetRegionInfo { argsz: 8, index: 7 },
+    );
     assert_eq!(errno(&r), libc::EINVAL);
-    let r = call(&mut client, &mut server, &s, &Request::GetIrqInfo { argsz: 16, index: 5 });
+    let r = call(
+        &mut client,
+        &mut server,
+        &s,
+        &Request::GetIrqInfo {
+            argsz: 16,
+            index: 5,
+        },
+    );
     assert_eq!(errno(&r), libc::EINVAL);
     // A device-level refusal carries the device's errno.
-    let r = call(&mut client, &mut server, &s, &Request::GetRegionIoFds { argsz: 16, index: 0 });
+    let r = call(
+        &mut client,
+        &mut server,
+        &s,
+        &Request::GetRegionIoFds {
+            argsz: 16,
+            index: 0,
+        },
+    );
     assert_eq!(errno(&r), libc::ENOTSUP);
-    let mask = Request::SetIrqs(IrqSet { index: irq::MSIX, start: 0, count: 1, action: IrqAction::Mask, data: IrqData::None });
-    assert_eq!(errno(&call(&mut client, &mut server, &s, &mask)), libc::ENOTSUP);
+    let mask = Request::SetIrqs(IrqSet {
+        index: irq::MSIX,
+        start: 0,
+        count: 1,
+        action: IrqAction::Mask,
+        data: IrqData::None,
+    });
+    assert_eq!(
+        errno(&call(&mut client, &mut server, &s, &mask)),
+        libc::ENOTSUP
+    );
 }
 
 #[test]
@@ -326,7 +522,13 @@ fn nonblocking_reader_keeps_a_partial_message() {
     let limits = Limits::default();
     assert!(reader.poll(&b, &limits).unwrap().is_none());
     let ev = eventfd();
-    let req = Request::SetIrqs(IrqSet { index: 2, start: 0, count: 1, action: IrqAction::Trigger, data: IrqData::Eventfds(vec![ev]) });
+    let req = Request::SetIrqs(IrqSet {
+        index: 2,
+        start: 0,
+        count: 1,
+        action: IrqAction::Trigger,
+        data: IrqData::Eventfds(vec![ev]),
+    });
     let enc = req.encode(70, false);
     // The fd comes with the first bytes; the rest trickles in.
     a.send_message(&enc.bytes[..5], &enc.fds).unwrap();
@@ -339,5 +541,7 @@ fn nonblocking_reader_keeps_a_partial_message() {
     assert_eq!(msg.header.id, 70);
     assert_eq!(msg.fds.len(), 1);
     assert!(reader.is_idle());
-    assert!(matches!(Request::decode(msg).unwrap(), Request::SetIrqs(IrqSet { data: IrqData::Eventfds(v), .. }) if v.len() == 1));
+    assert!(
+        matches!(Request::decode(msg).unwrap(), Request::SetIrqs(IrqSet { data: IrqData::Eventfds(v), .. }) if v.len() == 1)
+    );
 }

@@ -12,7 +12,11 @@ use crate::vfio_user::*;
 pub fn memfd(size: u64) -> File {
     // SAFETY: a NUL-terminated name and constant flags; the result is checked.
     let raw = unsafe { libc::memfd_create(c"vfio-user-test".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(raw >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    assert!(
+        raw >= 0,
+        "memfd_create: {}",
+        std::io::Error::last_os_error()
+    );
     // SAFETY: `raw` is a fresh descriptor nothing else owns.
     let f = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
     f.set_len(size).unwrap();
@@ -130,7 +134,12 @@ impl VfioUserDevice for Toy {
                         size: 0x3000,
                     }],
                 },
-                Some(self.bar0.as_fd().try_clone_to_owned().map_err(DeviceError::Io)?),
+                Some(
+                    self.bar0
+                        .as_fd()
+                        .try_clone_to_owned()
+                        .map_err(DeviceError::Io)?,
+                ),
             ),
             region::CONFIG => (
                 RegionInfo {
