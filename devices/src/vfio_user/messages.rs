@@ -2,7 +2,7 @@
 //! <linux/vfio.h> they reuse (taken from vfio-bindings so they cannot drift).
 //!
 //! Layout choice: fields are read and written one by one, little-endian, with
-//! [`super::wire`]; nothing is transmuted from the kernel's `#[repr(C)]` structs. That keeps
+//! the module `wire`; nothing is transmuted from the kernel's `#[repr(C)]` structs. That keeps
 //! the decoder free of `unsafe` and of alignment questions on an untrusted byte stream, and
 //! the struct sizes are pinned to vfio-bindings' by the const assertions below.
 

@@ -11,6 +11,24 @@
 //! - [`socket`]: whole messages with their fds over a unix stream socket, bounded.
 //! - [`server`]: [`Server`] around a [`VfioUserDevice`], independent of any event loop.
 //!
+//! How nicd's glue drives one VF's socket (all plain calls, no threads of their own):
+//!
+//! ```text
+//! accept -> Socket::new(stream); stream.set_nonblocking(true); register it for EPOLLIN
+//! readable -> while let Some(msg) = reader.poll(&sock, &server.limits())? {
+//!                 if let Some(reply) = server.handle_message(msg) {
+//!                     let e = reply.encode(); sock.send_message(&e.bytes, &e.fds)?;
+//!                 }
+//!             }
+//!             Err(e) if !e.is_fatal() -> send server.handle_recv_error(&e), go on
+//!             Err(_) (closed, too large, truncated) -> drop the socket, server.disconnect()
+//! second client while busy -> answer its first message with busy_reply(), close it
+//! ```
+//!
+//! A client (the vmm) uses the same pieces the other way round: `Request::encode`,
+//! `Socket::send_message`, `Socket::recv_message`, `Reply::decode` (see the test client
+//! in `tests/client.rs`).
+//!
 //! Not implemented: DMA_READ/DMA_WRITE (DMA goes through the fd of DMA_MAP; a map without
 //! one gets ENOTSUP), REGION_WRITE_MULTI and migration (not offered in VERSION, so a
 //! client does not send them; if one does, ENOSYS), twin sockets.
