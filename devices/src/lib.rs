@@ -9,6 +9,7 @@ pub mod power;
 pub mod ratelimit;
 pub mod seqpacket;
 pub mod sync;
+pub mod vfio_user;
 pub mod virtio;
 
 /// Guest memory as the VMM and every device model see it: vm-memory's mmap backend with a

@@ -1,0 +1,53 @@
+//! vfio-user: the protocol between nicd (the server, one socket per VF) and its clients
+//! (the vmm, QEMU's `vfio-user-pci`). Our own implementation, because the published
+//! `vfio_user` crate answers errors with errno 0, desyncs on unknown commands, replies to
+//! no-reply messages and shifts the DMA_UNMAP flag bits.
+//!
+//! - [`header`]: the 16-byte header and command numbers.
+//! - [`messages`]: each payload as a plain struct, with the <linux/vfio.h> constants.
+//! - [`codec`]: [`Request`] and [`Reply`], decoded from a received [`Message`] with every
+//!   length and fd count checked, and encoded to bytes plus fds. Symmetric: the server
+//!   decodes requests and encodes replies, a client does the reverse.
+//! - [`socket`]: whole messages with their fds over a unix stream socket, bounded.
+//! - [`server`]: [`Server`] around a [`VfioUserDevice`], independent of any event loop.
+//!
+//! How nicd's glue drives one VF's socket (all plain calls, no threads of their own):
+//!
+//! ```text
+//! accept -> Socket::new(stream); stream.set_nonblocking(true); register it for EPOLLIN
+//! readable -> while let Some(msg) = reader.poll(&sock, &server.limits())? {
+//!                 if let Some(reply) = server.handle_message(msg) {
+//!                     let e = reply.encode(); sock.send_message(&e.bytes, &e.fds)?;
+//!                 }
+//!             }
+//!             Err(e) if !e.is_fatal() -> send server.handle_recv_error(&e), go on
+//!             Err(_) (closed, too large, truncated) -> drop the socket, server.disconnect()
+//! second client while busy -> answer its first message with busy_reply(), close it
+//! ```
+//!
+//! A client (the vmm) uses the same pieces the other way round: `Request::encode`,
+//! `Socket::send_message`, `Socket::recv_message`, `Reply::decode` (see the test client
+//! in `tests/client.rs`).
+//!
+//! Not implemented: DMA_READ/DMA_WRITE (DMA goes through the fd of DMA_MAP; a map without
+//! one gets ENOTSUP), REGION_WRITE_MULTI and migration (not offered in VERSION, so a
+//! client does not send them; if one does, ENOSYS), twin sockets.
+
+pub mod codec;
+pub mod header;
+pub mod messages;
+pub mod server;
+pub mod socket;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+pub use codec::{DecodeError, Encoded, Message, Reply, ReplyMessage, Request};
+pub use header::{Header, cmd};
+pub use messages::*;
+pub use server::{
+    DeviceError, DmaMapping, Negotiated, Server, ServerConfig, ServerError, ServerStats,
+    VfioUserDevice, busy_reply,
+};
+pub use socket::{Limits, MessageReader, Socket, SocketError};

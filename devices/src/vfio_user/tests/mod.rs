@@ -1,0 +1,10 @@
+//! Tests that play the client: QEMU's messages byte for byte, its bring-up sequence over a
+//! real socketpair against a toy device, malformed input, and a property test of the
+//! decoder.
+
+mod client;
+mod codec;
+mod fuzz;
+mod malformed;
+mod session;
+mod toy;
