@@ -9,7 +9,7 @@ use crate::pci::{Bar, ConfigSpace, HeaderType, PciDevice, PciId};
 use super::regs::{PF_BAR_MSIX, PF_BAR_REGS, PfRegisters};
 use super::vf::{VF_MSIX_BAR, add_pcie_with_flr, flr_requested};
 use super::{
-    CLASS_ETHERNET, PF_DEVICE_ID, PfConfig, PfError, REVISION, SUBSYSTEM_ID, VENDOR_INTEL,
+    CLASS_ETHERNET, INTEL_SUBSYSTEM_ID, PF_DEVICE_ID, PfConfig, PfError, REVISION, VENDOR_INTEL,
     VF_DEVICE_ID,
 };
 
@@ -55,7 +55,7 @@ impl PfFunction {
                 class: CLASS_ETHERNET,
                 revision: REVISION,
                 subsystem_vendor: VENDOR_INTEL,
-                subsystem: SUBSYSTEM_ID,
+                subsystem: INTEL_SUBSYSTEM_ID,
             },
         );
         config.add_bar(PF_BAR_REGS, Bar::mem32(PF_REGS_SIZE))?;

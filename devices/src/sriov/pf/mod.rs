@@ -47,7 +47,7 @@ pub const CLASS_ETHERNET: [u8; 3] = [0x02, 0x00, 0x00];
 /// Revision ID of PF and VFs.
 pub const REVISION: u8 = 0x01;
 /// Subsystem ID of PF and VFs (subsystem vendor Intel).
-pub const SUBSYSTEM_ID: u16 = 0x0000;
+pub const INTEL_SUBSYSTEM_ID: u16 = 0x0000;
 /// The PF's devfn on its bus.
 pub const PF_DEVFN: u8 = 0;
 

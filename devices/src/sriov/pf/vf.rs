@@ -15,7 +15,7 @@ use crate::pci::capability::{self, MsixLocation};
 use crate::pci::regs::*;
 use crate::pci::{ConfigSpace, HeaderType, PciId};
 
-use super::{CLASS_ETHERNET, REVISION, SUBSYSTEM_ID, VENDOR_INTEL};
+use super::{CLASS_ETHERNET, INTEL_SUBSYSTEM_ID, REVISION, VENDOR_INTEL};
 
 /// MSI-X vectors of a VF (igbvf asks for exactly 3).
 pub const VF_MSIX_VECTORS: u16 = 3;
@@ -148,7 +148,7 @@ fn vf_config_space() -> (ConfigSpace, usize, usize) {
             class: CLASS_ETHERNET,
             revision: REVISION,
             subsystem_vendor: VENDOR_INTEL,
-            subsystem: SUBSYSTEM_ID,
+            subsystem: INTEL_SUBSYSTEM_ID,
         },
     );
     // Memory Space, I/O Space, Parity, SERR# and INTx Disable are RO 0 in a VF.
