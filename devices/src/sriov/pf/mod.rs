@@ -144,6 +144,15 @@ impl SriovPf {
             .flatten()
     }
 
+    /// Where existing VF `index`'s BAR `bar` sits in the PF's VF BAR window: VF BAR base +
+    /// index x size. (A VF's own BAR registers read 0, as PCIe has it for VFs; Linux and
+    /// this card compute the address from the PF instead.)
+    pub fn vf_bar_address(&self, index: u16, bar: usize) -> Option<u64> {
+        (index < self.num_vfs())
+            .then(|| self.sriov().vf_bar_address(self.pf_config(), index, bar))
+            .flatten()
+    }
+
     /// The model of existing VF `index`.
     pub fn vf_function_mut(&mut self, index: u16) -> Option<&mut (dyn VfFunction + 'static)> {
         self.vfs

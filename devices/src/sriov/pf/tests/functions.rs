@@ -179,7 +179,12 @@ fn guest_num_vfs_above_total_creates_nothing() {
 #[test]
 fn direct_vf_bar_access_is_bounded() {
     let (mut pf, log) = pf(8);
+    let cap = pf.sriov().offset();
+    pf.config_write(0, cap + SRIOV_BAR + 12, &0x4000_0000u32.to_le_bytes());
     pf.set_num_vfs(2).unwrap();
+    assert_eq!(pf.vf_bar_address(1, 3), Some(0x4000_4000));
+    assert_eq!(pf.vf_bar_address(2, 3), None, "no VF 2");
+    assert_eq!(pf.vf_bar_address(1, 2), None, "no BAR 2");
     let mut b = [0; 4];
     assert!(pf.vf_bar_read(1, 0, 0x3ffc, &mut b));
     assert_eq!(
