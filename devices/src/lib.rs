@@ -8,6 +8,7 @@ pub mod pci;
 pub mod power;
 pub mod ratelimit;
 pub mod seqpacket;
+pub mod sriov;
 pub mod sync;
 pub mod vfio_user;
 pub mod virtio;

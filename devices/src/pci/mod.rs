@@ -14,6 +14,7 @@ pub mod msix;
 pub mod regs;
 pub mod root_complex;
 pub mod root_port;
+pub mod sriov;
 
 pub use bar::{Bar, BarKind};
 pub use card::{FunctionCard, PciCard, SharedCard};
