@@ -92,7 +92,7 @@ impl Header {
         Self {
             id,
             command,
-            size: HEADER_SIZE as u32,
+            size: crate::vfio_user::messages::wire_len(HEADER_SIZE),
             flags: TYPE_REPLY | FLAG_ERROR,
             error: errno,
         }

@@ -53,6 +53,14 @@ pub mod irq {
     pub const NUM: u32 = kernel::VFIO_PCI_NUM_IRQS;
 }
 
+/// A payload or header size as the u32 that `argsz` and the header's `size` carry. Used on
+/// the fixed sizes below (a few dozen bytes); the assert makes a misuse fail loudly.
+pub const fn wire_len(n: usize) -> u32 {
+    let v = n as u64;
+    assert!(v <= u32::MAX as u64, "a vfio-user size fits a u32");
+    (v & 0xffff_ffff) as u32
+}
+
 /// `struct vfio_iommu_type1_dma_map` as vfio-user carries it.
 pub const DMA_MAP_SIZE: usize = 32;
 /// `struct vfio_iommu_type1_dma_unmap` without the dirty bitmap.

@@ -445,7 +445,7 @@ impl<D: VfioUserDevice> Server<D> {
                 }
                 let info = self.device.device_info();
                 Ok(Reply::DeviceGetInfo(DeviceInfo {
-                    argsz: DEVICE_INFO_SIZE as u32,
+                    argsz: wire_len(DEVICE_INFO_SIZE),
                     ..info
                 }))
             }
@@ -458,7 +458,7 @@ impl<D: VfioUserDevice> Server<D> {
                 self.check_irq_index(index)?;
                 let info = self.device.irq_info(index)?;
                 Ok(Reply::GetIrqInfo(IrqInfo {
-                    argsz: IRQ_INFO_SIZE as u32,
+                    argsz: wire_len(IRQ_INFO_SIZE),
                     index,
                     ..info
                 }))
@@ -737,7 +737,7 @@ impl<D: VfioUserDevice> Server<D> {
             self.dma.remove(&u.iova);
         }
         Ok(Reply::DmaUnmap(Some(DmaUnmap {
-            argsz: DMA_UNMAP_SIZE as u32,
+            argsz: wire_len(DMA_UNMAP_SIZE),
             ..u
         })))
     }

@@ -2,6 +2,9 @@
 //! real socketpair against a toy device, malformed input, and a property test of the
 //! decoder.
 
+// Test data: lengths of small test messages are built with `as`.
+#![allow(clippy::cast_possible_truncation)]
+
 mod client;
 mod codec;
 mod fuzz;
