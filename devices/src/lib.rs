@@ -7,6 +7,7 @@ pub mod pci;
 pub mod power;
 pub mod ratelimit;
 pub mod seqpacket;
+pub mod sriov;
 pub mod sync;
 pub mod virtio;
 
