@@ -150,9 +150,7 @@ where
                     STATUS_LINK_DOWN
                 }
             }
-            o if (VMBMEM..VMBMEM + 4 * VMBMEM_WORDS as u32).contains(&o) => {
-                self.mbx.mem[((o - VMBMEM) / 4) as usize]
-            }
+            o if (VMBMEM..VMBMEM_END).contains(&o) => self.mbx.mem[((o - VMBMEM) / 4) as usize],
             V2PMAILBOX => self.mbx.read_ctrl(),
             VFGPRC => self.counters.gprc,
             VFGPTC => self.counters.gptc,
@@ -163,9 +161,7 @@ where
             EIAC => self.ints.eiac,
             EIAM => self.ints.eiam,
             EICR => self.ints.eicr,
-            o if (EITR0..EITR0 + 4 * NUM_VECTORS as u32).contains(&o) => {
-                self.ints.eitr[((o - EITR0) / 4) as usize]
-            }
+            o if (EITR0..EITR_END).contains(&o) => self.ints.eitr[((o - EITR0) / 4) as usize],
             IVAR0 => self.ints.ivar0,
             IVAR_MISC => self.ints.ivar_misc,
             RDBAL => self.rx.bal,
@@ -198,7 +194,7 @@ where
                     self.vf_reset();
                 }
             }
-            o if (VMBMEM..VMBMEM + 4 * VMBMEM_WORDS as u32).contains(&o) => {
+            o if (VMBMEM..VMBMEM_END).contains(&o) => {
                 self.mbx.mem[((o - VMBMEM) / 4) as usize] = val;
             }
             V2PMAILBOX => self.write_mailbox(val, now),
@@ -208,7 +204,7 @@ where
             EIAC => self.ints.eiac = val & VECTOR_MASK,
             EIAM => self.ints.eiam = val & VECTOR_MASK,
             EICR => self.ints.write_eicr(val),
-            o if (EITR0..EITR0 + 4 * NUM_VECTORS as u32).contains(&o) => {
+            o if (EITR0..EITR_END).contains(&o) => {
                 self.ints.eitr[((o - EITR0) / 4) as usize] = val;
             }
             IVAR0 => self.ints.ivar0 = val,

@@ -112,8 +112,7 @@ impl Interrupts {
         self.deferred[v] = false;
         self.last_sent[v] = Some(now);
         self.sent[v] += 1;
-        // v < 3: the cast cannot truncate.
-        irq.raise(v as u16);
+        irq.raise(u16::try_from(v).unwrap_or(u16::MAX));
         self.eicr &= !(self.eiac & bit);
         self.eims &= !(self.eiam & bit);
     }

@@ -88,16 +88,16 @@ pub fn fold(mut sum: u64) -> u16 {
     while sum > 0xFFFF {
         sum = (sum & 0xFFFF) + (sum >> 16);
     }
-    sum as u16
+    u16::try_from(sum).unwrap_or(u16::MAX)
 }
 
 /// CRC-32C (Castagnoli, reflected, as SCTP uses it).
 pub fn crc32c(data: &[u8]) -> u32 {
     const fn table() -> [u32; 256] {
         let mut t = [0u32; 256];
-        let mut i = 0;
+        let mut i: u32 = 0;
         while i < 256 {
-            let mut c = i as u32;
+            let mut c = i;
             let mut k = 0;
             while k < 8 {
                 c = if c & 1 != 0 {
@@ -107,7 +107,7 @@ pub fn crc32c(data: &[u8]) -> u32 {
                 };
                 k += 1;
             }
-            t[i] = c;
+            t[i as usize] = c;
             i += 1;
         }
         t
@@ -228,12 +228,16 @@ pub fn segment_tcp(
         seg.clear();
         seg.extend_from_slice(&frame[..hdr_len]);
         seg.extend_from_slice(chunk);
-        // Both lengths are below MAX_SEGMENT (16 KiB): they fit in u16.
-        let ip_payload = (seg.len() - ip) as u16;
+        // Segments are below MAX_SEGMENT (16 KiB) and i below MAX_TSO_SEGMENTS: the
+        // conversions below cannot fail.
+        let ip_payload = u16::try_from(seg.len() - ip).unwrap_or(u16::MAX);
         if ctx.ipv4 {
             put16(&mut seg, ip + 2, ip_payload);
-            // i < MAX_TSO_SEGMENTS: fits in u16.
-            put16(&mut seg, ip + 4, id0.wrapping_add(i as u16));
+            put16(
+                &mut seg,
+                ip + 4,
+                id0.wrapping_add(u16::try_from(i).unwrap_or(0)),
+            );
             if ixsm {
                 // The device sums IPLEN bytes with the checksum field as the driver left
                 // it (0, or a value that cancels tunnel headers under GSO partial).
@@ -243,7 +247,7 @@ pub fn segment_tcp(
         } else {
             put16(&mut seg, ip + 4, ip_payload - 40);
         }
-        let seq = seq0.wrapping_add((i * ctx.mss) as u32);
+        let seq = seq0.wrapping_add(u32::try_from(i * ctx.mss).unwrap_or(0));
         seg[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
         if !last {
             seg[l4 + 13] &= !(0x01 | 0x08); // FIN, PSH

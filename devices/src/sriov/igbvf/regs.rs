@@ -12,6 +12,8 @@ pub const STATUS: u32 = 0x0008;
 pub const VMBMEM: u32 = 0x0800;
 /// Words of mailbox memory.
 pub const VMBMEM_WORDS: usize = 16;
+/// End of mailbox memory.
+pub const VMBMEM_END: u32 = VMBMEM + 4 * 16;
 /// VF-to-PF mailbox control.
 pub const V2PMAILBOX: u32 = 0x0C40;
 
@@ -40,6 +42,8 @@ pub const EIAM: u32 = 0x1530;
 pub const EICR: u32 = 0x1580;
 /// Interrupt throttle of vector 0 (vectors 1 and 2 follow, 4 bytes apart).
 pub const EITR0: u32 = 0x1680;
+/// End of the EITR registers.
+pub const EITR_END: u32 = EITR0 + 4 * 3;
 /// Queue to vector mapping: RX 0 (byte 0), TX 0 (byte 1).
 pub const IVAR0: u32 = 0x1700;
 /// Mailbox to vector mapping (byte 0).

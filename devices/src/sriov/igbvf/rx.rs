@@ -176,7 +176,9 @@ impl RxQueue {
         match outcome {
             RxOutcome::Delivered => {
                 counters.gprc = counters.gprc.wrapping_add(1);
-                counters.gorc = counters.gorc.wrapping_add(frame.len() as u32);
+                counters.gorc = counters
+                    .gorc
+                    .wrapping_add(u32::try_from(frame.len()).unwrap_or(u32::MAX));
                 if frame[0] & 1 != 0 && frame[..6] != [0xFF; 6] {
                     counters.mprc = counters.mprc.wrapping_add(1);
                 }
@@ -290,13 +292,13 @@ impl RxQueue {
             }
             let hdr_info = if h > 0 {
                 // h <= 15 * 64: fits in the 10-bit field.
-                ((h as u32) << RXD_HDR_LEN_SHIFT) | if sph { RXD_HDR_SPH } else { 0 }
+                (u32::try_from(h).unwrap_or(0) << RXD_HDR_LEN_SHIFT)
+                    | if sph { RXD_HDR_SPH } else { 0 }
             } else {
                 0
             };
-            // chunk.len() <= 127 KiB is checked against the u16 field by the buffer size;
-            // mask anyway.
-            let len = (chunk.len() & 0xFFFF) as u32;
+            // A packet buffer is at most 127 KiB; the field is 16 bits: mask.
+            let len = u32::try_from(chunk.len()).unwrap_or(0) & 0xFFFF;
             let dword3 = len | (u32::from(vlan.unwrap_or(0)) << 16);
             if self
                 .write_back(mem, at, hdr_info << 16, dword3, st)

@@ -306,7 +306,9 @@ impl TxQueue {
             }
             if link_up {
                 counters.gptc = counters.gptc.wrapping_add(1);
-                counters.gotc = counters.gotc.wrapping_add(bytes.len() as u32);
+                counters.gotc = counters
+                    .gotc
+                    .wrapping_add(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
                 sink.send(bytes);
             } else {
                 counters.tx_link_down += 1;
