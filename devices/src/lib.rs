@@ -3,6 +3,7 @@
 
 pub mod interrupt;
 pub mod legacy;
+pub mod nic_switch;
 pub mod pci;
 pub mod power;
 pub mod ratelimit;
