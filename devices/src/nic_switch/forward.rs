@@ -192,9 +192,9 @@ impl Switch {
         let mut targets: Vec<PortId> = self
             .vfs
             .iter()
-            .enumerate()
-            .filter(|(_, v)| v.vport && v.in_vlan(vlan) && v.wants_multicast(hdr.dst))
-            .map(|(i, _)| PortId::Vf(i as u16))
+            .zip(0..self.num_vfs())
+            .filter(|(v, _)| v.vport && v.in_vlan(vlan) && v.wants_multicast(hdr.dst))
+            .map(|(_, i)| PortId::Vf(i))
             .collect();
         if vlan == 0 {
             targets.push(PortId::Default);

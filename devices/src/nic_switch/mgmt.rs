@@ -30,8 +30,8 @@ impl Switch {
         if n > 0 && current > 0 {
             return Err(NicSwitchError::NumVfsBusy { current });
         }
-        if let Some(vf) = self.vfs.iter().position(|v| v.vport) {
-            return Err(NicSwitchError::VportInUse { vf: vf as u16 });
+        if let Some((_, vf)) = self.vfs.iter().zip(0..current).find(|(v, _)| v.vport) {
+            return Err(NicSwitchError::VportInUse { vf });
         }
         self.vfs = vec![VfState::default(); usize::from(n)];
         self.sched.resize(usize::from(n));
@@ -197,13 +197,10 @@ impl Switch {
         self.vfs
             .iter()
             .zip(before)
-            .enumerate()
-            .filter_map(|(i, (v, was))| {
+            .zip(0..)
+            .filter_map(|((v, was), i)| {
                 let now = v.link_up(up);
-                (now != was).then_some(LinkChange {
-                    vf: i as u16,
-                    up: now,
-                })
+                (now != was).then_some(LinkChange { vf: i, up: now })
             })
             .collect()
     }

@@ -241,7 +241,8 @@ impl Switch {
 
     /// How many VFs are enabled.
     pub fn num_vfs(&self) -> u16 {
-        self.vfs.len() as u16
+        // `set_num_vfs` keeps it within a u16.
+        u16::try_from(self.vfs.len()).unwrap_or(u16::MAX)
     }
 
     /// Whether the uplink's link is up.

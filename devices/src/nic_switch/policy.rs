@@ -49,11 +49,16 @@ pub struct PortVlan {
 }
 
 /// Largest max frame size SET_LPE may ask for.
-pub const MAX_FRAME_SIZE_MAX: u32 = MAX_FRAME as u32;
-/// Smallest max frame size SET_LPE may ask for (MTU 68, Linux's IPv4 minimum).
-pub const MAX_FRAME_SIZE_MIN: u32 = 68 + (ETH_HLEN + ETH_FCS_LEN) as u32;
-/// Max frame size before the VF driver sends SET_LPE: MTU 1500, FCS included.
-pub const DEFAULT_MAX_FRAME_SIZE: u32 = 1500 + (ETH_HLEN + ETH_FCS_LEN) as u32;
+pub const MAX_FRAME_SIZE_MAX: u32 = 9728;
+/// Smallest max frame size SET_LPE may ask for (MTU 68, Linux's IPv4 minimum, plus
+/// header and FCS).
+pub const MAX_FRAME_SIZE_MIN: u32 = 68 + 14 + 4;
+/// Max frame size before the VF driver sends SET_LPE: MTU 1500 plus header and FCS.
+pub const DEFAULT_MAX_FRAME_SIZE: u32 = 1500 + 14 + 4;
+
+const _: () = assert!(MAX_FRAME_SIZE_MAX as usize == MAX_FRAME);
+const _: () = assert!(MAX_FRAME_SIZE_MIN as usize == 68 + ETH_HLEN + ETH_FCS_LEN);
+const _: () = assert!(DEFAULT_MAX_FRAME_SIZE as usize == 1500 + ETH_HLEN + ETH_FCS_LEN);
 /// How many multicast hashes SET_MULTICAST carries at most (E1000_VF_MAX_MC_ADDRS... the
 /// mailbox fits 30); further entries are ignored, as igb ignores them.
 pub const MAX_MC_HASHES: usize = 30;
@@ -101,19 +106,18 @@ pub fn validate_port_vlan(
     qos: u32,
     proto: VlanProto,
 ) -> Result<Option<PortVlan>, NicSwitchError> {
-    if vlan > u32::from(VLAN_VID_MAX) {
-        return Err(NicSwitchError::VlanOutOfRange(vlan));
-    }
-    if qos > 7 {
-        return Err(NicSwitchError::QosOutOfRange(qos));
-    }
+    let vid = u16::try_from(vlan)
+        .ok()
+        .filter(|v| *v <= VLAN_VID_MAX)
+        .ok_or(NicSwitchError::VlanOutOfRange(vlan))?;
+    let pcp = u8::try_from(qos)
+        .ok()
+        .filter(|q| *q <= 7)
+        .ok_or(NicSwitchError::QosOutOfRange(qos))?;
     if proto != VlanProto::Dot1Q {
         return Err(NicSwitchError::VlanProtoNotSupported);
     }
-    Ok((vlan != 0 || qos != 0).then_some(PortVlan {
-        vid: vlan as u16,
-        qos: qos as u8,
-    }))
+    Ok((vid != 0 || pcp != 0).then_some(PortVlan { vid, qos: pcp }))
 }
 
 /// Checks an admin MAC: zero clears, multicast is EINVAL.

@@ -42,7 +42,8 @@ impl TokenBucket {
     /// A bucket for a rate of `mbps`, sized by [`BURST_NS`].
     pub(crate) fn for_mbps(mbps: u32, now_ns: u64) -> Self {
         let rate = mbps_to_bytes_per_s(mbps);
-        let burst = (u128::from(rate) * u128::from(BURST_NS) / 1_000_000_000) as u64;
+        let burst = u64::try_from(u128::from(rate) * u128::from(BURST_NS) / 1_000_000_000)
+            .unwrap_or(u64::MAX);
         Self::new(rate, burst.max(2 * MAX_FRAME as u64), now_ns)
     }
 
