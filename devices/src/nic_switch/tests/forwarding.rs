@@ -97,10 +97,8 @@ fn broadcast_floods_within_its_vlan_except_the_source() {
     let bcast = eth(MacAddr::BROADCAST, vf_mac(0), None, 60, 1);
     vf_tx(&mut sw, &mut sink, 0, &bcast);
     // VLAN 0: VFs 1 and 3, the PF, the uplink; not VF 2 (port VLAN 10), not VF 0.
-    let mut got = sink.ports();
-    got.sort();
     assert_eq!(
-        got,
+        sink.sorted_ports(),
         vec![
             PortId::Uplink,
             PortId::Default,
@@ -135,10 +133,8 @@ fn multicast_goes_to_subscribers_and_the_uplink() {
         .unwrap();
     let mut sink = Sink::default();
     vf_tx(&mut sw, &mut sink, 0, &eth(group, vf_mac(0), None, 80, 1));
-    let mut got = sink.ports();
-    got.sort();
     assert_eq!(
-        got,
+        sink.sorted_ports(),
         vec![
             PortId::Uplink,
             PortId::Default,

@@ -7,6 +7,7 @@ mod forwarding;
 mod iplink;
 mod pcap;
 mod policy;
+mod random;
 mod rate;
 
 use std::collections::BTreeSet;
@@ -36,6 +37,13 @@ impl Sink {
     /// The ports that got a frame, in order.
     pub fn ports(&self) -> Vec<PortId> {
         self.frames.iter().map(|(p, _)| *p).collect()
+    }
+
+    /// The ports that got a frame, sorted.
+    pub fn sorted_ports(&self) -> Vec<PortId> {
+        let mut ports = self.ports();
+        ports.sort();
+        ports
     }
 
     /// Takes the recorded frames.

@@ -49,6 +49,18 @@ fn saturate(
     (bytes, calls)
 }
 
+/// VF 0 sends `frame` at time zero until told to wait: how many went, and the retry time.
+fn send_until_wait(sw: &mut Switch, sink: &mut Sink, frame: &[u8]) -> (usize, Duration) {
+    for sent in 0..1000 {
+        match sw.vf_send(Duration::ZERO, 0, frame, sink) {
+            TxVerdict::Sent { .. } => {}
+            TxVerdict::Wait { retry_at } => return (sent, retry_at),
+            TxVerdict::Dropped(r) => panic!("dropped: {r:?}"),
+        }
+    }
+    panic!("never told to wait");
+}
+
 fn mbps(bytes: u64, over: Duration) -> f64 {
     bytes as f64 * 8.0 / over.as_secs_f64() / 1e6
 }
@@ -99,14 +111,7 @@ fn rate_limited_frames_wait_in_the_ring() {
     let f = eth(HOST, vf_mac(0), None, FRAME, 0);
     // The bucket holds the larger of 10 ms at 10 Mbps (12.5 kB) and two jumbo frames
     // (19456 B): 13 frames go (the 13th into debt), the 14th must wait.
-    let mut sent = 0;
-    let retry = loop {
-        match sw.vf_send(Duration::ZERO, 0, &f, &mut sink) {
-            TxVerdict::Sent { .. } => sent += 1,
-            TxVerdict::Wait { retry_at } => break retry_at,
-            TxVerdict::Dropped(r) => panic!("dropped: {r:?}"),
-        }
-    };
+    let (sent, retry) = send_until_wait(&mut sw, &mut sink, &f);
     assert_eq!(sent, 13);
     // Debt of 13 * 1500 - 19456 = 44 bytes at 1.25 MB/s: 35.2 us.
     assert_eq!(retry, Duration::from_nanos(35_200));
@@ -132,14 +137,7 @@ fn a_busy_uplink_pushes_back_on_vfs_and_drops_pushed_frames() {
     let mut sink = Sink::default();
     let f = eth(HOST, vf_mac(0), None, FRAME, 0);
     // 1500 B at 1 Gbps is 12 us; the wire FIFO takes 100 us ahead: 9 frames go at t=0.
-    let mut sent = 0;
-    let retry = loop {
-        match sw.vf_send(Duration::ZERO, 0, &f, &mut sink) {
-            TxVerdict::Sent { .. } => sent += 1,
-            TxVerdict::Wait { retry_at } => break retry_at,
-            TxVerdict::Dropped(r) => panic!("dropped: {r:?}"),
-        }
-    };
+    let (sent, retry) = send_until_wait(&mut sw, &mut sink, &f);
     assert_eq!(sent, 9);
     assert_eq!(retry, Duration::from_micros(8));
     // The PF pushes: queued up to 2 ms of wire time, then dropped as rate.
