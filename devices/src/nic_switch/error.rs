@@ -49,6 +49,9 @@ pub enum NicSwitchError {
     /// A multicast address as an admin MAC or filter (EINVAL).
     #[error("{0} is a multicast address")]
     MulticastMac(MacAddr),
+    /// The all-zero address where a station address is needed (EINVAL).
+    #[error("{0} is not a valid station address")]
+    InvalidMac(MacAddr),
     /// `max_tx_rate` non-zero and below `min_tx_rate` (EINVAL).
     #[error("max_tx_rate {max} Mbps is below min_tx_rate {min} Mbps")]
     MaxBelowMin {
@@ -155,6 +158,7 @@ impl NicSwitchError {
             | Self::VlanOutOfRange(_)
             | Self::QosOutOfRange(_)
             | Self::MulticastMac(_)
+            | Self::InvalidMac(_)
             | Self::MaxBelowMin { .. }
             | Self::RateAboveLink { .. }
             | Self::MinRatesOversubscribed { .. }

@@ -229,7 +229,7 @@ impl Switch {
     ) -> Result<SyntheticId, NicSwitchError> {
         validate_mac(mac)?;
         if mac.is_zero() {
-            return Err(NicSwitchError::MulticastMac(mac));
+            return Err(NicSwitchError::InvalidMac(mac));
         }
         if vlan > super::frame::VLAN_VID_MAX {
             return Err(NicSwitchError::VlanOutOfRange(u32::from(vlan)));

@@ -142,8 +142,9 @@ impl Switch {
         let refuse = |action| Err(NicSwitchError::NotTrusted { vf, action });
         match req {
             VfRequest::SetMac(mac) => {
-                if mac.is_multicast() || mac.is_zero() {
-                    return Err(NicSwitchError::MulticastMac(*mac));
+                super::validate_mac(*mac)?;
+                if mac.is_zero() {
+                    return Err(NicSwitchError::InvalidMac(*mac));
                 }
                 // An untrusted VF keeps the MAC the administrator gave it.
                 if !trusted && !state.policy.mac.is_zero() && *mac != state.policy.mac {
@@ -154,8 +155,9 @@ impl Switch {
                 if !trusted {
                     return refuse(TrustedAction::AddUnicastFilter);
                 }
-                if mac.is_multicast() || mac.is_zero() {
-                    return Err(NicSwitchError::MulticastMac(*mac));
+                super::validate_mac(*mac)?;
+                if mac.is_zero() {
+                    return Err(NicSwitchError::InvalidMac(*mac));
                 }
                 if state.extra_macs.len() >= MAX_EXTRA_UNICAST && !state.extra_macs.contains(mac) {
                     return Err(NicSwitchError::FiltersFull);

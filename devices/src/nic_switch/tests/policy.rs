@@ -187,6 +187,15 @@ fn untrusted_vfs_are_refused_what_needs_trust() {
     ] {
         sw.vf_request(0, req).unwrap();
     }
+    // Not a station address: refused whatever the trust.
+    assert!(matches!(
+        sw.check_vf_request(0, &VfRequest::SetMac(MacAddr::ZERO)),
+        Err(NicSwitchError::InvalidMac(_))
+    ));
+    assert!(matches!(
+        sw.check_vf_request(0, &VfRequest::SetMac(MacAddr::BROADCAST)),
+        Err(NicSwitchError::MulticastMac(_))
+    ));
     // A refused request changed nothing.
     assert!(sw.vf_request(0, VfRequest::SetMac(mac(0x70))).is_err());
     assert_eq!(sw.vf_mac(0).unwrap(), vf_mac(0));
