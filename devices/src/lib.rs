@@ -4,6 +4,7 @@
 pub mod bits;
 pub mod interrupt;
 pub mod legacy;
+pub mod nic_switch;
 pub mod pci;
 pub mod power;
 pub mod ratelimit;
