@@ -193,6 +193,11 @@ impl VfioClient {
     }
 }
 
+/// The low 32 bits of `v`.
+fn lo32(v: u64) -> u32 {
+    u32::try_from(v & 0xffff_ffff).unwrap_or(0)
+}
+
 /// Waits until `f` holds, up to `timeout`.
 pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
@@ -336,7 +341,7 @@ impl IgbvfDriver {
     /// `igbvf_configure_tx` with the test layout.
     pub fn configure_tx(&mut self) {
         self.wr(TDLEN, layout::COUNT * 16);
-        self.wr(TDBAL, layout::TX_RING as u32);
+        self.wr(TDBAL, lo32(layout::TX_RING));
         self.wr(TDBAH, 0);
         self.wr(TDH, 0);
         self.wr(TDT, 0);
@@ -347,7 +352,7 @@ impl IgbvfDriver {
     /// `igbvf_configure_rx` (one buffer of 2 KiB per descriptor) and the buffers posted.
     pub fn configure_rx(&mut self) {
         self.wr(SRRCTL, SRRCTL_DROP_EN | 2 | SRRCTL_DESCTYPE_ADV_ONEBUF);
-        self.wr(RDBAL, layout::RX_RING as u32);
+        self.wr(RDBAL, lo32(layout::RX_RING));
         self.wr(RDBAH, 0);
         self.wr(RDLEN, layout::COUNT * 16);
         self.wr(RDH, 0);
@@ -390,8 +395,8 @@ impl IgbvfDriver {
             .expect("write a TX buffer");
         let len = u32::try_from(frame.len()).expect("a small frame");
         let words = [
-            buf as u32,
-            (buf >> 32) as u32,
+            lo32(buf),
+            lo32(buf >> 32),
             TXD_DTYP_DATA | TXD_DEXT | TXD_IFCS | TXD_EOP | TXD_RS | len,
             len << 14,
         ];

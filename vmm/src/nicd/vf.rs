@@ -22,7 +22,7 @@ use devices::pci::regs::{BAR0, CAP_ID_EXP, EXP_DEVCTL};
 use devices::sriov::igbvf::{Igbvf, MonotonicClock, PfPolicy, VfBackends, VfIrq};
 use devices::sriov::pf::{
     DEVCTL_BCR_FLR, SriovPf, VENDOR_INTEL, VF_BAR_SIZE, VF_DEVICE_ID, VF_MSIX_PBA_OFFSET,
-    VfControl, VfFactory, VfFunction,
+    VF_MSIX_VECTORS, VfControl, VfFactory, VfFunction,
 };
 use devices::sync::lock;
 use devices::vfio_user::{
@@ -458,7 +458,7 @@ impl VfioUserDevice for VfDevice {
         let (flags, count) = match index {
             irq::MSIX => (
                 VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_NORESIZE,
-                MSIX_VECTORS as u32,
+                u32::from(VF_MSIX_VECTORS),
             ),
             _ => (VFIO_IRQ_INFO_EVENTFD, 0),
         };
