@@ -292,6 +292,10 @@ fn management_reaches_the_vf_and_shows_like_ip_link() {
     assert_eq!(code, 1);
     assert!(err.contains("Invalid argument"), "{err}");
 
+    let (code, _, err) = nicd.vmctl(&["numvfs", "0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("VF 0 is in use"), "{err}");
+
     let (code, out, _) = nicd.vmctl(&["lspci"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("-[0000:00]-+-00.0"), "{out}");
@@ -311,6 +315,34 @@ fn management_reaches_the_vf_and_shows_like_ip_link() {
         24 + 16 + 60,
         "pcap header, record header, frame"
     );
+    assert_eq!(nicd.stop(), 0);
+}
+
+#[test]
+fn numvfs_disables_and_enables_vfs_and_their_sockets() {
+    let nicd = Nicd::start(2);
+    let api = nicd.api.clone();
+    // Two requests in one write: the sockets of the new VFs must survive the old ones.
+    let mut c = vmm::api::Client::connect(&api, WAIT).unwrap();
+    let mut w = std::os::unix::net::UnixStream::connect(&api).unwrap();
+    std::io::Write::write_all(
+        &mut w,
+        b"{\"action\":\"numvfs\",\"numvfs\":0}\n{\"action\":\"numvfs\",\"numvfs\":3}\n",
+    )
+    .unwrap();
+    let mut r = BufReader::new(w);
+    for _ in 0..2 {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.contains("\"ok\":true"), "{line}");
+    }
+    let answer: vmm::nicd::api::NicResponse = c.call(&vmm::nicd::api::NicRequest::Lspci).unwrap();
+    assert!(answer.text.unwrap().contains("VF 2, RID 0x0084"));
+    for k in 0..3 {
+        assert!(nicd.vf(k).exists(), "vf{k}.sock");
+    }
+    let mut d = IgbvfDriver::attach(&nicd.vf(2));
+    assert_eq!(d.up(), mac(2));
     assert_eq!(nicd.stop(), 0);
 }
 

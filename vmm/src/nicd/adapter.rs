@@ -100,6 +100,8 @@ pub struct VfPort {
     pub busy: Vec<Conn>,
     /// The protocol state around the VF device.
     pub server: Server<VfDevice>,
+    /// The socket file's inode, so that only this port's file is removed at the end.
+    ino: Option<u64>,
 }
 
 impl VfPort {
@@ -111,7 +113,11 @@ impl VfPort {
 
 impl Drop for VfPort {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        use std::os::unix::fs::MetadataExt;
+        // A later port may have bound the same path already: leave its file alone.
+        if std::fs::symlink_metadata(&self.path).map(|m| m.ino()).ok() == self.ino {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -237,6 +243,10 @@ impl Adapter {
                 format!("cannot listen on {}: {e}", path.display()),
             )
         })?;
+        let ino = std::os::unix::fs::MetadataExt::ino(
+            &std::fs::symlink_metadata(&path)
+                .map_err(|e| Refusal::new(libc::EIO, e.to_string()))?,
+        );
         let policy = pf_policy(&lock(&self.fabric).switch, k);
         let device = VfDevice::new(
             k,
@@ -252,6 +262,7 @@ impl Adapter {
             conn: None,
             busy: Vec::new(),
             server: Server::new(device),
+            ino: Some(ino),
         });
         Ok(())
     }
