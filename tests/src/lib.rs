@@ -9,6 +9,7 @@
 pub mod cpio;
 pub mod nested;
 pub mod peer;
+pub mod vfio_client;
 pub mod vm;
 
 pub use peer::{PeerMode, SeqpacketPeer, hold_connections};
@@ -123,6 +124,11 @@ fn built(name: &str) -> PathBuf {
 /// The `vmm` binary: `$VMM_BIN` if set, else the one built alongside these tests.
 pub fn vmm_binary() -> PathBuf {
     prebuilt("VMM_BIN").unwrap_or_else(|| built("vmm"))
+}
+
+/// The `nicd` binary: `$NICD_BIN` if set, else the one built alongside these tests.
+pub fn nicd_binary() -> PathBuf {
+    prebuilt("NICD_BIN").unwrap_or_else(|| built("nicd"))
 }
 
 /// The `vmctl` binary: `$VMCTL_BIN` if set, else the one built alongside these tests.

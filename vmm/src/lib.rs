@@ -15,6 +15,7 @@ pub mod device_manager;
 pub mod kvm;
 pub mod machine;
 pub mod memory;
+pub mod nicd;
 pub mod pci_resources;
 pub mod stats;
 

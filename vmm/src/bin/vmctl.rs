@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use vmm::api::{NetDevice, Request, VmClient};
+use vmm::api::{Client, NetDevice, Request, VmClient};
+use vmm::nicd::api::{NicRequest, NicResponse, VfSettings};
 
 /// Talks to a running `vmm` over its API socket and prints the JSON answer.
 #[derive(Debug, Parser)]
@@ -28,6 +29,73 @@ enum Command {
     /// PCI devices in root-port slots.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Manage a nicd adapter (--socket is nicd's --api-socket), in iproute2's words.
+    #[command(subcommand)]
+    Nic(NicCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum NicCommand {
+    /// Set the number of enabled VFs, as `echo N > .../sriov_numvfs` does (0 disables
+    /// them; changing a non-zero count needs 0 first).
+    Numvfs {
+        /// The new count, 0 to TotalVFs.
+        #[arg(value_name = "N")]
+        numvfs: u16,
+    },
+    /// Change a VF, as `ip link set DEV vf N ...` does.
+    Vf {
+        /// The VF number.
+        #[arg(value_name = "N")]
+        vf: u16,
+        #[command(subcommand)]
+        command: VfCommand,
+    },
+    /// Show the VFs as `ip link show DEV` prints them.
+    Show {
+        /// With statistics, as `ip -s link show`.
+        #[arg(short = 's', long = "stats")]
+        stats: bool,
+        /// As `ip -j link show`: the vfinfo_list as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Capture a port to a pcap file (tcpdump -r reads it): `pcap PORT FILE` starts,
+    /// `pcap PORT stop` stops. PORT is uplink, default (the PF's VPort) or vfN.
+    Pcap {
+        /// uplink, default or vfN.
+        #[arg(value_name = "PORT")]
+        port: String,
+        /// The file to write, or `stop`.
+        #[arg(value_name = "FILE|stop")]
+        file: String,
+    },
+    /// The PF and its VFs with their routing IDs, as `lspci -tv` draws them.
+    Lspci,
+}
+
+#[derive(Debug, Subcommand)]
+enum VfCommand {
+    /// mac LLADDR | vlan VLANID [qos VLAN-QOS] | spoofchk {on|off} | trust {on|off} |
+    /// state {auto|enable|disable} | max_tx_rate TXRATE | min_tx_rate TXRATE
+    /// (rates in Mbps, 0 for none; mac 00:00:00:00:00:00 clears the admin MAC; vlan 0
+    /// removes the port VLAN).
+    #[command(
+        override_usage = "vmctl --socket PATH nic vf N set [ mac LLADDR ] [ vlan VLANID [ qos VLAN-QOS ] ]\n\
+        \x20                                  [ spoofchk { on | off } ] [ trust { on | off } ]\n\
+        \x20                                  [ state { auto | enable | disable } ]\n\
+        \x20                                  [ max_tx_rate TXRATE ] [ min_tx_rate TXRATE ]"
+    )]
+    Set {
+        /// The settings, as ip link takes them.
+        #[arg(
+            value_name = "SETTING",
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            required = true
+        )]
+        settings: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,12 +152,153 @@ fn request(command: Command) -> Result<Request, String> {
         Command::Device(DeviceCommand::Remove { id, surprise }) => {
             Request::DeviceRemove { id, surprise }
         }
+        Command::Nic(_) => return Err("nic commands go to nicd".into()),
     })
+}
+
+/// What `ip link set` says of a value it cannot take.
+fn invalid(what: &str, value: &str) -> String {
+    format!("Error: argument \"{value}\" is wrong: Invalid \"{what}\" value")
+}
+
+fn on_off(what: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!(
+            "Error: argument of \"{what}\" must be \"on\" or \"off\", not \"{value}\""
+        )),
+    }
+}
+
+fn number<T: std::str::FromStr>(what: &str, value: &str) -> Result<T, String> {
+    value.parse().map_err(|_| invalid(what, value))
+}
+
+/// Parses ip link's `vf N` settings.
+fn vf_settings(args: &[String]) -> Result<VfSettings, String> {
+    let mut s = VfSettings::default();
+    let mut it = args.iter().map(String::as_str).peekable();
+    while let Some(word) = it.next() {
+        let mut value = || {
+            it.next().ok_or_else(|| {
+                format!(
+                    "Command line is not complete. Try option \"help\" (\"{word}\" needs a value)"
+                )
+            })
+        };
+        match word {
+            "mac" => {
+                let v = value()?;
+                v.parse::<devices::nic_switch::MacAddr>()
+                    .map_err(|_| invalid("mac", v))?;
+                s.mac = Some(v.to_string());
+            }
+            "vlan" => s.vlan = Some(number("vlan", value()?)?),
+            "qos" => {
+                if s.vlan.is_none() {
+                    return Err("Error: \"qos\" must follow \"vlan\"".into());
+                }
+                s.qos = Some(number("qos", value()?)?);
+            }
+            "spoofchk" => s.spoofchk = Some(on_off("spoofchk", value()?)?),
+            "trust" => s.trust = Some(on_off("trust", value()?)?),
+            "state" => {
+                let v = value()?;
+                vmm::nicd::api::parse_link_state(v).ok_or_else(|| invalid("state", v))?;
+                s.state = Some(v.to_string());
+            }
+            "max_tx_rate" => s.max_tx_rate = Some(number("max_tx_rate", value()?)?),
+            "min_tx_rate" => s.min_tx_rate = Some(number("min_tx_rate", value()?)?),
+            other => {
+                return Err(format!(
+                    "Error: argument \"{other}\" is wrong: unknown vf setting"
+                ));
+            }
+        }
+    }
+    Ok(s)
+}
+
+fn nic_request(command: NicCommand) -> Result<(NicRequest, bool), String> {
+    Ok(match command {
+        NicCommand::Numvfs { numvfs } => (NicRequest::Numvfs { numvfs }, false),
+        NicCommand::Vf {
+            vf,
+            command: VfCommand::Set { settings },
+        } => (
+            NicRequest::VfSet {
+                vf,
+                settings: vf_settings(&settings)?,
+            },
+            false,
+        ),
+        NicCommand::Show { stats, json } => (NicRequest::Show { stats }, json),
+        NicCommand::Pcap { port, file } => {
+            if vmm::nicd::api::parse_port(&port).is_none() {
+                return Err(format!(
+                    "Error: \"{port}\" is not a port (uplink, default, vf0, vf1, ...)"
+                ));
+            }
+            if file == "stop" {
+                (NicRequest::PcapStop { port }, false)
+            } else {
+                (
+                    NicRequest::PcapStart {
+                        port,
+                        file: std::path::absolute(&file).map_err(|e| format!("{file}: {e}"))?,
+                    },
+                    false,
+                )
+            }
+        }
+        NicCommand::Lspci => (NicRequest::Lspci, false),
+    })
+}
+
+/// `vmctl nic ...`: prints what the adapter answered, as the tool it mirrors would.
+fn nic(socket: &std::path::Path, command: NicCommand) -> ExitCode {
+    let (req, json) = match nic_request(command) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let answer = Client::connect(socket, std::time::Duration::from_secs(10))
+        .and_then(|mut c| c.call::<_, NicResponse>(&req));
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("vmctl: {}", vmm::error_chain(&e));
+            return ExitCode::from(2);
+        }
+    };
+    if !answer.ok {
+        eprintln!("vmctl: {}", answer.error.unwrap_or_default());
+        return ExitCode::FAILURE;
+    }
+    let out = if json {
+        answer
+            .json
+            .and_then(|j| serde_json::to_string(&j).ok())
+            .unwrap_or_default()
+    } else {
+        answer.text.unwrap_or_default()
+    };
+    if !out.is_empty() {
+        println!("{out}");
+    }
+    ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let req = match request(cli.command) {
+    let command = match cli.command {
+        Command::Nic(n) => return nic(&cli.socket, n),
+        c => c,
+    };
+    let req = match request(command) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("vmctl: {e}");

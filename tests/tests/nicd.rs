@@ -1,0 +1,418 @@
+//! nicd end to end, without KVM: the real binary, a seqpacket uplink whose other end the
+//! test holds, and vfio-user clients that play QEMU's bring-up and igbvf's register
+//! sequences (tests/src/vfio_client.rs).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use devices::seqpacket::SeqpacketSocket;
+use devices::sriov::igbvf::regs::{STATUS, STATUS_LINK_UP};
+use devices::vfio_user::{Reply, region};
+use tests::vfio_client::{IgbvfDriver, VfioClient, eventfd_take, frame, wait_for};
+use tests::{nicd_binary, temp_path, vmctl_binary};
+
+const WAIT: Duration = Duration::from_secs(10);
+const PEER: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
+
+fn mac(k: u8) -> [u8; 6] {
+    [0x52, 0x54, 0x00, 0x5a, 0x00, k + 1]
+}
+
+struct Nicd {
+    child: Child,
+    dir: PathBuf,
+    api: PathBuf,
+    uplink: Option<SeqpacketSocket>,
+}
+
+impl Nicd {
+    /// Starts nicd with `vfs` VFs and a seqpacket uplink the test holds.
+    fn start(vfs: u16) -> Self {
+        let dir = temp_path("nicd");
+        std::fs::create_dir_all(&dir).unwrap();
+        let up_path = dir.join("uplink.sock");
+        let listener = SeqpacketSocket::listen(&up_path, 1).unwrap();
+        let api = dir.join("api.sock");
+        let mut child = Command::new(nicd_binary())
+            .args(["--vfs", &vfs.to_string(), "--uplink"])
+            .arg(format!("socket={}", up_path.display()))
+            .arg("--socket-dir")
+            .arg(&dir)
+            .arg("--api-socket")
+            .arg(&api)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nicd");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[nicd] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        loop {
+            let line = rx.recv_timeout(WAIT).expect("nicd: ready");
+            if line == "nicd: ready" {
+                break;
+            }
+        }
+        let uplink = listener.accept().unwrap();
+        Self {
+            child,
+            dir,
+            api,
+            uplink: Some(uplink),
+        }
+    }
+
+    fn vf(&self, k: u16) -> PathBuf {
+        self.dir.join(format!("vf{k}.sock"))
+    }
+
+    fn uplink(&self) -> &SeqpacketSocket {
+        self.uplink.as_ref().unwrap()
+    }
+
+    /// The next frame nicd sent out of the uplink.
+    fn uplink_recv(&self) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 16384];
+        let mut got = None;
+        wait_for(Duration::from_secs(5), || {
+            match self.uplink().recv(&mut buf) {
+                Ok(n) => {
+                    got = Some(buf[..n].to_vec());
+                    true
+                }
+                Err(_) => false,
+            }
+        });
+        got
+    }
+
+    fn vmctl(&self, args: &[&str]) -> (i32, String, String) {
+        vmctl(&self.api, args)
+    }
+
+    fn stop(mut self) -> i32 {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        status.code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Nicd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn vmctl(api: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(vmctl_binary())
+        .arg("--socket")
+        .arg(api)
+        .arg("nic")
+        .args(args)
+        .output()
+        .expect("run vmctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn bring_up_then_tx_to_the_uplink_and_rx_from_it() {
+    let nicd = Nicd::start(2);
+    let mut c = VfioClient::connect(&nicd.vf(0)).unwrap();
+    let (regions, irqs) = c.bring_up();
+    assert!(regions.len() >= 8, "{regions:?}");
+    assert_eq!(regions[0], 0x4000, "BAR0");
+    assert_eq!(regions[3], 0x4000, "BAR3: MSI-X");
+    assert_eq!(regions[7], 4096, "config space");
+    assert!(irqs.len() >= 3, "{irqs:?}");
+    assert_eq!(irqs[2], 3, "MSI-X vectors");
+    // The config space as vfio-pci presents the VF.
+    assert_eq!(c.read32(region::CONFIG, 0), 0x10ca_8086);
+    assert_eq!(c.read32(region::CONFIG, 8) >> 8, 0x02_0000);
+    assert_eq!(
+        c.read32(region::CONFIG, 0x10) & 0xf,
+        0xc,
+        "BAR0: 64-bit memory"
+    );
+    c.write32(region::CONFIG, 0x10, 0xffff_ffff);
+    assert_eq!(c.read32(region::CONFIG, 0x10), 0xffff_c00c, "BAR0 sizing");
+    drop(c);
+
+    let mut d = IgbvfDriver::attach(&nicd.vf(0));
+    assert_eq!(d.up(), mac(0), "RESET reply carries the admin MAC");
+    assert_ne!(d.rd(STATUS) & STATUS_LINK_UP & 1, 0, "link up");
+
+    let out = frame(PEER, mac(0), 60);
+    d.send(&out);
+    assert_eq!(
+        nicd.uplink_recv().as_deref(),
+        Some(&out[..]),
+        "TX reaches the uplink"
+    );
+    assert!(
+        wait_for(WAIT, || eventfd_take(&d.irqs[0]) > 0),
+        "TX interrupt"
+    );
+
+    let inbound = frame(mac(0), PEER, 128);
+    nicd.uplink().send(&inbound).unwrap();
+    let mut got = None;
+    assert!(wait_for(WAIT, || {
+        got = d.poll_rx();
+        got.is_some()
+    }));
+    assert_eq!(got.unwrap(), inbound, "RX written into the ring with DD");
+    assert!(
+        wait_for(WAIT, || eventfd_take(&d.irqs[1]) > 0),
+        "RX interrupt"
+    );
+    // A frame for nobody's MAC is not delivered.
+    nicd.uplink().send(&frame(PEER, PEER, 64)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(d.poll_rx().is_none());
+    drop(d);
+    assert_eq!(nicd.stop(), 0, "SIGTERM: clean exit");
+}
+
+#[test]
+fn a_second_client_is_refused_and_a_new_one_takes_over_after_disconnect() {
+    let nicd = Nicd::start(1);
+    let mut first = IgbvfDriver::attach(&nicd.vf(0));
+    first.up();
+    let mut second = VfioClient::connect(&nicd.vf(0)).unwrap();
+    match second.version() {
+        Reply::Error { errno } => assert_eq!(errno as i32, libc::EBUSY),
+        other => panic!("second client got {other:?}"),
+    }
+    // The first client is unaffected.
+    assert_eq!(first.rd(STATUS) & 1, 1);
+    drop(first);
+    // After a disconnect the VF is reset and serves a new client from scratch.
+    let mut third = None;
+    assert!(wait_for(WAIT, || {
+        let mut c = VfioClient::connect(&nicd.vf(0)).unwrap();
+        let ok = matches!(c.version(), Reply::Version(_));
+        third = Some(c);
+        ok
+    }));
+    drop(third);
+    let mut again = IgbvfDriver::attach(&nicd.vf(0));
+    assert_eq!(again.up(), mac(0));
+    assert_eq!(nicd.stop(), 0);
+}
+
+#[test]
+fn vf_to_vf_stays_inside_the_adapter() {
+    let nicd = Nicd::start(2);
+    let mut a = IgbvfDriver::attach(&nicd.vf(0));
+    let mut b = IgbvfDriver::attach(&nicd.vf(1));
+    a.up();
+    b.up();
+    let f = frame(mac(1), mac(0), 100);
+    a.send(&f);
+    let mut got = None;
+    assert!(wait_for(WAIT, || {
+        got = b.poll_rx();
+        got.is_some()
+    }));
+    assert_eq!(got.unwrap(), f);
+    // Not on the wire.
+    let mut buf = [0u8; 2048];
+    assert!(nicd.uplink().recv(&mut buf).is_err());
+    // Spoofed source: dropped and counted.
+    a.send(&frame(mac(1), PEER, 100));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(b.poll_rx().is_none());
+    let (code, out, _) = nicd.vmctl(&["show", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["vfinfo_list"][0]["vf"], 0);
+    assert_eq!(nicd.stop(), 0);
+}
+
+#[test]
+fn management_reaches_the_vf_and_shows_like_ip_link() {
+    let nicd = Nicd::start(2);
+    let mut d = IgbvfDriver::attach(&nicd.vf(0));
+    d.up();
+    d.send(&frame(PEER, mac(0), 60));
+    assert!(nicd.uplink_recv().is_some());
+    assert_eq!(d.rd(STATUS) & 1, 1);
+    let (code, _, err) = nicd.vmctl(&["vf", "0", "set", "state", "disable"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(d.rd(STATUS) & 1, 0, "STATUS.LU clear");
+    assert!(
+        wait_for(WAIT, || eventfd_take(&d.irqs[2]) > 0),
+        "mailbox interrupt (link ping)"
+    );
+    let (code, _, err) = nicd.vmctl(&["vf", "0", "set", "state", "auto"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(d.rd(STATUS) & 1, 1);
+
+    let (code, out, _) = nicd.vmctl(&["show", "-s"]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 10, "{out}");
+    assert_eq!(
+        lines[0],
+        "    vf 0     link/ether 52:54:00:5a:00:01 brd ff:ff:ff:ff:ff:ff, spoof checking on, link-state auto, trust off"
+    );
+    assert!(
+        lines[1].trim_start().starts_with("RX: bytes  packets"),
+        "{out}"
+    );
+    assert!(
+        lines[3].trim_start().starts_with("TX: bytes  packets"),
+        "{out}"
+    );
+    let tx: Vec<&str> = lines[4].split_whitespace().collect();
+    assert_eq!(tx[..2], ["60", "1"], "one 60-byte frame sent: {out}");
+    assert!(lines[5].contains("vf 1") && lines[5].contains("52:54:00:5a:00:02"));
+
+    let (code, _, err) = nicd.vmctl(&["numvfs", "9"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Numerical result out of range"), "{err}");
+    let (code, _, err) = nicd.vmctl(&["numvfs", "3"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Device or resource busy"), "{err}");
+    let (code, _, err) = nicd.vmctl(&["vf", "0", "set", "vlan", "4096"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Invalid argument"), "{err}");
+
+    let (code, _, err) = nicd.vmctl(&["numvfs", "0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("VF 0 is in use"), "{err}");
+
+    let (code, out, _) = nicd.vmctl(&["lspci"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("-[0000:00]-+-00.0"), "{out}");
+    assert!(out.contains("10.0") && out.contains("RID 0x0080"), "{out}");
+    assert!(out.contains("\\-10.2"), "{out}");
+
+    let pcap = nicd.dir.join("vf0.pcap");
+    let (code, _, err) = nicd.vmctl(&["pcap", "vf0", pcap.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    d.send(&frame(PEER, mac(0), 60));
+    assert!(nicd.uplink_recv().is_some());
+    let (code, out, _) = nicd.vmctl(&["pcap", "vf0", "stop"]);
+    assert_eq!((code, out.trim()), (0, "1 frames captured"));
+    let bytes = std::fs::read(&pcap).unwrap();
+    assert_eq!(
+        bytes.len(),
+        24 + 16 + 60,
+        "pcap header, record header, frame"
+    );
+    assert_eq!(nicd.stop(), 0);
+}
+
+#[test]
+fn numvfs_disables_and_enables_vfs_and_their_sockets() {
+    let nicd = Nicd::start(2);
+    let api = nicd.api.clone();
+    // Two requests in one write: the sockets of the new VFs must survive the old ones.
+    let mut c = vmm::api::Client::connect(&api, WAIT).unwrap();
+    let mut w = std::os::unix::net::UnixStream::connect(&api).unwrap();
+    std::io::Write::write_all(
+        &mut w,
+        b"{\"action\":\"numvfs\",\"numvfs\":0}\n{\"action\":\"numvfs\",\"numvfs\":3}\n",
+    )
+    .unwrap();
+    let mut r = BufReader::new(w);
+    for _ in 0..2 {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.contains("\"ok\":true"), "{line}");
+    }
+    let answer: vmm::nicd::api::NicResponse = c.call(&vmm::nicd::api::NicRequest::Lspci).unwrap();
+    assert!(answer.text.unwrap().contains("VF 2, RID 0x0084"));
+    for k in 0..3 {
+        assert!(nicd.vf(k).exists(), "vf{k}.sock");
+    }
+    let mut d = IgbvfDriver::attach(&nicd.vf(2));
+    assert_eq!(d.up(), mac(2));
+    assert_eq!(nicd.stop(), 0);
+}
+
+#[test]
+fn bad_input_exits_2() {
+    let dir = temp_path("nicd-bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.to_str().unwrap();
+    let api = dir.join("api.sock");
+    let a = api.to_str().unwrap();
+    for args in [
+        vec![
+            "--vfs",
+            "9",
+            "--uplink",
+            "none",
+            "--socket-dir",
+            d,
+            "--api-socket",
+            a,
+        ],
+        vec![
+            "--vfs",
+            "1",
+            "--uplink",
+            "bogus",
+            "--socket-dir",
+            d,
+            "--api-socket",
+            a,
+        ],
+        vec![
+            "--vfs",
+            "1",
+            "--uplink",
+            "none",
+            "--socket-dir",
+            "/nonexistent",
+            "--api-socket",
+            a,
+        ],
+        vec![
+            "--vfs",
+            "1",
+            "--uplink",
+            "none",
+            "--socket-dir",
+            d,
+            "--api-socket",
+            a,
+            "--total-vfs",
+            "256",
+        ],
+        vec!["--vfs", "x"],
+    ] {
+        let out = Command::new(nicd_binary()).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    for args in [
+        vec!["vf", "0", "set", "vlan", "abc"],
+        vec!["vf", "0", "set", "spoofchk", "maybe"],
+        vec!["vf", "0", "set", "colour", "red"],
+        vec!["vf", "0", "set", "mac"],
+        vec!["pcap", "eth0", "x.pcap"],
+        vec!["frobnicate"],
+    ] {
+        let (code, _, err) = vmctl(&api, &args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,264 @@
+//! The event loop: one thread, one epoll set (rust-vmm's event-manager) with the API
+//! socket and its clients, every VF's listening socket and client, the uplink, one timerfd
+//! and the signal eventfd. Nothing polls: an idle VF costs nothing until its client
+//! writes, a frame arrives or a timer it asked for expires. TX runs inside the client's
+//! TDT write, RX when the uplink or another VF has frames; the timerfd is re-armed after
+//! every event for the earliest interrupt-throttling deadline or held TX frame.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
+
+use devices::sync::lock;
+use devices::vfio_user::{Socket, busy_reply};
+
+use super::adapter::{Adapter, VfPort};
+use super::api::NicdApi;
+use crate::api::ApiServer;
+
+/// Messages handled per client per wakeup (epoll is level-triggered: the rest next round,
+/// so one busy client cannot hold the loop).
+const MESSAGES_PER_WAKEUP: usize = 64;
+
+/// What a watched descriptor is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Timer,
+    Signal,
+    Uplink,
+    Listener(u16),
+    Client(u16),
+    Busy(u16),
+}
+
+/// The subscriber that serves the whole adapter.
+#[derive(Debug)]
+pub struct Nicd {
+    adapter: Arc<Mutex<Adapter>>,
+    api: ApiServer<NicdApi>,
+    timer: TimerFd,
+    signal: EventFd,
+    done: Arc<AtomicBool>,
+    tokens: HashMap<RawFd, Token>,
+}
+
+fn port_fds(port: &VfPort) -> Vec<RawFd> {
+    let mut fds = vec![port.listener.as_raw_fd()];
+    fds.extend(port.conn.iter().map(|c| c.sock.as_raw_fd()));
+    fds.extend(port.busy.iter().map(|c| c.sock.as_raw_fd()));
+    fds
+}
+
+impl Nicd {
+    /// The subscriber; `signal` is written on SIGTERM/SIGINT, which sets `done`.
+    pub fn new(
+        adapter: Arc<Mutex<Adapter>>,
+        api: ApiServer<NicdApi>,
+        signal: EventFd,
+        done: Arc<AtomicBool>,
+    ) -> std::io::Result<Self> {
+        let timer = TimerFd::new().map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+        // Non-blocking, so a read after a re-arm that cleared the expiry cannot block.
+        // SAFETY: F_SETFL on our own timerfd with a valid flag set.
+        let rc = unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self {
+            adapter,
+            api,
+            timer,
+            signal,
+            done,
+            tokens: HashMap::new(),
+        })
+    }
+
+    fn watch(&mut self, ops: &mut EventOps, fd: RawFd, token: Token) {
+        match ops.add(Events::new_raw(fd, EventSet::IN)) {
+            Ok(()) => {
+                self.tokens.insert(fd, token);
+            }
+            Err(e) => devices::error_ratelimited!("nicd: cannot watch {token:?}: {e:?}"),
+        }
+    }
+
+    fn unwatch(&mut self, ops: &mut EventOps, fd: RawFd) {
+        if self.tokens.remove(&fd).is_some() {
+            let _ = ops.remove(Events::empty_raw(fd));
+        }
+    }
+
+    /// Brings the watched set in line with the adapter: ports torn down are unwatched
+    /// (before their descriptors close), new listeners and clients watched.
+    fn reconcile(&mut self, ops: &mut EventOps) {
+        let adapter = self.adapter.clone();
+        let mut a = lock(&adapter);
+        let retired = std::mem::take(&mut a.retired);
+        for port in &retired {
+            for fd in port_fds(port) {
+                self.unwatch(ops, fd);
+            }
+        }
+        drop(retired);
+        let mut want = Vec::new();
+        if let Some(fd) = lock(a.fabric()).uplink_fd() {
+            want.push((fd, Token::Uplink));
+        }
+        for port in &a.vfs {
+            let i = port.index;
+            want.push((port.listener.as_raw_fd(), Token::Listener(i)));
+            want.extend(
+                port.conn
+                    .iter()
+                    .map(|c| (c.sock.as_raw_fd(), Token::Client(i))),
+            );
+            want.extend(
+                port.busy
+                    .iter()
+                    .map(|c| (c.sock.as_raw_fd(), Token::Busy(i))),
+            );
+        }
+        drop(a);
+        for (fd, token) in want {
+            if self.tokens.get(&fd) != Some(&token) {
+                self.unwatch(ops, fd);
+                self.watch(ops, fd, token);
+            }
+        }
+    }
+
+    fn rearm_timer(&mut self) {
+        let next = lock(&self.adapter).next_timer();
+        let r = match next {
+            // A zero duration would disarm the timer.
+            Some(d) => self.timer.reset(d.max(Duration::from_micros(1)), None),
+            None => self.timer.clear(),
+        };
+        if let Err(e) = r {
+            devices::warn_ratelimited!("nicd: cannot arm the timer: {e}");
+        }
+    }
+
+    /// Serves VF `vf`'s client: every whole message it sent, each reply sent back, and
+    /// what a register write caused (mailbox decisions, frames to other VFs) carried out.
+    fn client(&mut self, ops: &mut EventOps, vf: u16) {
+        let adapter = self.adapter.clone();
+        let mut a = lock(&adapter);
+        let mut gone = None;
+        for _ in 0..MESSAGES_PER_WAKEUP {
+            let Some(VfPort { conn, server, .. }) = a.vfs.get_mut(usize::from(vf)) else {
+                return;
+            };
+            let Some(c) = conn.as_mut() else {
+                return;
+            };
+            let limits = server.limits();
+            let reply = match c.reader.poll(&c.sock, &limits) {
+                Ok(Some(msg)) => server.handle_message(msg),
+                Ok(None) => break,
+                Err(e) if !e.is_fatal() => server.handle_recv_error(&e),
+                Err(e) => {
+                    devices::info_ratelimited!("nicd: VF {vf}: client gone: {e}");
+                    gone = Some(c.sock.as_raw_fd());
+                    break;
+                }
+            };
+            if let Some(reply) = reply {
+                let enc = reply.encode();
+                if let Err(e) = c.sock.send_message(&enc.bytes, &enc.fds) {
+                    devices::warn_ratelimited!("nicd: VF {vf}: cannot answer the client: {e}");
+                    gone = Some(c.sock.as_raw_fd());
+                    break;
+                }
+            }
+            a.apply_pf_events(vf);
+            a.flush_outbox();
+        }
+        drop(a);
+        if let Some(fd) = gone {
+            self.unwatch(ops, fd);
+            lock(&adapter).client_gone(vf);
+        }
+    }
+
+    /// Answers a second client's first message with EBUSY and closes it.
+    fn busy(&mut self, ops: &mut EventOps, vf: u16, fd: RawFd) {
+        let adapter = self.adapter.clone();
+        let mut a = lock(&adapter);
+        let Some(port) = a.vfs.get_mut(usize::from(vf)) else {
+            return;
+        };
+        let Some(i) = port.busy.iter().position(|c| c.sock.as_raw_fd() == fd) else {
+            return;
+        };
+        let limits = port.server.limits();
+        let c = &mut port.busy[i];
+        let done = match c.reader.poll(&c.sock, &limits) {
+            Ok(None) => false,
+            Ok(Some(msg)) => {
+                if let Some(reply) = busy_reply(&msg.header) {
+                    let enc = reply.encode();
+                    let _ = c.sock.send_message(&enc.bytes, &enc.fds);
+                }
+                true
+            }
+            Err(_) => true,
+        };
+        if done {
+            let conn = port.busy.remove(i);
+            drop(a);
+            self.unwatch(ops, fd);
+            drop::<Socket>(conn.sock);
+        }
+    }
+}
+
+impl MutEventSubscriber for Nicd {
+    fn init(&mut self, ops: &mut EventOps) {
+        self.api.init(ops);
+        let (timer, signal) = (self.timer.as_raw_fd(), self.signal.as_raw_fd());
+        self.watch(ops, timer, Token::Timer);
+        self.watch(ops, signal, Token::Signal);
+        self.reconcile(ops);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        match self.tokens.get(&fd).copied() {
+            None => {
+                self.api.process(events, ops);
+                self.reconcile(ops);
+                lock(&self.adapter).flush_outbox();
+            }
+            Some(Token::Timer) => {
+                let _ = self.timer.wait();
+                lock(&self.adapter).on_timer();
+            }
+            Some(Token::Signal) => {
+                let _ = self.signal.read();
+                self.done.store(true, Ordering::SeqCst);
+            }
+            Some(Token::Uplink) => {
+                if !lock(&self.adapter).uplink_rx() {
+                    self.unwatch(ops, fd);
+                    lock(&self.adapter).uplink_gone();
+                }
+            }
+            Some(Token::Listener(vf)) => {
+                lock(&self.adapter).accept(vf);
+                self.reconcile(ops);
+            }
+            Some(Token::Client(vf)) => self.client(ops, vf),
+            Some(Token::Busy(vf)) => self.busy(ops, vf, fd),
+        }
+        self.rearm_timer();
+    }
+}

@@ -1,0 +1,315 @@
+//! The data path every VF shares: the NIC switch, the uplink, and the frames on their way
+//! to VFs. It sits behind one lock that each VF's [`SwitchTx`] takes from inside the VF
+//! model's TX walk, so a frame goes through the switch the moment the model reads it from
+//! the ring; the event loop takes the same lock for uplink frames and management. Nothing
+//! that holds this lock calls into a VF model (that would re-enter it): frames for VFs
+//! wait in the outbox until the loop hands them to the VF models, right after the event
+//! that made them.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use devices::nic_switch::{Delivery, FrameSink, PortId, Switch, TxVerdict};
+use devices::sriov::igbvf::TxSink;
+use devices::sync::lock;
+use devices::virtio::net::{NET_HDR_LEN, NetBackend};
+
+/// Frames waiting for VF models at most; beyond, deliveries count as no-buffer drops.
+pub const MAX_OUTBOX: usize = 4096;
+/// Largest frame read from the uplink (a TAP may hand over 64 KiB GSO frames; the VFs
+/// take at most 9728-byte frames, so larger ones are dropped by the switch or the VF).
+pub const MAX_UPLINK_FRAME: usize = 65536 + NET_HDR_LEN;
+
+/// The physical port: a TAP (frames carry a zeroed virtio-net header) or a seqpacket socket.
+#[derive(Debug)]
+pub struct Uplink {
+    backend: Box<dyn NetBackend>,
+    buf: Vec<u8>,
+}
+
+impl Uplink {
+    /// Wraps an opened backend.
+    pub fn new(backend: Box<dyn NetBackend>) -> Self {
+        Self {
+            backend,
+            buf: vec![0u8; MAX_UPLINK_FRAME],
+        }
+    }
+
+    /// The descriptor to poll.
+    pub fn fd(&self) -> i32 {
+        self.backend.fd()
+    }
+
+    fn send(&self, frame: &[u8]) -> io::Result<()> {
+        if self.backend.has_vnet_hdr() {
+            // No offload request: the switch hands over complete frames.
+            let mut with_hdr = vec![0u8; NET_HDR_LEN + frame.len()];
+            with_hdr[NET_HDR_LEN..].copy_from_slice(frame);
+            self.backend.send(&with_hdr)
+        } else {
+            self.backend.send(frame)
+        }
+    }
+
+    /// One frame from the wire; `Ok(None)` when none is waiting; errors end the uplink.
+    fn recv(&mut self) -> io::Result<Option<Vec<u8>>> {
+        let n = match self.backend.recv(&mut self.buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => return Ok(Some(Vec::new())),
+            Err(e) => return Err(e),
+        };
+        if n == 0 && !self.backend.has_vnet_hdr() {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "peer closed",
+            ));
+        }
+        let start = if self.backend.has_vnet_hdr() {
+            NET_HDR_LEN
+        } else {
+            0
+        };
+        Ok(Some(self.buf.get(start..n).unwrap_or_default().to_vec()))
+    }
+}
+
+/// A frame the switch did not take yet (max_tx_rate, a busy uplink): the VF model's TX
+/// walk stops behind it until it goes.
+#[derive(Debug, Default)]
+struct Held {
+    frame: Option<Vec<u8>>,
+    retry_at: Duration,
+}
+
+/// Counters of the glue itself (the switch and the VF models count the rest).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FabricStats {
+    /// Frames for VFs dropped because the outbox was full.
+    pub outbox_full: u64,
+    /// Frames the uplink refused (full socket, TAP down).
+    pub uplink_send_errors: u64,
+    /// Frames read from the uplink.
+    pub uplink_rx: u64,
+}
+
+/// The switch, the uplink, and what is in flight between them and the VFs.
+#[derive(Debug)]
+pub struct Fabric {
+    /// The NIC switch.
+    pub switch: Switch,
+    start: Instant,
+    uplink: Option<Uplink>,
+    outbox: VecDeque<(u16, Vec<u8>)>,
+    held: Vec<Held>,
+    stats: FabricStats,
+}
+
+/// Where the switch's frames go from here: the uplink at once, VFs through the outbox.
+struct Deliver<'a> {
+    uplink: Option<&'a Uplink>,
+    outbox: &'a mut VecDeque<(u16, Vec<u8>)>,
+    stats: &'a mut FabricStats,
+}
+
+impl FrameSink for Deliver<'_> {
+    fn deliver(&mut self, port: PortId, frame: &[u8]) -> Delivery {
+        match port {
+            PortId::Uplink => match self.uplink.map(|u| u.send(frame)) {
+                Some(Ok(())) => Delivery::Accepted,
+                _ => {
+                    self.stats.uplink_send_errors += 1;
+                    Delivery::NoBuffer
+                }
+            },
+            PortId::Vf(n) if self.outbox.len() < MAX_OUTBOX => {
+                self.outbox.push_back((n, frame.to_vec()));
+                Delivery::Accepted
+            }
+            PortId::Vf(_) => {
+                self.stats.outbox_full += 1;
+                Delivery::NoBuffer
+            }
+            // nicd's PF has no network interface and synthetic ports are not wired yet.
+            PortId::Default | PortId::Synthetic(_) => Delivery::NoBuffer,
+        }
+    }
+}
+
+impl Fabric {
+    /// A fabric around `switch` with `uplink`.
+    pub fn new(switch: Switch, uplink: Option<Uplink>) -> Self {
+        Self {
+            switch,
+            start: Instant::now(),
+            uplink,
+            outbox: VecDeque::new(),
+            held: Vec::new(),
+            stats: FabricStats::default(),
+        }
+    }
+
+    /// The switch's time.
+    pub fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// The Unix time of the switch's time zero (for pcap time stamps).
+    pub fn epoch_unix(&self) -> Duration {
+        let since_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        since_unix.saturating_sub(self.now())
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> FabricStats {
+        self.stats
+    }
+
+    /// The uplink's descriptor, if there is an uplink.
+    pub fn uplink_fd(&self) -> Option<i32> {
+        self.uplink.as_ref().map(Uplink::fd)
+    }
+
+    /// Drops the uplink (its peer went away).
+    pub fn drop_uplink(&mut self) {
+        self.uplink = None;
+    }
+
+    /// Makes room for `n` VFs' held frames (dropping any held beyond).
+    pub fn resize(&mut self, n: u16) {
+        self.held.resize_with(usize::from(n), Held::default);
+        self.outbox.retain(|(vf, _)| *vf < n);
+    }
+
+    /// Forgets VF `vf`'s held frame and queued deliveries (its client left).
+    pub fn clear_vf(&mut self, vf: u16) {
+        if let Some(h) = self.held.get_mut(usize::from(vf)) {
+            *h = Held::default();
+        }
+        self.outbox.retain(|(n, _)| *n != vf);
+    }
+
+    fn vf_send(&mut self, vf: u16, frame: &[u8]) -> TxVerdict {
+        let now = self.now();
+        let mut sink = Deliver {
+            uplink: self.uplink.as_ref(),
+            outbox: &mut self.outbox,
+            stats: &mut self.stats,
+        };
+        self.switch.vf_send(now, vf, frame, &mut sink)
+    }
+
+    /// A frame from VF `vf`'s ring: through the switch, or held if it must wait.
+    fn vf_frame(&mut self, vf: u16, frame: &[u8]) {
+        if let TxVerdict::Wait { retry_at } = self.vf_send(vf, frame)
+            && let Some(h) = self.held.get_mut(usize::from(vf))
+        {
+            h.frame = Some(frame.to_vec());
+            h.retry_at = retry_at;
+        }
+    }
+
+    /// Whether VF `vf` may hand over its next frame: no frame is held, or the held one
+    /// went now.
+    fn vf_ready(&mut self, vf: u16) -> bool {
+        let now = self.now();
+        let Some(h) = self.held.get_mut(usize::from(vf)) else {
+            return true;
+        };
+        let Some(frame) = h.frame.take() else {
+            return true;
+        };
+        if now < h.retry_at {
+            h.frame = Some(frame);
+            return false;
+        }
+        match self.vf_send(vf, &frame) {
+            TxVerdict::Wait { retry_at } => {
+                if let Some(h) = self.held.get_mut(usize::from(vf)) {
+                    h.frame = Some(frame);
+                    h.retry_at = retry_at;
+                }
+                false
+            }
+            TxVerdict::Sent { .. } | TxVerdict::Dropped(_) => true,
+        }
+    }
+
+    /// The VFs with a held frame, and the earliest time one may go (switch time).
+    pub fn held(&self) -> (Vec<u16>, Option<Duration>) {
+        let vfs = (0..)
+            .zip(&self.held)
+            .filter(|(_, h)| h.frame.is_some())
+            .map(|(i, _)| i)
+            .collect();
+        let first = self
+            .held
+            .iter()
+            .filter(|h| h.frame.is_some())
+            .map(|h| h.retry_at)
+            .min();
+        (vfs, first)
+    }
+
+    /// Reads up to `budget` frames from the uplink into the switch. Returns false when
+    /// the uplink failed: drop it with [`Fabric::drop_uplink`].
+    pub fn uplink_rx(&mut self, budget: usize) -> bool {
+        for _ in 0..budget {
+            let Some(uplink) = self.uplink.as_mut() else {
+                return false;
+            };
+            let frame = match uplink.recv() {
+                Ok(Some(f)) => f,
+                Ok(None) => return true,
+                Err(e) => {
+                    // Dropped by the event loop, once it stopped watching its descriptor.
+                    devices::warn_ratelimited!("nicd: the uplink failed: {e}");
+                    return false;
+                }
+            };
+            self.stats.uplink_rx += 1;
+            let now = self.now();
+            let mut sink = Deliver {
+                uplink: self.uplink.as_ref(),
+                outbox: &mut self.outbox,
+                stats: &mut self.stats,
+            };
+            self.switch.from_uplink(now, &frame, &mut sink);
+        }
+        true
+    }
+
+    /// Frames waiting for VF models, oldest first.
+    pub fn take_outbox(&mut self) -> VecDeque<(u16, Vec<u8>)> {
+        std::mem::take(&mut self.outbox)
+    }
+}
+
+/// A VF model's [`TxSink`]: each frame goes through the switch at once.
+#[derive(Debug)]
+pub struct SwitchTx {
+    vf: u16,
+    fabric: Arc<Mutex<Fabric>>,
+}
+
+impl SwitchTx {
+    /// The sink of VF `vf`.
+    pub fn new(vf: u16, fabric: Arc<Mutex<Fabric>>) -> Self {
+        Self { vf, fabric }
+    }
+}
+
+impl TxSink for SwitchTx {
+    fn ready(&mut self) -> bool {
+        lock(&self.fabric).vf_ready(self.vf)
+    }
+
+    fn send(&mut self, frame: &[u8]) {
+        lock(&self.fabric).vf_frame(self.vf, frame);
+    }
+}
