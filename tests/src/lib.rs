@@ -9,6 +9,7 @@
 pub mod cpio;
 pub mod nested;
 pub mod peer;
+pub mod qemu;
 pub mod vm;
 
 pub use peer::{PeerMode, SeqpacketPeer, hold_connections};
@@ -128,6 +129,40 @@ pub fn vmm_binary() -> PathBuf {
 /// The `vmctl` binary: `$VMCTL_BIN` if set, else the one built alongside these tests.
 pub fn vmctl_binary() -> PathBuf {
     prebuilt("VMCTL_BIN").unwrap_or_else(|| built("vmctl"))
+}
+
+/// The `nicd` binary: `$NICD_BIN` if set, else the one built alongside these tests (cargo
+/// builds it with this build's profile, once per test process), or None when the
+/// workspace has no `nicd` binary target (yet). A failing build panics.
+pub fn nicd_binary() -> Option<PathBuf> {
+    static NICD: OnceLock<Option<PathBuf>> = OnceLock::new();
+    NICD.get_or_init(|| {
+        if let Some(p) = prebuilt("NICD_BIN") {
+            return Some(p);
+        }
+        let dir = bin_dir();
+        let target_dir = dir.parent().unwrap_or(&dir).to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .current_dir(repo_root())
+            .args(["build", "--quiet", "--workspace", "--bin", "nicd"])
+            .args(["--profile", &profile()])
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run cargo: {e}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            if stderr.contains("no bin target named `nicd`") {
+                return None;
+            }
+            panic!("cargo build --bin nicd failed: {}\n{stderr}", out.status);
+        }
+        let p = dir.join("nicd");
+        assert!(p.exists(), "{} is missing after building it", p.display());
+        Some(p)
+    })
+    .clone()
 }
 
 /// Runs `vmctl --socket SOCK ARGS...`: its exit code and the answer it printed, decoded
