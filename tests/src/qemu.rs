@@ -220,6 +220,8 @@ pub struct QemuGuest {
     stall: Duration,
     open_streams: usize,
     scenario: String,
+    /// Console lines before this index are behind the last marker found.
+    cursor: usize,
 }
 
 impl QemuGuest {
@@ -259,6 +261,7 @@ impl QemuGuest {
             stall: spec.stall,
             open_streams: 2,
             scenario: spec.scenario.clone(),
+            cursor: 0,
         })
     }
 
@@ -280,12 +283,18 @@ impl QemuGuest {
         }
     }
 
-    /// Waits for a console line that starts with `marker`, and returns it. Ends early,
-    /// with the reason, when the scenario fails, the kernel panics, QEMU exits, or no
-    /// console line comes for the stall limit; `timeout` bounds the whole wait.
+    /// Waits for a console line after the last marker found that starts with `marker`,
+    /// and returns it (markers are consumed in order, so a step's marker seen earlier does
+    /// not satisfy a later wait for it). Ends early, with the reason, when the scenario
+    /// fails, the kernel panics, QEMU exits, or no console line comes for the stall limit;
+    /// `timeout` bounds the whole wait.
     pub fn wait_for(&mut self, marker: &str, timeout: Duration) -> Result<String, GuestError> {
-        if let Some(l) = self.console.iter().find(|l| l.starts_with(marker)) {
-            return Ok(l.clone());
+        if let Some(i) = self.console[self.cursor..]
+            .iter()
+            .position(|l| l.starts_with(marker))
+        {
+            self.cursor += i + 1;
+            return Ok(self.console[self.cursor - 1].clone());
         }
         let fail = format!("GUEST SCENARIO {} FAIL", self.scenario);
         let deadline = Instant::now() + timeout;
@@ -299,20 +308,17 @@ impl QemuGuest {
                 };
                 return Err(self.error(Why::Ended(outcome)));
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(self.error(Why::Ended(Outcome::TimedOut(timeout))));
-            }
-            if now >= self.last_output + self.stall {
-                return Err(self.error(Why::Ended(Outcome::Stalled(self.stall))));
-            }
-            let wait = deadline.min(self.last_output + self.stall) - now;
+            // Lines already queued (read while another guest was awaited) come first.
+            let wait = deadline
+                .min(self.last_output + self.stall)
+                .saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(wait) {
                 Ok(Line::Console(l)) => {
                     self.last_output = Instant::now();
                     echo(&self.name, &l);
                     self.console.push(l.clone());
                     if l.starts_with(marker) {
+                        self.cursor = self.console.len();
                         return Ok(l);
                     }
                     if l.starts_with(&fail) {
@@ -321,12 +327,22 @@ impl QemuGuest {
                     if l.contains("Kernel panic - not syncing") {
                         return Err(self.error(Why::Ended(Outcome::Panicked)));
                     }
+                    if Instant::now() >= deadline {
+                        return Err(self.error(Why::Ended(Outcome::TimedOut(timeout))));
+                    }
                 }
                 Ok(Line::Stderr(l)) => {
                     echo(&self.name, &format!("qemu: {l}"));
                     self.stderr.push(l);
                 }
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    if Instant::now() >= deadline {
+                        return Err(self.error(Why::Ended(Outcome::TimedOut(timeout))));
+                    }
+                    if self.last_output.elapsed() >= self.stall {
+                        return Err(self.error(Why::Ended(Outcome::Stalled(self.stall))));
+                    }
+                }
                 Err(RecvTimeoutError::Disconnected) => self.open_streams = 0,
             }
         }
@@ -366,6 +382,16 @@ impl QemuGuest {
             self.stderr.join("\n"),
             self.start.elapsed().as_secs_f64()
         )
+    }
+}
+
+impl std::fmt::Debug for QemuGuest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QemuGuest")
+            .field("name", &self.name)
+            .field("pid", &self.child.id())
+            .field("console_lines", &self.console.len())
+            .finish_non_exhaustive()
     }
 }
 
