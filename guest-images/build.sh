@@ -11,8 +11,9 @@
 #            out/vmlinux.config that package's boot/config-*
 #            out/linux-version  the kernel release (uname -r)
 #            out/initramfs.cpio.gz  busybox-static (bookworm), the modules virtio_iommu,
-#                               failover, net_failover, virtio_net (and what they need),
-#                               guest-images/linux/init and guest-images/linux/scenarios/
+#                               failover, net_failover, virtio_net, igbvf (and what they
+#                               need), guest-images/linux/init and
+#                               guest-images/linux/scenarios/
 #            out/initramfs.modules  the modules in the initramfs, in load order
 #            cache/vmlinuz      the package's bzImage (for QEMU, which wants a bzImage)
 #            out/nested-host.vmlinuz    the same bzImage, as the nested KVM host's kernel
@@ -47,8 +48,10 @@ target=${1:-all}
 
 # The modules the Linux scenarios need, in load order: virtio_iommu first, because every
 # device its VIOT covers (root ports included) is probe-deferred until it is loaded.
-# Their module dependencies (modules.dep) are added ahead of each.
-linux_modules=(virtio_iommu failover net_failover virtio_net)
+# Their module dependencies (modules.dep) are added ahead of each. igbvf drives nicd's
+# 82576 Virtual Functions (8086:10CA) in the QEMU tier (tests/tests/nicd_qemu.rs); it
+# needs no other module in Debian's 6.12 (modinfo: empty depends=).
+linux_modules=(virtio_iommu failover net_failover virtio_net igbvf)
 # Reported as built in or module (the virtio core the above rely on).
 linux_core_modules=(virtio virtio_ring virtio_pci virtio_pci_modern_dev virtio_pci_legacy_dev)
 # The nested KVM host's modules (guest-images/nested-host/): KVM for AMD (kvm_amd needs kvm

@@ -9,6 +9,7 @@
 pub mod cpio;
 pub mod nested;
 pub mod peer;
+pub mod qemu;
 pub mod vfio_client;
 pub mod vm;
 

@@ -303,12 +303,14 @@ pub struct Limits {
     pub deadline: Duration,
 }
 
-enum Line {
+/// A line QEMU wrote: its console (stdout) or its own messages (stderr).
+pub(crate) enum Line {
     Console(String),
     Stderr(String),
 }
 
-fn pump<R: Read + Send + 'static>(
+/// Sends the lines of `r` to `tx`, each wrapped by `wrap`, from a thread of its own.
+pub(crate) fn pump<R: Read + Send + 'static>(
     r: R,
     tx: std::sync::mpsc::Sender<Line>,
     wrap: fn(String) -> Line,

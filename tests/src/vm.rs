@@ -120,20 +120,38 @@ impl VmProcess {
         timeout: Duration,
         pred: impl Fn(&str) -> bool,
     ) -> Option<String> {
-        if let Some(l) = self.stdout.iter().find(|l| pred(l)) {
+        self.wait_for_line(false, timeout, pred)
+    }
+
+    /// Waits until a line on the process's stderr satisfies `pred` (e.g. a daemon's
+    /// ready line); returns it, or None when the deadline passes or the output ends.
+    pub fn wait_for_stderr(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        self.wait_for_line(true, timeout, pred)
+    }
+
+    fn wait_for_line(
+        &mut self,
+        stderr: bool,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let seen = if stderr { &self.stderr } else { &self.stdout };
+        if let Some(l) = seen.iter().find(|l| pred(l)) {
             return Some(l.clone());
         }
         let deadline = Instant::now() + timeout;
         while self.open_streams > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Output::Stdout(l) = self.record(line)
-                        && pred(&l)
-                    {
-                        return Some(l);
-                    }
-                }
+                Ok(line) => match self.record(line) {
+                    Output::Stdout(l) if !stderr && pred(&l) => return Some(l),
+                    Output::Stderr(l) if stderr && pred(&l) => return Some(l),
+                    _ => {}
+                },
                 Err(RecvTimeoutError::Timeout) => return None,
                 Err(RecvTimeoutError::Disconnected) => self.open_streams = 0,
             }
