@@ -194,6 +194,8 @@ pub struct ServerStats {
     /// Messages dropped without a reply: failed no-reply commands, no-reply flags on
     /// commands that need a reply, and stray replies.
     pub dropped: u64,
+    /// DMA maps without an fd: recorded, not reachable by the device.
+    pub fdless_maps: u64,
 }
 
 /// Why [`Server::serve_one`] stopped.
@@ -689,10 +691,19 @@ impl<D: VfioUserDevice> Server<D> {
             return Err(Refused::new(libc::ENOSPC, "max_dma_maps reached"));
         }
         let Some(fd) = m.fd else {
-            warn_ratelimited!(
-                "vfio-user: DMA_MAP without an fd: the client's RAM must be fd-backed and shared (QEMU: memory-backend-memfd,share=on)"
+            // Memory the client keeps to itself (QEMU sends its ROMs and any RAM that is not
+            // fd-backed this way), reachable only through DMA_READ/DMA_WRITE messages, which
+            // this server does not offer: the range is recorded, so its unmap matches, but
+            // the device cannot reach it (DMA there fails and is counted by the device).
+            // Refusing it would make QEMU's client stop.
+            debug_ratelimited!(
+                "vfio-user: DMA_MAP {:#x}+{:#x} without an fd: recorded, not reachable by the device",
+                m.iova,
+                m.size
             );
-            return Err(Refused::new(libc::ENOTSUP, "DMA_MAP without an fd"));
+            self.dma.insert(m.iova, m.size);
+            self.stats.fdless_maps += 1;
+            return Ok(Reply::DmaMap);
         };
         self.device.dma_map(DmaMapping {
             iova: m.iova,

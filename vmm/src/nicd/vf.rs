@@ -314,7 +314,14 @@ impl VfDevice {
 
     fn config_read(&self, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
         let off = range_check(region::CONFIG, offset, data.len(), CONFIG_SIZE)?;
-        lock(&self.pf).vf_config_read(self.index, off, data);
+        {
+            // The card takes config cycles of 1, 2 or 4 naturally aligned bytes; a client
+            // reads more at once (QEMU reads the whole 4 KiB at realize).
+            let pf = lock(&self.pf);
+            for (start, len) in config_cycles(off, data.len()) {
+                pf.vf_config_read(self.index, off + start, &mut data[start..start + len]);
+            }
+        }
         for (i, b) in data.iter_mut().enumerate() {
             if let Some(v) = self.virtual_byte(off + i) {
                 *b = v;
@@ -332,7 +339,11 @@ impl VfDevice {
             let virt = i < data.len() && self.virtual_byte(o).is_some();
             if i == data.len() || virt {
                 if let Some(s) = run_start.take() {
-                    lock(&self.pf).vf_config_write(self.index, off + s, &data[s..i]);
+                    let mut pf = lock(&self.pf);
+                    for (start, len) in config_cycles(off + s, i - s) {
+                        let at = s + start;
+                        pf.vf_config_write(self.index, off + at, &data[at..at + len]);
+                    }
                 }
                 if virt && (BAR0..BAR0 + BAR_BYTES).contains(&o) {
                     self.bars[o - BAR0] = data[i];
@@ -541,5 +552,45 @@ impl VfioUserDevice for VfDevice {
     fn reset(&mut self) -> Result<(), DeviceError> {
         self.flr();
         Ok(())
+    }
+}
+
+/// Splits an access of `len` bytes at config offset `at` into naturally aligned config
+/// cycles of 4, 2 or 1 bytes: (start within the access, length) pairs, in order.
+fn config_cycles(at: usize, len: usize) -> impl Iterator<Item = (usize, usize)> {
+    let mut done = 0;
+    std::iter::from_fn(move || {
+        if done >= len {
+            return None;
+        }
+        let (o, left) = (at + done, len - done);
+        let n = if o % 4 == 0 && left >= 4 {
+            4
+        } else if o % 2 == 0 && left >= 2 {
+            2
+        } else {
+            1
+        };
+        let piece = (done, n);
+        done += n;
+        Some(piece)
+    })
+}
+
+#[cfg(test)]
+mod config_cycle_tests {
+    use super::config_cycles;
+
+    #[test]
+    fn whole_space_and_odd_pieces() {
+        let all: Vec<_> = config_cycles(0, 4096).collect();
+        assert_eq!(all.len(), 1024);
+        assert!(all.iter().all(|&(s, n)| n == 4 && s % 4 == 0));
+        assert_eq!(
+            config_cycles(1, 8).collect::<Vec<_>>(),
+            vec![(0, 1), (1, 2), (3, 4), (7, 1)]
+        );
+        assert_eq!(config_cycles(6, 2).collect::<Vec<_>>(), vec![(0, 2)]);
+        assert_eq!(config_cycles(0, 0).count(), 0);
     }
 }
