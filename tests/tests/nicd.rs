@@ -149,6 +149,15 @@ fn bring_up_then_tx_to_the_uplink_and_rx_from_it() {
     );
     c.write32(region::CONFIG, 0x10, 0xffff_ffff);
     assert_eq!(c.read32(region::CONFIG, 0x10), 0xffff_c00c, "BAR0 sizing");
+    // A VF has no Memory Space bit; vfio-pci virtualizes it, and QEMU maps the BARs only
+    // when it reads back set.
+    assert_eq!(c.read32(region::CONFIG, 4) & 0x6, 0);
+    c.write32(region::CONFIG, 4, 0x6);
+    assert_eq!(
+        c.read32(region::CONFIG, 4) & 0x6,
+        0x6,
+        "Memory Space, Bus Master"
+    );
     drop(c);
 
     let mut d = IgbvfDriver::attach(&nicd.vf(0));

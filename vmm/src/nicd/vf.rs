@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
-use devices::pci::regs::{BAR0, CAP_ID_EXP, EXP_DEVCTL};
+use devices::pci::regs::{BAR0, CAP_ID_EXP, CMD_MEMORY, COMMAND, EXP_DEVCTL};
 use devices::sriov::igbvf::{Igbvf, MonotonicClock, PfPolicy, VfBackends, VfIrq};
 use devices::sriov::pf::{
     DEVCTL_BCR_FLR, SriovPf, VENDOR_INTEL, VF_BAR_SIZE, VF_DEVICE_ID, VF_MSIX_PBA_OFFSET,
@@ -43,6 +43,8 @@ const MSIX_BAR: u32 = 3;
 /// Type bits of the VF's BARs: 64-bit, prefetchable memory (as the PF's SR-IOV
 /// capability announces them).
 const BAR_FLAGS: u32 = 0x4 | 0x8;
+/// COMMAND.Memory Space within COMMAND's low byte.
+const CMD_MEMORY_BYTE: u8 = CMD_MEMORY.to_le_bytes()[0];
 /// Bytes of BAR registers (BAR0..BAR5).
 const BAR_BYTES: usize = 24;
 
@@ -200,6 +202,9 @@ pub struct VfDevice {
     irq: Arc<MsixIrq>,
     dma: BTreeMap<u64, DmaRegion>,
     bars: [u8; BAR_BYTES],
+    /// COMMAND.Memory Space as the client last wrote it: a VF has no such bit (it reads
+    /// 0), so vfio-pci virtualizes it, and so do we.
+    memory_enable: bool,
 }
 
 fn range_check(index: u32, offset: u64, len: usize, size: u64) -> Result<usize, DeviceError> {
@@ -233,6 +238,7 @@ impl VfDevice {
             irq,
             dma: BTreeMap::new(),
             bars: [0; BAR_BYTES],
+            memory_enable: false,
         }
     }
 
@@ -279,7 +285,10 @@ impl VfDevice {
         };
         for e in mine {
             match e {
-                VfCtl::Flr => self.igbvf.flr(),
+                VfCtl::Flr => {
+                    self.memory_enable = false;
+                    self.igbvf.flr();
+                }
                 VfCtl::Control(c) if c.bus_master != self.igbvf.bus_master() => {
                     self.igbvf.set_bus_master(c.bus_master);
                 }
@@ -327,11 +336,22 @@ impl VfDevice {
                 *b = v;
             }
         }
+        if let Some(b) = COMMAND.checked_sub(off).and_then(|i| data.get_mut(i)) {
+            *b = (*b & !CMD_MEMORY_BYTE)
+                | if self.memory_enable {
+                    CMD_MEMORY_BYTE
+                } else {
+                    0
+                };
+        }
         Ok(())
     }
 
     fn config_write(&mut self, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
         let off = range_check(region::CONFIG, offset, data.len(), CONFIG_SIZE)?;
+        if let Some(b) = COMMAND.checked_sub(off).and_then(|i| data.get(i)) {
+            self.memory_enable = b & CMD_MEMORY_BYTE != 0;
+        }
         // Runs of bytes that go to the card, split around the virtualized ones.
         let mut run_start = None;
         for i in 0..=data.len() {
