@@ -17,8 +17,9 @@ pub(crate) struct Mailbox {
     pub ctrl: u32,
     /// The PF posted a message the VF has not acknowledged yet.
     pub unread: bool,
-    /// That unread message is a link ping (a newer ping may replace it).
-    pub unread_is_ping: bool,
+    /// That unread message may be replaced by a ping: it is a ping itself, or a reply
+    /// igbvf never reads.
+    pub unread_replaceable: bool,
 }
 
 impl Default for Mailbox {
@@ -28,7 +29,7 @@ impl Default for Mailbox {
             // The PF finished its reset before the VF came to life.
             ctrl: V2P_RSTD,
             unread: false,
-            unread_is_ping: false,
+            unread_replaceable: false,
         }
     }
 }
@@ -61,18 +62,19 @@ impl Mailbox {
     }
 
     /// The PF posts `words` (the rest of VMBMEM keeps what it held) and sets PFSTS.
-    pub fn pf_post(&mut self, words: &[u32], ping: bool) {
+    /// `replaceable`: a ping may overwrite it before the VF reads it.
+    pub fn pf_post(&mut self, words: &[u32], replaceable: bool) {
         for (slot, w) in self.mem.iter_mut().zip(words) {
             *slot = *w;
         }
         self.ctrl |= V2P_PFSTS;
         self.unread = true;
-        self.unread_is_ping = ping;
+        self.unread_replaceable = replaceable;
     }
 
     /// The VF acknowledged the PF's message.
     pub fn vf_ack(&mut self) {
         self.unread = false;
-        self.unread_is_ping = false;
+        self.unread_replaceable = false;
     }
 }

@@ -278,7 +278,11 @@ impl PfAgent {
             self.event(PfEvent::Refused(word0));
         }
         let verdict = if ok { MSG_ACK } else { MSG_NACK };
-        mbx.pf_post(&[word0 | MSG_CTS | verdict], false);
+        // igbvf never reads the replies to SET_MULTICAST and SET_LPE (it only waits for
+        // PFACK), and igb's pings overwrite them: a later ping may replace them too, or it
+        // would wait for a read that never comes and the VF would miss a link change.
+        let unread_by_vf = matches!(word0 & 0xFFFF, MSG_SET_MULTICAST | MSG_SET_LPE);
+        mbx.pf_post(&[word0 | MSG_CTS | verdict], unread_by_vf);
         true
     }
 
@@ -300,9 +304,9 @@ impl PfAgent {
         self.flush_ping(mbx)
     }
 
-    /// Posts a pending ping if the VF neither holds the buffer nor has a reply unread.
+    /// Posts a pending ping if the VF neither holds the buffer nor has a reply to read.
     pub(crate) fn flush_ping(&mut self, mbx: &mut Mailbox) -> bool {
-        if !self.ping_pending || mbx.vf_holds() || (mbx.unread && !mbx.unread_is_ping) {
+        if !self.ping_pending || mbx.vf_holds() || (mbx.unread && !mbx.unread_replaceable) {
             return false;
         }
         self.ping_pending = false;

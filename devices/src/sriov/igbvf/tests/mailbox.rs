@@ -177,7 +177,7 @@ fn link_needs_status_and_cts_and_pings_on_change() {
 }
 
 #[test]
-fn ping_waits_while_vf_holds_the_mailbox_or_has_a_reply_unread() {
+fn ping_waits_while_vf_holds_the_mailbox_or_has_a_reply_to_read() {
     let mut h = Harness::up(policy_up(), false);
     h.vf.set_policy(PfPolicy {
         link_up: false,
@@ -188,17 +188,41 @@ fn ping_waits_while_vf_holds_the_mailbox_or_has_a_reply_unread() {
     h.irqs();
     // The VF takes the buffer and writes a request: a ping now must not clobber it.
     h.wr(V2PMAILBOX, V2P_VFU);
+    h.wr(VMBMEM, MSG_SET_VLAN | (1 << 16));
+    h.wr(VMBMEM + 4, 5);
+    h.vf.set_policy(policy_up());
+    assert_eq!(h.rd(VMBMEM), MSG_SET_VLAN | (1 << 16));
+    // REQ drops VFU; the reply is posted; the ping waits for the VF's ACK.
+    h.wr(V2PMAILBOX, V2P_REQ);
+    assert_eq!(h.rd(VMBMEM) & 0xFF00_FFFF, MSG_SET_VLAN | MSG_ACK | MSG_CTS);
+    h.v2p_soft = 0;
+    assert_eq!(
+        h.read_mbx(1)[0] & 0xFF00_FFFF,
+        MSG_SET_VLAN | MSG_ACK | MSG_CTS
+    );
+    assert_eq!(h.rd(VMBMEM), MSG_PF_CONTROL | MSG_CTS);
+    assert!(h.link_up());
+}
+
+#[test]
+fn ping_replaces_a_reply_igbvf_never_reads() {
+    let mut h = Harness::up(policy_up(), false);
+    h.wr(EIMS, 4);
+    h.irqs();
+    // SET_LPE: igbvf waits for PFACK and never reads the reply.
+    h.wr(V2PMAILBOX, V2P_VFU);
     h.wr(VMBMEM, MSG_SET_LPE);
     h.wr(VMBMEM + 4, 1522);
-    h.vf.set_policy(policy_up());
-    assert_eq!(h.rd(VMBMEM), MSG_SET_LPE);
-    // REQ drops VFU; the reply is posted; the ping waits for the VF's ACK.
     h.wr(V2PMAILBOX, V2P_REQ);
     assert_eq!(h.rd(VMBMEM), MSG_SET_LPE | MSG_ACK | MSG_CTS);
     h.v2p_soft = 0;
-    assert_eq!(h.read_mbx(1)[0], MSG_SET_LPE | MSG_ACK | MSG_CTS);
-    assert_eq!(h.rd(VMBMEM), MSG_PF_CONTROL | MSG_CTS);
-    assert!(h.link_up());
+    h.irqs();
+    h.vf.set_policy(PfPolicy {
+        link_up: false,
+        ..policy_up()
+    });
+    assert_eq!(h.rd(VMBMEM), MSG_PF_CONTROL | MSG_CTS, "the ping is posted");
+    assert!(!h.link_up());
 }
 
 #[test]
