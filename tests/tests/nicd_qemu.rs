@@ -383,9 +383,6 @@ fn two_guests_ping_each_other_vf_to_vf_through_the_switch() {
 }
 
 #[test]
-#[ignore = "known failure: igbvf in the QEMU guest keeps its carrier after `state disable` \
-            (STATUS.LU clears and the ping is posted, as the tier-2 driver test shows; \
-            under investigation); run with --ignored"]
 fn vf_state_disable_drops_the_guest_carrier() {
     let Some((image, nicd_bin)) = requirements() else {
         return;

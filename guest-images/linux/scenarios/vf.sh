@@ -20,6 +20,8 @@
 fail() {
   echo "--- igbvf's kernel messages"
   dmesg | grep -i -E 'igbvf|vfio|10ca' | tail -n 20
+  echo "--- its interrupts"
+  grep -E 'CPU|eth0|igbvf' /proc/interrupts
   echo "GUEST SCENARIO vf FAIL: $*"
   exit 1
 }

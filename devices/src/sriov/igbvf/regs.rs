@@ -81,10 +81,16 @@ pub const TXDCTL: u32 = 0x3828;
 
 /// CTRL: VF reset, self-clearing.
 pub const CTRL_RST: u32 = 1 << 26;
-/// STATUS with link: LU | FD | SPEED_1000.
-pub const STATUS_LINK_UP: u32 = 0x83;
-/// STATUS without link: FD | SPEED_1000.
-pub const STATUS_LINK_DOWN: u32 = 0x82;
+/// STATUS.FD: full duplex (bit 0).
+pub const STATUS_FD: u32 = 0x01;
+/// STATUS.LU: link up (bit 1; e1000's E1000_STATUS_LU).
+pub const STATUS_LU: u32 = 0x02;
+/// STATUS.SPEED = 1000 Mb/s (bits 7:6 = 10b).
+pub const STATUS_SPEED_1000: u32 = 0x80;
+/// STATUS with link: LU | FD | SPEED_1000 (0x83).
+pub const STATUS_LINK_UP: u32 = STATUS_LU | STATUS_FD | STATUS_SPEED_1000;
+/// STATUS without link: FD | SPEED_1000, LU clear (0x81).
+pub const STATUS_LINK_DOWN: u32 = STATUS_FD | STATUS_SPEED_1000;
 
 /// V2PMAILBOX: the VF posted a message.
 pub const V2P_REQ: u32 = 0x01;

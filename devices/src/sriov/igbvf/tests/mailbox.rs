@@ -164,7 +164,11 @@ fn link_needs_status_and_cts_and_pings_on_change() {
         link_up: false,
         ..policy_up()
     });
-    assert_eq!(h.rd(STATUS), 0x82);
+    assert_eq!(
+        h.rd(STATUS),
+        0x81,
+        "LU (bit 1) clear; FD and 1000 Mb/s stay"
+    );
     assert_eq!(h.irqs(), vec![2]);
     assert!(!h.link_up());
     h.wr(EIMS, 4);

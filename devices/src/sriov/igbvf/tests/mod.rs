@@ -335,7 +335,7 @@ impl Harness {
         if self.check_bit(V2P_RSTD | V2P_RSTI) {
             return false;
         }
-        if self.rd(STATUS) & 1 == 0 {
+        if self.rd(STATUS) & STATUS_LU == 0 {
             return false;
         }
         let msg = self.read_mbx(1)[0];
