@@ -13,6 +13,7 @@ pub mod config;
 pub mod console;
 pub mod device_manager;
 pub mod kvm;
+pub mod logger;
 pub mod machine;
 pub mod memory;
 pub mod nicd;

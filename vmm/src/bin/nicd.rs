@@ -71,7 +71,7 @@ fn config(cli: Cli) -> Result<NicdConfig, String> {
 }
 
 fn main() -> ExitCode {
-    init_logger();
+    vmm::logger::init("nicd", "NICD_LOG");
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -93,30 +93,5 @@ fn main() -> ExitCode {
             eprintln!("nicd: error: {}", vmm::error_chain(&e));
             ExitCode::from(EXIT_FAILURE)
         }
-    }
-}
-
-/// Logs to stderr at the level in $NICD_LOG (default warn), at most 50 lines a second:
-/// clients and guests must not be able to flood the host's logs.
-fn init_logger() {
-    struct StderrLogger(devices::ratelimit::RateLimit);
-    impl log::Log for StderrLogger {
-        fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-            m.level() <= log::max_level()
-        }
-        fn log(&self, r: &log::Record<'_>) {
-            if self.enabled(r.metadata()) && self.0.check_n(50).is_some() {
-                eprintln!("nicd: {}: {}", r.level().as_str().to_lowercase(), r.args());
-            }
-        }
-        fn flush(&self) {}
-    }
-    static LOGGER: StderrLogger = StderrLogger(devices::ratelimit::RateLimit::new());
-    let level = std::env::var("NICD_LOG")
-        .ok()
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(log::LevelFilter::Warn);
-    if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(level);
     }
 }

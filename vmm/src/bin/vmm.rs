@@ -129,7 +129,7 @@ fn run(args: RunArgs, started: Instant) -> Result<(u8, String), VmmError> {
 
 fn main() -> ExitCode {
     let started = Instant::now();
-    env_logger_init();
+    vmm::logger::init("vmm", "VMM_LOG");
     vmm::console::install_panic_hook();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -154,31 +154,5 @@ fn main() -> ExitCode {
                 })
             }
         },
-    }
-}
-
-/// Logs to stderr at the level in $VMM_LOG (error, warn, info, debug, trace; default warn),
-/// at most 50 lines a second in all: dependencies (virtio-queue) log what a guest does
-/// wrong without a limit of their own, and a guest must not be able to flood the host.
-fn env_logger_init() {
-    struct StderrLogger(devices::ratelimit::RateLimit);
-    impl log::Log for StderrLogger {
-        fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-            m.level() <= log::max_level()
-        }
-        fn log(&self, r: &log::Record<'_>) {
-            if self.enabled(r.metadata()) && self.0.check_n(50).is_some() {
-                eprintln!("vmm: {}: {}", r.level().as_str().to_lowercase(), r.args());
-            }
-        }
-        fn flush(&self) {}
-    }
-    static LOGGER: StderrLogger = StderrLogger(devices::ratelimit::RateLimit::new());
-    let level = std::env::var("VMM_LOG")
-        .ok()
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(log::LevelFilter::Warn);
-    if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(level);
     }
 }
