@@ -310,10 +310,10 @@ pub(crate) enum Line {
 }
 
 /// Sends the lines of `r` to `tx`, each wrapped by `wrap`, from a thread of its own.
-pub(crate) fn pump<R: Read + Send + 'static>(
+pub(crate) fn pump<R: Read + Send + 'static, T: Send + 'static>(
     r: R,
-    tx: std::sync::mpsc::Sender<Line>,
-    wrap: fn(String) -> Line,
+    tx: std::sync::mpsc::Sender<T>,
+    wrap: fn(String) -> T,
 ) {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(r);

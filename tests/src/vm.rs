@@ -1,11 +1,12 @@
 //! A `vmm` process under test: its serial output collected line by line by reader threads,
 //! markers awaited with a deadline (a hang guard, not a speed assertion).
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
+
+use crate::nested::pump;
 
 /// A line the VM printed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,31 +27,6 @@ pub struct VmProcess {
     /// Everything read so far.
     pub stderr: Vec<String>,
     open_streams: usize,
-}
-
-fn pump<R: Read + Send + 'static>(
-    r: R,
-    tx: std::sync::mpsc::Sender<Output>,
-    wrap: fn(String) -> Output,
-) {
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(r);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf)
-                        .trim_end_matches(['\n', '\r'])
-                        .to_string();
-                    if tx.send(wrap(line)).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
 }
 
 impl VmProcess {
