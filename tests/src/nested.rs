@@ -632,10 +632,27 @@ pub const TEST_ENV: &str = "export VMM_BIN=/payload/bin/vmm VMCTL_BIN=/payload/b
 VMM_TESTGUEST=/payload/images/testguest.elf VMM_GUEST_IMAGES=/payload/images \
 VMM_TESTS_STRICT=1 RUST_BACKTRACE=1 TMPDIR=/tmp";
 
+/// Shell lines that record KVM's tracepoints in the nested host into the ring buffer of
+/// tracefs at `$T` (kvm_exit but for port I/O, kvm_userspace_exit, kvm_inj_exception,
+/// kvm_inj_virq, kvm_apic_ipi, kvm_apic_accept_irq, kvm_msi_set_irq, kvm_eoi, kvm_cr): the
+/// exits and injected exceptions before a triple fault, which KVM's state after the
+/// shutdown no longer shows (on SVM it resets the vCPU), or the interrupts before a stall.
+const TRACE_SETUP: &str = r#"T=/sys/kernel/tracing
+mount -t tracefs nodev $T || exit 90
+echo 8192 >$T/buffer_size_kb
+for e in kvm_exit kvm_userspace_exit kvm_inj_exception kvm_inj_virq kvm_apic_ipi \
+    kvm_apic_accept_irq kvm_msi_set_irq kvm_eoi kvm_cr; do
+  echo 1 >$T/events/kvm/$e/enable || echo "NESTED TRACE: no event $e"
+done
+# Not the port I/O exits (the serial console's bytes): by far the most, and not the point.
+echo 'exit_reason != 123' >$T/events/kvm/kvm_exit/filter || echo "NESTED TRACE: no filter"
+echo 1 >$T/tracing_on"#;
+
 /// The `/payload/run` that runs every test of every binary in /payload/tests whose name
 /// contains one of `filters` (all with none), one test per process, between
 /// `NESTED TEST BEGIN <bin>::<test>` and `NESTED TEST END <bin>::<test> status=N
-/// seconds=S` lines; it exits with the number of failed tests.
+/// seconds=S` lines; it exits with the number of failed tests. KVM's tracepoints record
+/// each test ([`TRACE_SETUP`]); a failed test is followed by the last 3000 events.
 pub fn tests_script(filters: &[String]) -> String {
     let filter_args: String = filters.iter().map(|f| format!(" '{f}'")).collect();
     format!(
@@ -643,24 +660,41 @@ pub fn tests_script(filters: &[String]) -> String {
 # Written by tests/src/nested.rs: the test binaries in {tests}, one test per process.
 {env}
 cd /tmp
+{trace_setup}
 failed=0
 for bin in {tests}/*; do
   name=${{bin##*/}}
   list=$("$bin" --list --format terse{filter_args}) || {{ echo "NESTED TEST LIST $name FAILED"; failed=$((failed + 1)); continue; }}
   for t in $(echo "$list" | sed -n 's/: test$//p'); do
     echo "NESTED TEST BEGIN $name::$t"
+    echo >$T/trace
+    # A copy of the buffer at KVM's first injected #PF of this test (rare with nested
+    # paging; a guest whose page tables went bad injects them forever).
+    echo 0 >$T/snapshot 2>/dev/null
+    echo '!snapshot:1' >$T/events/kvm/kvm_inj_exception/trigger 2>/dev/null
+    echo 'snapshot:1 if exception == 14' >$T/events/kvm/kvm_inj_exception/trigger 2>/dev/null
     t0=$(cut -d' ' -f1 /proc/uptime)
     "$bin" --exact "$t" --test-threads=1
     rc=$?
     t1=$(cut -d' ' -f1 /proc/uptime)
     echo "NESTED TEST END $name::$t status=$rc seconds=$(awk "BEGIN {{ print $t1 - $t0 }}")"
-    [ "$rc" -eq 0 ] || failed=$((failed + 1))
+    if [ "$rc" -ne 0 ]; then
+      failed=$((failed + 1))
+      echo "--- the last 3000 KVM trace events of $name::$t"
+      grep -v '^#' $T/trace | tail -n 3000
+      if grep -q -v '^#' $T/snapshot 2>/dev/null; then
+        echo "--- the last 600 KVM trace events up to KVM's first injected #PF"
+        grep -v '^#' $T/snapshot | tail -n 600
+      fi
+      echo "--- end of trace"
+    fi
   done
 done
 exit "$failed"
 "#,
         tests = paths::TESTS,
         env = TEST_ENV,
+        trace_setup = TRACE_SETUP,
     )
 }
 
@@ -817,49 +851,77 @@ pub fn test_results(lines: &[String]) -> Vec<TestResult> {
     out
 }
 
-/// The `/payload/run` that boots the Linux guest `runs` times with the `smoke` scenario
-/// and `vcpus` vCPUs: one `NESTED BOOT <i> status=N pass=yes|no vmm-exit-stats: {...}` line
+/// What [`boot_loop_script`] boots, and how often.
+#[derive(Debug, Clone)]
+pub struct BootLoop {
+    /// Boots.
+    pub runs: u32,
+    /// vCPUs of the Linux guest.
+    pub vcpus: u32,
+    /// The initramfs scenario (`guest.scenario=`): smoke, pcie, iommu.
+    pub scenario: String,
+    /// More kernel command-line words.
+    pub extra_cmdline: String,
+    /// More vmm flags, as shell words (e.g. `--pcie-root-ports 2 --net tap=t0`).
+    pub vmm_args: String,
+    /// A TAP the vmm creates whose host side gets 10.0.2.2/24 once it exists (the
+    /// address the pcie scenario pings).
+    pub tap: Option<String>,
+    /// Seconds after which a boot counts as hung.
+    pub timeout_s: u32,
+    /// Record KVM's tracepoints.
+    pub trace: bool,
+}
+
+impl Default for BootLoop {
+    fn default() -> Self {
+        BootLoop {
+            runs: 5,
+            vcpus: 2,
+            scenario: "smoke".into(),
+            extra_cmdline: String::new(),
+            vmm_args: String::new(),
+            tap: None,
+            timeout_s: 180,
+            trace: false,
+        }
+    }
+}
+
+/// The `/payload/run` that boots the Linux guest `runs` times with its scenario and
+/// `vcpus` vCPUs: one `NESTED BOOT <i> status=N pass=yes|no vmm-exit-stats: {...}` line
 /// per boot, and for a boot that failed (or took longer than `timeout_s`, after which it is
 /// killed) its whole transcript between `NESTED BOOT <i> TRANSCRIPT BEGIN` and `... END`,
 /// with the state of the vmm's threads when it hung.
 ///
 /// With `trace`, KVM's tracepoints in the nested host (kvm_exit but for port I/O,
-/// kvm_inj_exception, kvm_apic_ipi, kvm_apic_accept_irq, kvm_cr) record each boot, and a
-/// failed boot's transcript ends with the last 400 events: the exits and injected
-/// exceptions before a triple fault, which KVM's state after the shutdown no longer shows
-/// (on SVM it resets the vCPU).
-pub fn boot_loop_script(
-    runs: u32,
-    vcpus: u32,
-    extra_cmdline: &str,
-    timeout_s: u32,
-    trace: bool,
-) -> String {
-    let trace_setup = if trace {
-        r#"T=/sys/kernel/tracing
-mount -t tracefs nodev $T || exit 90
-echo 4096 >$T/buffer_size_kb
-for e in kvm_exit kvm_inj_exception kvm_apic_ipi kvm_apic_accept_irq kvm_cr; do
-  echo 1 >$T/events/kvm/$e/enable || echo "NESTED TRACE: no event $e"
-done
-# Not the port I/O exits (the serial console's bytes): by far the most, and not the point.
-echo 'exit_reason != 123' >$T/events/kvm/kvm_exit/filter || echo "NESTED TRACE: no filter"
-echo 1 >$T/tracing_on"#
-    } else {
-        "T="
+/// kvm_userspace_exit, kvm_inj_exception, kvm_inj_virq, kvm_apic_ipi,
+/// kvm_apic_accept_irq, kvm_msi_set_irq, kvm_eoi, kvm_cr) record each boot, and a failed
+/// boot's transcript ends with the last 2000 events: the exits and injected exceptions
+/// before a triple fault, which KVM's state after the shutdown no longer shows (on SVM it
+/// resets the vCPU), or the interrupts before a stall.
+pub fn boot_loop_script(b: &BootLoop) -> String {
+    let trace_setup = if b.trace { TRACE_SETUP } else { "T=" };
+    let tap_setup = match &b.tap {
+        Some(tap) => format!(
+            r#"(w=0; while [ ! -e /sys/class/net/{tap} ] && [ "$w" -lt 600 ]; do sleep 0.1; w=$((w + 1)); done
+   ip addr add 10.0.2.2/24 dev {tap} && ip link set {tap} up) &"#
+        ),
+        None => String::new(),
     };
     format!(
         r#"#!/bin/sh
-# Written by tests/src/nested.rs: repeated boots of the Linux guest's smoke scenario.
+# Written by tests/src/nested.rs: repeated boots of the Linux guest's {scenario} scenario.
 cd /tmp
 {trace_setup}
 i=1
 while [ "$i" -le {runs} ]; do
   [ -z "$T" ] || echo >$T/trace
   {vmm} run --kernel {images}/vmlinux --initrd {images}/initramfs.cpio.gz \
-    --vcpus {vcpus} --memory 512M --exit-stats \
-    --cmdline "console=ttyS0 panic=-1 {extra_cmdline} guest.scenario=smoke" >/tmp/boot.log 2>&1 &
+    --vcpus {vcpus} --memory 512M --exit-stats {vmm_args} \
+    --cmdline "console=ttyS0 panic=-1 {extra_cmdline} guest.scenario={scenario}" >/tmp/boot.log 2>&1 &
   pid=$!
+  {tap_setup}
   waited=0
   while kill -0 "$pid" 2>/dev/null && [ "$waited" -lt {timeout_s} ]; do
     sleep 1
@@ -873,20 +935,22 @@ while [ "$i" -le {runs} ]; do
       echo "  $(cat $t/comm) state=$(cut -d' ' -f3 $t/stat) wchan=$(cat $t/wchan 2>/dev/null)"
       sed 's/^/    /' $t/stack 2>/dev/null
     done
+    [ -z "$T" ] || echo 0 >$T/tracing_on
     kill -9 "$pid"
   fi
   wait "$pid"
   rc=$?
   pass=no
-  grep -q "GUEST SCENARIO smoke PASS" /tmp/boot.log && pass=yes
+  grep -q "GUEST SCENARIO {scenario} PASS" /tmp/boot.log && pass=yes
   echo "NESTED BOOT $i status=$rc pass=$pass hung=$hung $(grep -o 'vmm-exit-stats: .*' /tmp/boot.log)"
   [ "$i" -gt 1 ] || grep -m 2 -E 'model name|smp: Brought up' /tmp/boot.log
   if [ "$rc" -ne 0 ] || [ "$pass" = no ]; then
     echo "NESTED BOOT $i TRANSCRIPT BEGIN"
     cat /tmp/boot.log
     if [ -n "$T" ]; then
-      echo "--- the last 400 KVM trace events"
-      grep -v '^#' $T/trace | tail -n 400
+      echo "--- the last 2000 KVM trace events"
+      grep -v '^#' $T/trace | tail -n 2000
+      echo 1 >$T/tracing_on
     fi
     echo "NESTED BOOT $i TRANSCRIPT END"
   fi
@@ -895,6 +959,12 @@ done
 "#,
         vmm = paths::VMM,
         images = paths::IMAGES,
+        runs = b.runs,
+        vcpus = b.vcpus,
+        vmm_args = b.vmm_args,
+        extra_cmdline = b.extra_cmdline,
+        scenario = b.scenario,
+        timeout_s = b.timeout_s,
     )
 }
 
@@ -1025,9 +1095,21 @@ mod tests {
         let s = tests_script(&["linux".into()]);
         assert!(s.contains("--list --format terse 'linux'"));
         assert!(s.contains("VMM_BIN=/payload/bin/vmm"));
-        let b = boot_loop_script(3, 2, "quiet", 120, false);
+        let mut boots = BootLoop {
+            runs: 3,
+            extra_cmdline: "quiet".into(),
+            ..BootLoop::default()
+        };
+        let b = boot_loop_script(&boots);
         assert!(b.contains("--vcpus 2") && b.contains("-le 3") && b.contains("quiet"));
-        assert!(!b.contains("tracefs"));
-        assert!(boot_loop_script(1, 2, "", 120, true).contains("kvm_inj_exception"));
+        assert!(b.contains("guest.scenario=smoke") && !b.contains("tracefs"));
+        assert!(!b.contains("10.0.2.2"));
+        boots.trace = true;
+        boots.scenario = "pcie".into();
+        boots.tap = Some("t0".into());
+        boots.vmm_args = "--net tap=t0".into();
+        let b = boot_loop_script(&boots);
+        assert!(b.contains("kvm_inj_exception") && b.contains("GUEST SCENARIO pcie PASS"));
+        assert!(b.contains("--net tap=t0") && b.contains("dev t0"));
     }
 }

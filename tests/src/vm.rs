@@ -27,6 +27,8 @@ pub struct VmProcess {
     /// Everything read so far.
     pub stderr: Vec<String>,
     open_streams: usize,
+    /// The API socket it was started with, if any.
+    api: Option<std::path::PathBuf>,
 }
 
 impl VmProcess {
@@ -67,12 +69,18 @@ impl VmProcess {
             Output::Stdout,
         );
         pump(child.stderr.take().expect("stderr"), tx, Output::Stderr);
+        let api = args
+            .iter()
+            .position(|a| a.as_ref() == "--api-socket")
+            .and_then(|i| args.get(i + 1))
+            .map(|p| std::path::PathBuf::from(p.as_ref()));
         Self {
             child,
             lines: rx,
             stdout: Vec::new(),
             stderr: Vec::new(),
             open_streams: 2,
+            api,
         }
     }
 
@@ -179,11 +187,75 @@ impl VmProcess {
     /// All output so far, for failure messages.
     pub fn transcript(&self) -> String {
         format!(
-            "--- serial ---\n{}\n--- vmm stderr ---\n{}",
+            "--- serial ---\n{}\n--- vmm stderr ---\n{}{}{}",
             self.stdout.join("\n"),
-            self.stderr.join("\n")
+            self.stderr.join("\n"),
+            threads_of(self.child.id()),
+            self.registers()
         )
     }
+
+    /// The vCPUs' registers of a live VM with an API socket (paused for the reading, then
+    /// resumed), else nothing.
+    fn registers(&self) -> String {
+        let Some(api) = &self.api else {
+            return String::new();
+        };
+        if !Path::new(&format!("/proc/{}/task", self.child.id())).exists() || !api.exists() {
+            return String::new();
+        }
+        let (_, paused) = crate::vmctl(api, &["pause"]);
+        let (_, regs) = crate::vmctl(api, &["vcpus"]);
+        if paused.ok {
+            crate::vmctl(api, &["resume"]);
+        }
+        match (regs.ok, regs.vcpus) {
+            (true, Some(vcpus)) => {
+                let mut out = String::from("\n--- vCPUs (vmctl vcpus) ---");
+                for v in vcpus {
+                    out.push_str(&format!(
+                        "\n{}",
+                        serde_json::to_string(&v).unwrap_or_default()
+                    ));
+                }
+                out
+            }
+            _ => format!(
+                "\n--- vCPUs: unreadable: {}",
+                regs.error.or(paused.error).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// The state of each thread of a live process `pid` (name, scheduler state, where it
+/// sleeps in the kernel, and its kernel stack where readable), for a transcript of a VM
+/// that stopped making progress; empty once the process is gone.
+fn threads_of(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return String::new();
+    };
+    let mut out = String::from("\n--- vmm threads ---");
+    let mut tasks: Vec<_> = tasks.flatten().map(|t| t.path()).collect();
+    tasks.sort();
+    for t in tasks {
+        let read = |f: &str| std::fs::read_to_string(t.join(f)).unwrap_or_default();
+        let stat = read("stat");
+        // The state follows the parenthesised name, which may hold spaces.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or("?");
+        out.push_str(&format!(
+            "\n{} state={state} wchan={}",
+            read("comm").trim(),
+            read("wchan").trim()
+        ));
+        for line in read("stack").lines() {
+            out.push_str(&format!("\n    {line}"));
+        }
+    }
+    out
 }
 
 impl Drop for VmProcess {

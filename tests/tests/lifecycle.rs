@@ -95,12 +95,50 @@ fn api_status_and_garbage() {
     assert_eq!(status["status"]["vcpus"], 2);
     assert_eq!(status["status"]["memory_bytes"], 256u64 << 20);
     // Pause answers once every vCPU is out of the guest; resume runs them again.
+    let running = ask("{\"action\":\"vcpus\"}\n");
+    assert_eq!(
+        running["ok"], false,
+        "registers only while paused: {running}"
+    );
+    assert!(running["error"].as_str().unwrap().contains("pause"));
     let paused = ask("{\"action\":\"pause\"}\n");
     assert_eq!(paused["status"]["state"], "paused", "{paused}");
+    // The registers of a paused VM: the BSP runs the test guest in long mode with paging.
+    let regs = ask("{\"action\":\"vcpus\"}\n");
+    let vcpus = regs["vcpus"].as_array().expect("vcpus");
+    assert_eq!(vcpus.len(), 2, "{regs}");
+    let hex = |v: &serde_json::Value| {
+        u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+    };
+    let bsp = &vcpus[0];
+    assert_eq!(bsp["index"], 0);
+    assert_ne!(hex(&bsp["efer"]) & 0x400, 0, "EFER.LMA: {bsp}");
+    assert_eq!(
+        hex(&bsp["cr0"]) & 0x8000_0001,
+        0x8000_0001,
+        "CR0.PE|PG: {bsp}"
+    );
+    assert_ne!(hex(&bsp["rip"]), 0, "{bsp}");
+    assert!(
+        bsp["apic_isr"].is_array() && bsp["mp_state"].is_string(),
+        "{bsp}"
+    );
     let again = ask("{\"action\":\"pause\"}\n");
     assert_eq!(again["ok"], false, "pausing twice is refused: {again}");
     let resumed = ask("{\"action\":\"resume\"}\n");
     assert_eq!(resumed["status"]["state"], "running", "{resumed}");
+    // A transcript of a live VM with an API socket carries its registers (for a guest
+    // that stopped making progress) and leaves it running.
+    let t = vm.transcript();
+    assert!(
+        t.contains("--- vCPUs (vmctl vcpus) ---") && t.contains("\"cr3\""),
+        "{t}"
+    );
+    assert!(t.contains("--- vmm threads ---\nvmm state="), "{t}");
+    assert_eq!(
+        ask("{\"action\":\"status\"}\n")["status"]["state"],
+        "running"
+    );
     // The VM is unharmed by all that.
     vm.signal(libc::SIGTERM);
     let code = vm.wait_exit(DEADLINE).expect("exits").code();

@@ -40,20 +40,29 @@ fn user_space_runs() -> bool {
     true
 }
 
-/// The kernel and initramfs, with `cmdline` and `extra` flags, 2 vCPUs, 512 MiB.
+/// The kernel and initramfs, with `cmdline` and `extra` flags, 2 vCPUs, 512 MiB, and an
+/// API socket (the transcript of a guest that stopped shows its vCPUs' registers).
 fn linux(cmdline: &str, extra: &[&std::ffi::OsStr]) -> Option<VmProcess> {
     let (Some(kernel), Some(initrd)) = (image("vmlinux"), image("initramfs.cpio.gz")) else {
         return None;
     };
+    let api = temp_path("linux-api.sock");
+    let mut extra = extra.to_vec();
+    if !extra.contains(&"--api-socket".as_ref()) {
+        extra.extend(["--api-socket".as_ref(), api.as_os_str()]);
+    }
     let args = RunArgs {
         kernel,
         initrd: Some(initrd),
-        cmdline: format!("console=ttyS0 panic=-1 {cmdline}"),
+        cmdline: format!(
+            "console=ttyS0 panic=-1 {cmdline} {}",
+            std::env::var("VMM_EXP_CMDLINE").unwrap_or_default()
+        ),
         vcpus: 2,
         memory: "512M".into(),
         extra: Vec::new(),
     };
-    Some(args.with(extra).spawn())
+    Some(args.with(&extra).spawn())
 }
 
 fn expect_line(vm: &mut VmProcess, budget: Duration, text: &str) {

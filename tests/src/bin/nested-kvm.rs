@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tests::nested::{
-    self, Limits, NestedHost, Payload, base_payload, boot_loop_script, boot_results, echo_line,
-    paths, run_retrying_emulator_failure,
+    self, BootLoop, Limits, NestedHost, Payload, base_payload, boot_loop_script, boot_results,
+    echo_line, paths, run_retrying_emulator_failure,
 };
 
 #[derive(Parser)]
@@ -47,6 +47,15 @@ enum Cmd {
         /// vCPUs of the Linux guest.
         #[arg(long, default_value_t = 2)]
         vcpus: u32,
+        /// The initramfs scenario: smoke, pcie (needs `--tap` and a `--net tap=...`).
+        #[arg(long, default_value = "smoke")]
+        scenario: String,
+        /// More vmm flags, as shell words (e.g. `--pcie-root-ports 2 --net tap=t0`).
+        #[arg(long, default_value = "", allow_hyphen_values = true)]
+        vmm_args: String,
+        /// A TAP the vmm creates (in `--vmm-args`) whose host side gets 10.0.2.2/24.
+        #[arg(long)]
+        tap: Option<String>,
         /// More kernel command-line words for the guest (e.g. `quiet`).
         #[arg(long, default_value = "")]
         append: String,
@@ -67,10 +76,22 @@ fn main() -> ExitCode {
         Cmd::Bench {
             runs,
             vcpus,
+            scenario,
+            vmm_args,
+            tap,
             append,
             timeout,
             trace,
-        } => bench(runs, vcpus, &append, timeout, trace),
+        } => bench(&BootLoop {
+            runs,
+            vcpus,
+            scenario,
+            extra_cmdline: append,
+            vmm_args,
+            tap,
+            timeout_s: timeout,
+            trace,
+        }),
     }
 }
 
@@ -118,13 +139,15 @@ fn shell() -> ExitCode {
     }
 }
 
-fn bench(runs: u32, vcpus: u32, append: &str, timeout: u32, trace: bool) -> ExitCode {
+fn bench(plan: &BootLoop) -> ExitCode {
+    let BootLoop { runs, vcpus, .. } = *plan;
+    let append = &plan.extra_cmdline;
     let result = (|| -> Result<nested::Run, nested::NestedError> {
         let host = NestedHost::find()?;
-        let payload = base_payload(&boot_loop_script(runs, vcpus, append, timeout, trace))?;
+        let payload = base_payload(&boot_loop_script(plan))?;
         let limits = Limits {
-            stall: Duration::from_secs(120),
-            deadline: Duration::from_secs(u64::from(runs) * u64::from(timeout + 30) + 300),
+            stall: Duration::from_secs(u64::from(plan.timeout_s) + 60),
+            deadline: Duration::from_secs(u64::from(runs) * u64::from(plan.timeout_s + 30) + 300),
         };
         run_retrying_emulator_failure(&host, &payload, limits, echo_line)
     })();
@@ -150,8 +173,9 @@ fn bench(runs: u32, vcpus: u32, append: &str, timeout: u32, trace: bool) -> Exit
     );
     if let (Some(min), Some(max)) = (walls.first(), walls.last()) {
         println!(
-            "smoke boot in the nested host ({vcpus} vCPUs, 512M{cmdline}{append}): \
+            "{} boot in the nested host ({vcpus} vCPUs, 512M{cmdline}{append}): \
              median {:.2} s, min {:.2} s, max {:.2} s over {} passing boots",
+            plan.scenario,
             walls[walls.len() / 2].as_secs_f64(),
             min.as_secs_f64(),
             max.as_secs_f64(),

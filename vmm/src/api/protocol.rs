@@ -17,6 +17,9 @@ pub enum Request {
     Pause,
     /// Run the vCPUs again.
     Resume,
+    /// The registers of every vCPU, as KVM holds them (the VM must be paused): what a
+    /// stuck guest was doing.
+    Vcpus,
     /// The root ports and the devices in their slots.
     DeviceList,
     /// Hot-add a device in the next free slot (or the one named).
@@ -99,6 +102,53 @@ pub struct VmStatus {
     pub uptime_ms: u64,
 }
 
+/// One vCPU's registers, for people reading a stuck guest (hex strings where a register
+/// is an address or a bit field).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct VcpuInfo {
+    /// vCPU index.
+    pub index: u8,
+    /// KVM's MP state: runnable, halted, uninitialized (waiting for INIT/SIPI), ...
+    pub mp_state: String,
+    /// RIP.
+    pub rip: String,
+    /// RSP.
+    pub rsp: String,
+    /// RFLAGS.
+    pub rflags: String,
+    /// CS selector.
+    pub cs: String,
+    /// CR0.
+    pub cr0: String,
+    /// CR2 (the last page-fault address).
+    pub cr2: String,
+    /// CR3 (the page-table root).
+    pub cr3: String,
+    /// CR4.
+    pub cr4: String,
+    /// EFER.
+    pub efer: String,
+    /// An exception KVM holds for injection or has pending: `vector` or
+    /// `vector/error_code`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub exception: Option<String>,
+    /// An interrupt vector being injected.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub interrupt: Option<String>,
+    /// An NMI is pending or being injected.
+    pub nmi_pending: bool,
+    /// The local APIC: task priority.
+    pub apic_tpr: String,
+    /// Vectors in service (ISR), highest last.
+    pub apic_isr: Vec<u8>,
+    /// Vectors requested (IRR), highest last.
+    pub apic_irr: Vec<u8>,
+    /// The LVT timer entry.
+    pub apic_lvt_timer: String,
+    /// The timer's initial and current count (0/0: off, or in TSC-deadline mode).
+    pub apic_timer_count: String,
+}
+
 /// A response.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Response {
@@ -113,6 +163,9 @@ pub struct Response {
     /// The device added or removed.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub device: Option<DeviceInfo>,
+    /// The vCPUs' registers, for `vcpus`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub vcpus: Option<Vec<VcpuInfo>>,
     /// What went wrong.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
@@ -126,6 +179,7 @@ impl Response {
             status: None,
             slots: None,
             device: None,
+            vcpus: None,
             error: None,
         }
     }
@@ -162,6 +216,14 @@ impl Response {
             ..Self::ok()
         }
     }
+
+    /// The vCPUs' registers.
+    pub fn vcpus(vcpus: Vec<VcpuInfo>) -> Self {
+        Self {
+            vcpus: Some(vcpus),
+            ..Self::ok()
+        }
+    }
 }
 
 /// Parses one request line; the error is the message to send back.
@@ -172,7 +234,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     // a misspelt parameter is an error rather than silently dropped.
     let unit = matches!(
         value.get("action").and_then(|a| a.as_str()),
-        Some("status" | "device-list" | "pause" | "resume")
+        Some("status" | "device-list" | "pause" | "resume" | "vcpus")
     );
     if unit
         && let Some(extra) = value

@@ -26,6 +26,9 @@ enum Command {
     Pause,
     /// Run the vCPUs again.
     Resume,
+    /// The registers of each vCPU: RIP, control registers, pending events, the local
+    /// APIC's in-service and requested vectors (pause the VM first).
+    Vcpus,
     /// PCI devices in root-port slots.
     #[command(subcommand)]
     Device(DeviceCommand),
@@ -135,6 +138,7 @@ fn request(command: Command) -> Result<Request, String> {
         Command::Status => Request::Status,
         Command::Pause => Request::Pause,
         Command::Resume => Request::Resume,
+        Command::Vcpus => Request::Vcpus,
         Command::Device(DeviceCommand::List) => Request::DeviceList,
         Command::Device(DeviceCommand::Add {
             kind: AddKind::Net { spec, port },

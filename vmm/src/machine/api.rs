@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{VmState, Vmm};
+use crate::api::protocol::VcpuInfo;
 use crate::api::protocol::parse_request;
 use crate::api::{ApiHandler, DeviceInfo, NetDevice, Reply, Request, Response, SlotInfo, VmStatus};
 use crate::config::NetSpec;
@@ -17,6 +18,8 @@ use crate::device_manager::pci::{Slot, SlotDevice};
 
 /// How long vCPUs have to leave KVM_RUN after a pause.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a parked vCPU thread has to hand out its registers.
+const SAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A shared VM.
 pub type SharedVmm = Arc<Mutex<Vmm>>;
@@ -44,6 +47,73 @@ fn net_spec(n: NetDevice) -> NetSpec {
         socket: n.socket,
         tap: n.tap,
         mac: n.mac,
+    }
+}
+
+/// A 32-bit register of a saved local APIC page.
+fn apic_reg(lapic: &kvm_bindings::kvm_lapic_state, offset: usize) -> u32 {
+    let b = |i: usize| lapic.regs.get(offset + i).map_or(0, |&v| v as u8);
+    u32::from_le_bytes([b(0), b(1), b(2), b(3)])
+}
+
+/// The vectors set in one of the local APIC's 256-bit registers (ISR, TMR, IRR: eight
+/// 32-bit words 16 bytes apart from `base`), lowest first.
+fn apic_vectors(lapic: &kvm_bindings::kvm_lapic_state, base: usize) -> Vec<u8> {
+    (0u8..=255)
+        .filter(|&v| {
+            let word = apic_reg(lapic, base + 16 * usize::from(v / 32));
+            word & (1 << (v % 32)) != 0
+        })
+        .collect()
+}
+
+fn mp_state_name(state: u32) -> String {
+    match state {
+        kvm_bindings::KVM_MP_STATE_RUNNABLE => "runnable".into(),
+        kvm_bindings::KVM_MP_STATE_UNINITIALIZED => "uninitialized".into(),
+        kvm_bindings::KVM_MP_STATE_INIT_RECEIVED => "init-received".into(),
+        kvm_bindings::KVM_MP_STATE_HALTED => "halted".into(),
+        kvm_bindings::KVM_MP_STATE_SIPI_RECEIVED => "sipi-received".into(),
+        other => format!("mp-state-{other}"),
+    }
+}
+
+/// What a person reading a stuck guest wants of a saved vCPU.
+fn vcpu_info(index: u8, s: &crate::kvm::CpuState) -> VcpuInfo {
+    let hex = |v: u64| format!("{v:#x}");
+    let ev = &s.events;
+    let exception = (ev.exception.injected != 0 || ev.exception.pending != 0).then(|| {
+        if ev.exception.has_error_code != 0 {
+            format!("{}/{:#x}", ev.exception.nr, ev.exception.error_code)
+        } else {
+            ev.exception.nr.to_string()
+        }
+    });
+    let interrupt = (ev.interrupt.injected != 0).then(|| format!("{:#x}", ev.interrupt.nr));
+    VcpuInfo {
+        index,
+        mp_state: mp_state_name(s.mp_state.mp_state),
+        rip: hex(s.regs.rip),
+        rsp: hex(s.regs.rsp),
+        rflags: hex(s.regs.rflags),
+        cs: format!("{:#x}", s.sregs.cs.selector),
+        cr0: hex(s.sregs.cr0),
+        cr2: hex(s.sregs.cr2),
+        cr3: hex(s.sregs.cr3),
+        cr4: hex(s.sregs.cr4),
+        efer: hex(s.sregs.efer),
+        exception,
+        interrupt,
+        nmi_pending: ev.nmi.pending != 0 || ev.nmi.injected != 0,
+        apic_tpr: format!("{:#x}", apic_reg(&s.lapic, 0x80)),
+        apic_isr: apic_vectors(&s.lapic, 0x100),
+        apic_irr: apic_vectors(&s.lapic, 0x200),
+        apic_lvt_timer: format!("{:#x}", apic_reg(&s.lapic, 0x320)),
+        apic_timer_count: format!(
+            "{}/{}",
+            apic_reg(&s.lapic, 0x380),
+            apic_reg(&s.lapic, 0x390)
+        ),
     }
 }
 
@@ -120,6 +190,17 @@ impl VmApi {
             Request::Resume => {
                 vmm.resume().map_err(|e| e.to_string())?;
                 Response::status(Self::status_of(&vmm))
+            }
+            Request::Vcpus => {
+                if vmm.state() != VmState::Paused || !vmm.all_parked() {
+                    return Err("the vCPUs' registers are read while the VM is paused: \
+                                `vmctl pause` first"
+                        .into());
+                }
+                let states = vmm
+                    .save_vcpus(SAVE_TIMEOUT)
+                    .map_err(|e| crate::error_chain(&e))?;
+                Response::vcpus((0u8..).zip(&states).map(|(i, s)| vcpu_info(i, s)).collect())
             }
             Request::DeviceList => Response::slots(
                 lock(&vmm.devices().slots)
