@@ -260,6 +260,20 @@ impl Switch {
         }
     }
 
+    /// VF `vf`'s receiver refused `frame` after the switch delivered it (no free RX
+    /// descriptor, its queue off, too long for its buffers): the frame counts as an RX
+    /// drop of that port for `reason`, not as received. No-op for a VF that is gone.
+    pub fn vf_refused(&mut self, vf: u16, frame: &[u8], reason: DropReason) {
+        let dst = frame
+            .get(..6)
+            .and_then(|b| <[u8; 6]>::try_from(b).ok())
+            .map(MacAddr)
+            .unwrap_or(MacAddr([0; 6]));
+        if let Some(v) = self.vfs.get_mut(usize::from(vf)) {
+            v.counters.refused_rx(frame.len(), dst, reason);
+        }
+    }
+
     /// Frames from the uplink lost per destination MAC (failover accounting).
     pub fn lost_frames(&self) -> &LostFrames {
         &self.lost

@@ -136,6 +136,20 @@ impl PortCounters {
         }
     }
 
+    /// A frame counted as delivered to this port that its receiver then refused: it
+    /// becomes an RX drop for `reason` instead.
+    pub(crate) fn refused_rx(&mut self, len: usize, dst: MacAddr, reason: DropReason) {
+        let s = &mut self.stats;
+        s.rx_packets = s.rx_packets.saturating_sub(1);
+        s.rx_bytes = s.rx_bytes.saturating_sub(len as u64);
+        if dst.is_broadcast() {
+            s.broadcast = s.broadcast.saturating_sub(1);
+        } else if dst.is_multicast() {
+            s.multicast = s.multicast.saturating_sub(1);
+        }
+        self.count_drop(Dir::Rx, reason);
+    }
+
     pub(crate) fn count_tx(&mut self, len: usize) {
         let s = &mut self.stats;
         s.tx_packets = s.tx_packets.wrapping_add(1);

@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use devices::nic_switch::{LinkState, MacAddr, NicSwitchError, Switch, VfRequest, XcastMode};
-use devices::sriov::igbvf::{Clock, MonotonicClock, PfEvent, PfPolicy};
+use devices::nic_switch::{
+    DropReason, LinkState, MacAddr, NicSwitchError, Switch, VfRequest, XcastMode,
+};
+use devices::sriov::igbvf::{Clock, MonotonicClock, PfEvent, PfPolicy, RxDrop, RxOutcome};
 use devices::sriov::pf::{NumVfsError, SriovPf};
 use devices::sync::lock;
 use devices::vfio_user::{MessageReader, Server, Socket};
@@ -391,7 +393,18 @@ impl Adapter {
                 if let Some(port) = self.vfs.get_mut(usize::from(vf)) {
                     let igbvf = port.device().igbvf_mut();
                     let strip = igbvf.pf().requests().vlan_strip(igbvf.pf().policy());
-                    igbvf.receive(&frame, strip);
+                    if let RxOutcome::Dropped(why) = igbvf.receive(&frame, strip) {
+                        // Counted as received by the switch when queued: make it a drop.
+                        let reason = match why {
+                            RxDrop::TooLong => DropReason::Mtu,
+                            RxDrop::Runt => DropReason::Malformed,
+                            RxDrop::Disabled => DropReason::LinkDown,
+                            RxDrop::NoDescriptor | RxDrop::BadRing | RxDrop::Dma => {
+                                DropReason::NoBuffer
+                            }
+                        };
+                        lock(&self.fabric).switch.vf_refused(vf, &frame, reason);
+                    }
                 }
             }
         }
@@ -425,6 +438,11 @@ impl Adapter {
             port.device().igbvf_mut().poll_timers();
         }
         for vf in held {
+            // The held frame first: it may have been the last of its ring, and a walk of
+            // an empty ring would never ask for it.
+            if !lock(&self.fabric).vf_ready(vf) {
+                continue;
+            }
             if let Some(port) = self.vfs.get_mut(usize::from(vf)) {
                 port.device().igbvf_mut().process_tx();
             }

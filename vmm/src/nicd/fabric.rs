@@ -215,8 +215,9 @@ impl Fabric {
     }
 
     /// Whether VF `vf` may hand over its next frame: no frame is held, or the held one
-    /// went now.
-    fn vf_ready(&mut self, vf: u16) -> bool {
+    /// went now (the timer calls it too: a held frame that was its ring's last has no
+    /// later frame to retry it).
+    pub fn vf_ready(&mut self, vf: u16) -> bool {
         let now = self.now();
         let Some(h) = self.held.get_mut(usize::from(vf)) else {
             return true;

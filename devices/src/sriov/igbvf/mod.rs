@@ -13,6 +13,7 @@
 //! [`pf_agent`] (PF side), [`tx`], [`rx`], [`offload`] (checksums, TSO, VLAN), [`regs`].
 
 pub mod device;
+pub mod driver;
 pub mod interrupts;
 mod mailbox;
 pub mod offload;

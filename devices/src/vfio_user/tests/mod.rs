@@ -5,6 +5,7 @@
 // Test data: lengths of small test messages are built with `as`.
 #![allow(clippy::cast_possible_truncation)]
 
+mod blocking_client;
 mod client;
 mod codec;
 mod fuzz;

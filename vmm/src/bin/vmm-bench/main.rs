@@ -11,9 +11,15 @@
 //! the seqpacket backend to a sink in this process, and through a TAP device into a network
 //! namespace, and prints frames per second and Gbit/s (frame bytes, without the virtio
 //! header), timed on the host between the guest's start and end markers.
+//!
+//! `vmm-bench nicd [--frames N] [--sizes 64,1500] [--paths vf-vf,vf-uplink] [--ring N]
+//! [--rss-vfs 8,64,255]` drives nicd's VFs from this process (devices' igbvf driver over
+//! vfio-user; no KVM) and prints its switching rate VF to VF and VF to uplink, its CPU
+//! time per frame, and its RSS with N VFs idle and with a driver up on each.
 
 mod boot;
 mod net;
+mod nicd;
 mod trivial_guest;
 
 use std::path::PathBuf;
@@ -46,6 +52,8 @@ enum Bench {
     },
     /// Start and stop whole VMM processes: wall time, CPU time and peak RSS.
     Boot(boot::Options),
+    /// nicd's switching rate (VF to VF, VF to uplink) and RSS at N VFs.
+    Nicd(nicd::Options),
 }
 
 fn sibling(name: &str) -> PathBuf {
@@ -58,6 +66,7 @@ fn sibling(name: &str) -> PathBuf {
 fn main() -> std::process::ExitCode {
     match Cli::parse().bench {
         Bench::Boot(options) => boot::run(&options),
+        Bench::Nicd(options) => nicd::run(&options),
         Bench::Net {
             frames,
             sizes,
