@@ -32,21 +32,41 @@ struct Nicd {
 impl Nicd {
     /// Starts nicd with `vfs` VFs and a seqpacket uplink the test holds.
     fn start(vfs: u16) -> Self {
+        Self::start_with(vfs, &[], None)
+    }
+
+    /// [`Nicd::start`] with more flags, and a soft open-file limit to start it under.
+    fn start_with(vfs: u16, extra: &[&str], nofile: Option<u64>) -> Self {
         let dir = temp_path("nicd");
         std::fs::create_dir_all(&dir).unwrap();
         let up_path = dir.join("uplink.sock");
         let listener = SeqpacketSocket::listen(&up_path, 1).unwrap();
         let api = dir.join("api.sock");
-        let mut child = Command::new(nicd_binary())
-            .args(["--vfs", &vfs.to_string(), "--uplink"])
+        let mut cmd = Command::new(nicd_binary());
+        cmd.args(["--vfs", &vfs.to_string(), "--uplink"])
             .arg(format!("socket={}", up_path.display()))
             .arg("--socket-dir")
             .arg(&dir)
             .arg("--api-socket")
             .arg(&api)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn nicd");
+            .args(extra)
+            .stderr(Stdio::piped());
+        if let Some(soft) = nofile {
+            // SAFETY: only setrlimit, async-signal-safe, runs between fork and exec.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    let mut r = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut r);
+                    r.rlim_cur = soft;
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &raw const r);
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn nicd");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -470,5 +490,26 @@ fn max_tx_rate_paces_a_burst_and_sends_every_frame() {
     assert!(span >= Duration::from_millis(150), "paced: {span:?}");
     let (_, out, _) = nicd.vmctl(&["show", "-s"]);
     assert!(out.contains("max_tx_rate 1Mbps"), "{out}");
+    assert_eq!(nicd.stop(), 0);
+}
+
+/// Every VF in use takes descriptors (socket, client, eventfds, DMA maps): nicd lifts a low
+/// soft open-file limit for its TotalVFs by itself, and 32 VFs come up under a soft limit
+/// of 64.
+#[test]
+fn nicd_lifts_a_low_open_file_limit_for_its_vfs() {
+    let nicd = Nicd::start_with(32, &["--total-vfs", "32"], Some(64));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", nicd.child.id())).unwrap();
+    let soft: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        .expect("the soft limit");
+    assert!(soft >= 320, "soft open-file limit {soft}\n{limits}");
+    let mut drivers: Vec<IgbvfDriver> = (0..32).map(|k| IgbvfDriver::attach(&nicd.vf(k))).collect();
+    for (k, d) in (0u8..).zip(&mut drivers) {
+        assert_eq!(d.up(), mac(k));
+    }
+    drop(drivers);
     assert_eq!(nicd.stop(), 0);
 }

@@ -162,8 +162,44 @@ pub fn build(cfg: &NicdConfig) -> Result<Arc<Mutex<Adapter>>, NicdError> {
     Ok(adapter)
 }
 
+/// Descriptors nicd holds with `total_vfs` VFs in use: per VF its listening socket, a
+/// client, three MSI-X eventfds and a DMA map or two, plus the loop's own.
+pub fn fds_needed(total_vfs: u16) -> u64 {
+    u64::from(total_vfs) * 8 + 64
+}
+
+/// Lifts the soft open-file limit towards `needed` (at most the hard limit): 255 VFs in use
+/// take about 2,000 descriptors, twice the usual soft limit of 1,024.
+fn raise_fd_limit(needed: u64) {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into a valid rlimit struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut r) } != 0 || r.rlim_cur >= needed {
+        return;
+    }
+    let want = needed.min(r.rlim_max);
+    if want < needed {
+        log::warn!(
+            "nicd: the open-file limit ({}) is below the {needed} descriptors all VFs in use \
+             take: clients beyond it will be refused",
+            r.rlim_max
+        );
+    }
+    r.rlim_cur = want;
+    // SAFETY: setrlimit reads a valid rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const r) } != 0 {
+        log::warn!(
+            "nicd: cannot raise the open-file limit: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// Runs nicd until SIGTERM or SIGINT; `ready` is called once every socket listens.
 pub fn run(cfg: &NicdConfig, ready: impl FnOnce()) -> Result<(), NicdError> {
+    raise_fd_limit(fds_needed(cfg.total_vfs));
     let adapter = build(cfg)?;
     let api = crate::api::ApiServer::bind(&cfg.api_socket, api::NicdApi::new(adapter.clone()))
         .map_err(NicdError::Api)?;
