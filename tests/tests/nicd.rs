@@ -52,19 +52,21 @@ impl Nicd {
             .args(extra)
             .stderr(Stdio::piped());
         if let Some(soft) = nofile {
-            // SAFETY: only setrlimit, async-signal-safe, runs between fork and exec.
-            unsafe {
-                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                    let mut r = libc::rlimit {
-                        rlim_cur: 0,
-                        rlim_max: 0,
-                    };
-                    libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut r);
-                    r.rlim_cur = soft;
-                    libc::setrlimit(libc::RLIMIT_NOFILE, &raw const r);
-                    Ok(())
-                });
-            }
+            let lower = move || {
+                let mut r = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                // SAFETY: getrlimit writes into a valid rlimit struct.
+                unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut r) };
+                r.rlim_cur = soft;
+                // SAFETY: setrlimit reads a valid rlimit struct.
+                unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const r) };
+                Ok(())
+            };
+            // SAFETY: the closure only calls getrlimit and setrlimit, which are
+            // async-signal-safe, between fork and exec.
+            unsafe { std::os::unix::process::CommandExt::pre_exec(&mut cmd, lower) };
         }
         let mut child = cmd.spawn().expect("spawn nicd");
         let stderr = child.stderr.take().unwrap();
@@ -511,5 +513,50 @@ fn nicd_lifts_a_low_open_file_limit_for_its_vfs() {
         assert_eq!(d.up(), mac(k));
     }
     drop(drivers);
+    assert_eq!(nicd.stop(), 0);
+}
+
+/// A client that sends requests and stops reading its replies stalls its own VF only:
+/// nicd keeps the replies it owes, stops serving that client until it reads, and serves
+/// every other VF meanwhile; the replies then arrive whole and in order.
+#[test]
+fn a_client_that_stops_reading_stalls_only_its_own_vf() {
+    use devices::vfio_user::{Reply, Request};
+    let nicd = Nicd::start(2);
+    let mut stalled = VfioClient::connect(&nicd.vf(0)).unwrap();
+    stalled.version().unwrap();
+    // 100 reads of BAR0's 16 KiB: 1.6 MB of replies, far beyond the socket's buffers (and
+    // few enough requests that they fit in ours while nicd does not read them).
+    let read = Request::RegionRead(devices::vfio_user::RegionRead {
+        offset: 0,
+        region: region::BAR0,
+        count: 0x4000,
+    });
+    let ids: Vec<u16> = (0..100)
+        .map(|_| stalled.0.send_request(&read).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+
+    // The other VF is served at once, end to end.
+    let start = std::time::Instant::now();
+    let mut d = IgbvfDriver::attach(&nicd.vf(1));
+    assert_eq!(d.up(), mac(1));
+    d.send(&frame(PEER, mac(1), 60));
+    assert!(nicd.uplink_recv().is_some());
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "VF 1 waited {took:?} behind VF 0's client"
+    );
+
+    // The stalled client reads: every reply, whole and in order.
+    for want in ids {
+        let (id, reply) = stalled.0.recv_reply().unwrap();
+        assert_eq!(id, want);
+        assert!(
+            matches!(&reply, Reply::RegionRead(r) if r.data.len() == 0x4000),
+            "reply {id}"
+        );
+    }
     assert_eq!(nicd.stop(), 0);
 }

@@ -164,6 +164,29 @@ impl Client {
         self.sock.stream()
     }
 
+    /// Sends `req` asking for a reply, without waiting for it (pipelining, or a test of
+    /// a client that does not read); returns its id. Read the replies with
+    /// [`Client::recv_reply`], in order.
+    pub fn send_request(&mut self, req: &Request) -> Result<u16, ClientError> {
+        self.send(req, false)
+    }
+
+    /// The next reply the server sent: its id and the reply (an error reply as
+    /// [`Reply::Error`]).
+    pub fn recv_reply(&mut self) -> Result<(u16, Reply), ClientError> {
+        let msg = self
+            .sock
+            .recv_message(&self.limits)
+            .map_err(ClientError::Socket)?;
+        if !msg.header.is_reply() {
+            return Err(ClientError::NotAReply {
+                command: msg.header.command,
+            });
+        }
+        let id = msg.header.id;
+        Ok((id, Reply::decode(msg).map_err(ClientError::Decode)?))
+    }
+
     fn send(&mut self, req: &Request, posted: bool) -> Result<u16, ClientError> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);

@@ -53,4 +53,4 @@ pub use server::{
     DeviceError, DmaMapping, Negotiated, Server, ServerConfig, ServerError, ServerStats,
     VfioUserDevice, busy_reply,
 };
-pub use socket::{Limits, MessageReader, Socket, SocketError};
+pub use socket::{Limits, MessageReader, Outgoing, Socket, SocketError};

@@ -392,6 +392,15 @@ impl Socket {
     }
 
     fn send_some(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+        self.send_some_flags(bytes, fds, 0)
+    }
+
+    fn send_some_flags(
+        &self,
+        bytes: &[u8],
+        fds: &[BorrowedFd<'_>],
+        flags: libc::c_int,
+    ) -> io::Result<usize> {
         let mut control = cmsg_buffer(fds.len());
         let mut iov = libc::iovec {
             iov_base: bytes.as_ptr().cast_mut().cast(),
@@ -425,8 +434,63 @@ impl Socket {
         }
         // SAFETY: `mh` points at `iov` (valid for reads of bytes.len()) and `control`,
         // both alive for the call; the fds are borrowed, so open, for its duration.
-        let rc = unsafe { libc::sendmsg(self.as_raw_fd(), &raw const mh, libc::MSG_NOSIGNAL) };
+        let rc =
+            unsafe { libc::sendmsg(self.as_raw_fd(), &raw const mh, libc::MSG_NOSIGNAL | flags) };
         cvt_size(rc)
+    }
+}
+
+/// A message sent without blocking: its bytes, how many went, and its fds (owned, so the
+/// message may wait for a slow reader; they go with the first bytes).
+#[derive(Debug)]
+pub struct Outgoing {
+    bytes: Vec<u8>,
+    sent: usize,
+    fds: Vec<OwnedFd>,
+}
+
+impl Outgoing {
+    /// `bytes` with `fds` (duplicated, so the caller's stay its own).
+    pub fn new(bytes: Vec<u8>, fds: &[BorrowedFd<'_>]) -> io::Result<Self> {
+        Ok(Self {
+            bytes,
+            sent: 0,
+            fds: fds
+                .iter()
+                .map(|f| f.try_clone_to_owned())
+                .collect::<io::Result<_>>()?,
+        })
+    }
+
+    /// Bytes not sent yet.
+    pub fn remaining(&self) -> usize {
+        self.bytes.len() - self.sent
+    }
+}
+
+impl Socket {
+    /// Sends what the socket takes of `out` now, never waiting; true once all of it went.
+    /// For a reader that may stall: keep the rest and call again when the socket is
+    /// writable.
+    pub fn send_nonblocking(&self, out: &mut Outgoing) -> Result<bool, SocketError> {
+        if out.fds.len() > SCM_MAX_FD {
+            return Err(SocketError::TooManyFdsToSend {
+                count: out.fds.len(),
+            });
+        }
+        while out.sent < out.bytes.len() {
+            let fds: Vec<BorrowedFd<'_>> = out.fds.iter().map(AsFd::as_fd).collect();
+            match self.send_some_flags(&out.bytes[out.sent..], &fds, libc::MSG_DONTWAIT) {
+                Ok(n) => {
+                    out.sent += n;
+                    out.fds.clear();
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(SocketError::Io(e)),
+            }
+        }
+        Ok(true)
     }
 }
 

@@ -19,7 +19,7 @@ use devices::nic_switch::{
 use devices::sriov::igbvf::{Clock, MonotonicClock, PfEvent, PfPolicy, RxDrop, RxOutcome};
 use devices::sriov::pf::{NumVfsError, SriovPf};
 use devices::sync::lock;
-use devices::vfio_user::{MessageReader, Server, Socket};
+use devices::vfio_user::{MessageReader, Outgoing, Server, Socket};
 
 use super::fabric::Fabric;
 use super::vf::{CtlQueue, VfDevice};
@@ -75,6 +75,9 @@ pub struct Conn {
     pub sock: Socket,
     /// Its partly received message.
     pub reader: MessageReader,
+    /// Replies the client has not taken yet (it stopped reading): sent when its socket is
+    /// writable; meanwhile nothing more of it is served.
+    pub owed: std::collections::VecDeque<Outgoing>,
 }
 
 impl Conn {
@@ -83,6 +86,7 @@ impl Conn {
         Ok(Self {
             sock: Socket::new(stream),
             reader: MessageReader::new(),
+            owed: std::collections::VecDeque::new(),
         })
     }
 }

@@ -5,7 +5,7 @@
 //! TDT write, RX when the uplink or another VF has frames; the timerfd is re-armed after
 //! every event for the earliest interrupt-throttling deadline or held TX frame.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,9 +17,9 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use devices::sync::lock;
-use devices::vfio_user::{Socket, busy_reply};
+use devices::vfio_user::{Outgoing, Socket, SocketError, busy_reply};
 
-use super::adapter::{Adapter, VfPort};
+use super::adapter::{Adapter, Conn, VfPort};
 use super::api::NicdApi;
 use crate::api::ApiServer;
 
@@ -47,6 +47,19 @@ pub struct Nicd {
     signal: EventFd,
     done: Arc<AtomicBool>,
     tokens: HashMap<RawFd, Token>,
+    /// Clients watched for writability (they owe replies a read), not input.
+    writing: HashSet<RawFd>,
+}
+
+/// Sends what `c` is owed, oldest first, without waiting: true when nothing is left.
+fn pay(c: &mut Conn) -> Result<bool, SocketError> {
+    while let Some(out) = c.owed.front_mut() {
+        if !c.sock.send_nonblocking(out)? {
+            return Ok(false);
+        }
+        c.owed.pop_front();
+    }
+    Ok(true)
 }
 
 fn port_fds(port: &VfPort) -> Vec<RawFd> {
@@ -78,6 +91,7 @@ impl Nicd {
             signal,
             done,
             tokens: HashMap::new(),
+            writing: HashSet::new(),
         })
     }
 
@@ -91,8 +105,26 @@ impl Nicd {
     }
 
     fn unwatch(&mut self, ops: &mut EventOps, fd: RawFd) {
+        self.writing.remove(&fd);
         if self.tokens.remove(&fd).is_some() {
             let _ = ops.remove(Events::empty_raw(fd));
+        }
+    }
+
+    /// Watches a client for input, or, while it owes replies a read, for writability.
+    fn want_write(&mut self, ops: &mut EventOps, fd: RawFd, write: bool) {
+        if write == self.writing.contains(&fd) || !self.tokens.contains_key(&fd) {
+            return;
+        }
+        let set = if write { EventSet::OUT } else { EventSet::IN };
+        match ops.modify(Events::new_raw(fd, set)) {
+            Ok(()) if write => {
+                self.writing.insert(fd);
+            }
+            Ok(()) => {
+                self.writing.remove(&fd);
+            }
+            Err(e) => devices::error_ratelimited!("nicd: cannot re-watch a client: {e:?}"),
         }
     }
 
@@ -147,12 +179,16 @@ impl Nicd {
         }
     }
 
-    /// Serves VF `vf`'s client: every whole message it sent, each reply sent back, and
-    /// what a register write caused (mailbox decisions, frames to other VFs) carried out.
+    /// Serves VF `vf`'s client: first what it is owed, then every whole message it sent,
+    /// each reply sent back, and what a register write caused (mailbox decisions, frames
+    /// to other VFs) carried out. A client that does not read its replies is not served
+    /// further until it does: its socket is watched for writability meanwhile, so it
+    /// stalls its own VF, never the loop.
     fn client(&mut self, ops: &mut EventOps, vf: u16) {
         let adapter = self.adapter.clone();
         let mut a = lock(&adapter);
         let mut gone = None;
+        let mut owing = None;
         for _ in 0..MESSAGES_PER_WAKEUP {
             let Some(VfPort { conn, server, .. }) = a.vfs.get_mut(usize::from(vf)) else {
                 return;
@@ -160,6 +196,19 @@ impl Nicd {
             let Some(c) = conn.as_mut() else {
                 return;
             };
+            let fd = c.sock.as_raw_fd();
+            match pay(c) {
+                Ok(true) => owing = Some((fd, false)),
+                Ok(false) => {
+                    owing = Some((fd, true));
+                    break;
+                }
+                Err(e) => {
+                    devices::warn_ratelimited!("nicd: VF {vf}: cannot answer the client: {e}");
+                    gone = Some(fd);
+                    break;
+                }
+            }
             let limits = server.limits();
             let reply = match c.reader.poll(&c.sock, &limits) {
                 Ok(Some(msg)) => server.handle_message(msg),
@@ -167,25 +216,44 @@ impl Nicd {
                 Err(e) if !e.is_fatal() => server.handle_recv_error(&e),
                 Err(e) => {
                     devices::info_ratelimited!("nicd: VF {vf}: client gone: {e}");
-                    gone = Some(c.sock.as_raw_fd());
+                    gone = Some(fd);
                     break;
                 }
             };
             if let Some(reply) = reply {
                 let enc = reply.encode();
-                if let Err(e) = c.sock.send_message(&enc.bytes, &enc.fds) {
-                    devices::warn_ratelimited!("nicd: VF {vf}: cannot answer the client: {e}");
-                    gone = Some(c.sock.as_raw_fd());
-                    break;
+                match Outgoing::new(enc.bytes, &enc.fds) {
+                    Ok(out) => c.owed.push_back(out),
+                    Err(e) => {
+                        devices::warn_ratelimited!("nicd: VF {vf}: cannot queue a reply: {e}");
+                        gone = Some(fd);
+                        break;
+                    }
                 }
+                // Sent at the top of the next round (or when the socket is writable).
             }
             a.apply_pf_events(vf);
             a.flush_outbox();
+        }
+        // Replies of the last round.
+        if gone.is_none()
+            && let Some(c) = a.vfs.get_mut(usize::from(vf)).and_then(|p| p.conn.as_mut())
+        {
+            let fd = c.sock.as_raw_fd();
+            match pay(c) {
+                Ok(done) => owing = Some((fd, !done)),
+                Err(e) => {
+                    devices::warn_ratelimited!("nicd: VF {vf}: cannot answer the client: {e}");
+                    gone = Some(fd);
+                }
+            }
         }
         drop(a);
         if let Some(fd) = gone {
             self.unwatch(ops, fd);
             lock(&adapter).client_gone(vf);
+        } else if let Some((fd, write)) = owing {
+            self.want_write(ops, fd, write);
         }
     }
 

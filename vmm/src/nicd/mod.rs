@@ -181,7 +181,7 @@ fn raise_fd_limit(needed: u64) {
     }
     let want = needed.min(r.rlim_max);
     if want < needed {
-        log::warn!(
+        devices::warn_ratelimited!(
             "nicd: the open-file limit ({}) is below the {needed} descriptors all VFs in use \
              take: clients beyond it will be refused",
             r.rlim_max
@@ -190,7 +190,7 @@ fn raise_fd_limit(needed: u64) {
     r.rlim_cur = want;
     // SAFETY: setrlimit reads a valid rlimit struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const r) } != 0 {
-        log::warn!(
+        devices::warn_ratelimited!(
             "nicd: cannot raise the open-file limit: {}",
             std::io::Error::last_os_error()
         );
