@@ -382,8 +382,137 @@ fn two_guests_ping_each_other_vf_to_vf_through_the_switch() {
     .unwrap_or_else(|e| fail(e));
 }
 
+/// The frames of a classic pcap file (LINKTYPE_ETHERNET), in order.
+fn pcap_frames(path: &Path) -> Vec<Vec<u8>> {
+    let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(data.len() >= 24, "a pcap header");
+    assert_eq!(
+        &data[..4],
+        &0xa1b2_c3d4u32.to_le_bytes(),
+        "classic pcap, little endian"
+    );
+    let mut frames = Vec::new();
+    let mut at = 24;
+    while at + 16 <= data.len() {
+        let incl = u32::from_le_bytes(data[at + 8..at + 12].try_into().unwrap()) as usize;
+        let start = at + 16;
+        assert!(start + incl <= data.len(), "a whole record");
+        frames.push(data[start..start + incl].to_vec());
+        at = start + incl;
+    }
+    frames
+}
+
+/// Sends `frame` out of `ifname` in `ns` through a raw packet socket (what a peer on the
+/// wire sends; the host kernel here has no VLAN interfaces or bridges).
+fn send_raw(ns: &Netns, ifname: &'static str, frame: Vec<u8>) {
+    in_netns(ns, move || {
+        let name = std::ffi::CString::new(ifname).expect("a name");
+        // SAFETY: a NUL-terminated name; the result is checked.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert_ne!(ifindex, 0, "no interface {ifname}");
+        // SAFETY: constant arguments; the result is checked.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: sockaddr_ll is plain data; all zeroes is valid.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = u16::try_from(libc::AF_PACKET).expect("AF_PACKET fits");
+        addr.sll_ifindex = i32::try_from(ifindex).expect("an ifindex");
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+        // SAFETY: `frame` and `addr` are valid for the call's lengths; `fd` is ours.
+        let n = unsafe {
+            libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const addr).cast(),
+                libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_ll>())
+                    .expect("a small struct"),
+            )
+        };
+        let err = std::io::Error::last_os_error();
+        // SAFETY: closing the socket this closure opened.
+        unsafe { libc::close(fd) };
+        assert_eq!(n, frame.len() as isize, "sendto: {err}");
+    });
+}
+
+/// An ARP request for `target` from `sender` (10.99.0.1 at `mac`), tagged with `vid`.
+fn tagged_arp_request(mac: [u8; 6], vid: u16, target: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0x81, 0x00]);
+    f.extend_from_slice(&vid.to_be_bytes());
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[10, 99, 0, 1]);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target);
+    f.resize(64, 0);
+    f
+}
+
+/// A port VLAN as the guest and the wire see it: with `vf 0 set vlan 100 qos 3`, an ARP
+/// request for the guest tagged with VLAN 100 reaches it (the switch strips the tag on
+/// the way in) and its answer leaves on the uplink tagged with VID 100 and PCP 3 (in a
+/// capture of the uplink), while an untagged request gets no answer.
+fn port_vlan_tags_the_guest_on_the_uplink(ns: &Netns, nicd: &Nicd) {
+    nicd.vmctl(&["vf", "0", "set", "vlan", "100", "qos", "3"]);
+    let pcap = nicd.dir.join("uplink.pcap");
+    nicd.vmctl(&["pcap", "uplink", &pcap.display().to_string()]);
+    let peer = [0x02, 0x00, 0x00, 0x00, 0x99, 0x01];
+    let guest: Vec<u8> = default_mac(0)
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    let target = [10, 99, 0, 2];
+    let answers = |frames: &[Vec<u8>]| -> Vec<Vec<u8>> {
+        frames
+            .iter()
+            .filter(|f| f.len() >= 42 && f[6..12] == guest[..] && f[..6] == peer)
+            .cloned()
+            .collect()
+    };
+    // Untagged: the guest is in VLAN 100 only; no answer.
+    let mut untagged = tagged_arp_request(peer, 100, target);
+    untagged.drain(12..16);
+    send_raw(ns, TAP, untagged);
+    std::thread::sleep(Duration::from_secs(2));
+    send_raw(ns, TAP, tagged_arp_request(peer, 100, target));
+    // The guest answers within milliseconds; the emulator is slow: give it seconds.
+    std::thread::sleep(Duration::from_secs(5));
+    nicd.vmctl(&["pcap", "uplink", "stop"]);
+    let all = pcap_frames(&pcap);
+    let got = answers(&all);
+    assert_eq!(
+        got.len(),
+        1,
+        "one answer, to the tagged request only: {} frames captured",
+        all.len()
+    );
+    let f = &got[0];
+    assert_eq!(
+        f[12..14],
+        [0x81, 0x00],
+        "tagged on the wire: {:02x?}",
+        &f[..18]
+    );
+    let tci = u16::from_be_bytes([f[14], f[15]]);
+    assert_eq!(tci & 0x0fff, 100, "VID 100");
+    assert_eq!(tci >> 13, 3, "PCP 3 (qos)");
+    assert_eq!(f[16..18], [0x08, 0x06], "an ARP reply inside");
+    assert_eq!(f[24..26], [0, 2], "op: reply");
+    nicd.vmctl(&["vf", "0", "set", "vlan", "0"]);
+}
+
 #[test]
-fn vf_state_disable_drops_the_guest_carrier() {
+fn vf_state_disable_drops_the_guest_carrier_and_a_port_vlan_tags_it() {
     let Some((image, nicd_bin)) = requirements() else {
         return;
     };
@@ -403,6 +532,7 @@ fn vf_state_disable_drops_the_guest_carrier() {
         g.wait_for("GUEST VF CARRIER UP", STEP)?;
         g.send(&format!("ping {HOST_IP}"))?;
         g.wait_for(&format!("GUEST VF PING {HOST_IP} OK"), STEP)?;
+        port_vlan_tags_the_guest_on_the_uplink(&ns, &nicd);
         g.send("done")?;
         g.wait_pass(STEP)?;
         drop(g);
