@@ -40,6 +40,15 @@ struct Cli {
     /// TotalVFs of the adapter, 1 to 255 [default: 8].
     #[arg(long, value_name = "T", default_value_t = 8, hide_default_value = true)]
     total_vfs: u16,
+    /// The physical port's line rate in Mbit/s, which frames to the uplink share (the
+    /// 82576's 1000 by default; 0: no limit) [default: 1000].
+    #[arg(
+        long,
+        value_name = "MBPS",
+        default_value_t = 1000,
+        hide_default_value = true
+    )]
+    uplink_mbps: u32,
 }
 
 fn config(cli: Cli) -> Result<NicdConfig, String> {
@@ -67,6 +76,7 @@ fn config(cli: Cli) -> Result<NicdConfig, String> {
         uplink: cli.uplink,
         socket_dir: cli.socket_dir,
         api_socket: cli.api_socket,
+        uplink_mbps: cli.uplink_mbps,
     })
 }
 

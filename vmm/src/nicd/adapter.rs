@@ -435,18 +435,16 @@ impl Adapter {
         }
     }
 
-    /// Interrupt throttling timers and held TX frames whose time came.
+    /// Interrupt throttling timers and held TX frames whose time came: the held frames go
+    /// through the switch's arbiter together (min_tx_rate), and the VFs whose frame went
+    /// walk their rings on. A held frame may have been its ring's last: only the timer
+    /// sends it.
     pub fn on_timer(&mut self) {
-        let (held, _) = lock(&self.fabric).held();
         for port in &mut self.vfs {
             port.device().igbvf_mut().poll_timers();
         }
-        for vf in held {
-            // The held frame first: it may have been the last of its ring, and a walk of
-            // an empty ring would never ask for it.
-            if !lock(&self.fabric).vf_ready(vf) {
-                continue;
-            }
+        let went = lock(&self.fabric).arbitrate();
+        for vf in went {
             if let Some(port) = self.vfs.get_mut(usize::from(vf)) {
                 port.device().igbvf_mut().process_tx();
             }

@@ -11,7 +11,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use devices::nic_switch::{Delivery, FrameSink, PortId, Switch, TxVerdict};
+use devices::nic_switch::{Delivery, FrameSink, PortId, Switch, TxRings, TxVerdict};
 use devices::sriov::igbvf::TxSink;
 use devices::sync::lock;
 use devices::virtio::net::{NET_HDR_LEN, NetBackend};
@@ -84,6 +84,25 @@ struct Held {
     frame: Option<Vec<u8>>,
     retry_at: Duration,
 }
+
+/// The held frames as the switch's arbiter sees the VFs' rings: a VF's head is its held
+/// frame (the rest of its ring waits behind it in the guest's memory).
+struct HeldRings<'a>(&'a mut [Held]);
+
+impl TxRings for HeldRings<'_> {
+    fn head(&mut self, vf: u16) -> Option<&[u8]> {
+        self.0.get(usize::from(vf))?.frame.as_deref()
+    }
+
+    fn pop(&mut self, vf: u16) {
+        if let Some(h) = self.0.get_mut(usize::from(vf)) {
+            h.frame = None;
+        }
+    }
+}
+
+/// How long a held frame waits when the arbiter names no time (it always should).
+const RETRY_FALLBACK: Duration = Duration::from_millis(1);
 
 /// Counters of the glue itself (the switch and the VF models count the rest).
 #[derive(Debug, Default, Clone, Copy)]
@@ -215,9 +234,8 @@ impl Fabric {
     }
 
     /// Whether VF `vf` may hand over its next frame: no frame is held, or the held one
-    /// went now (the timer calls it too: a held frame that was its ring's last has no
-    /// later frame to retry it).
-    pub fn vf_ready(&mut self, vf: u16) -> bool {
+    /// went now.
+    fn vf_ready(&mut self, vf: u16) -> bool {
         let now = self.now();
         let Some(h) = self.held.get_mut(usize::from(vf)) else {
             return true;
@@ -239,6 +257,41 @@ impl Fabric {
             }
             TxVerdict::Sent { .. } | TxVerdict::Dropped(_) => true,
         }
+    }
+
+    /// Offers every held frame to the switch's arbiter at once, so VFs that contend for
+    /// the uplink's wire share it by their min_tx_rate (one VF after the other would
+    /// favour the lowest numbers). Returns the VFs whose held frame went (or was
+    /// dropped): their rings may go on. The rest retry when the switch says.
+    pub fn arbitrate(&mut self) -> Vec<u16> {
+        let before: Vec<bool> = self.held.iter().map(|h| h.frame.is_some()).collect();
+        let waiting = before.iter().filter(|&&b| b).count();
+        if waiting == 0 {
+            return Vec::new();
+        }
+        let now = self.now();
+        let mut sink = Deliver {
+            uplink: self.uplink.as_ref(),
+            outbox: &mut self.outbox,
+            stats: &mut self.stats,
+        };
+        let report = self
+            .switch
+            .transmit(now, &mut HeldRings(&mut self.held), &mut sink, waiting);
+        let retry = if report.more {
+            now
+        } else {
+            report.next_wake.unwrap_or(now + RETRY_FALLBACK)
+        };
+        let mut went = Vec::new();
+        for ((vf, h), was) in (0u16..).zip(self.held.iter_mut()).zip(before) {
+            match (&h.frame, was) {
+                (None, true) => went.push(vf),
+                (Some(_), _) => h.retry_at = retry,
+                (None, false) => {}
+            }
+        }
+        went
     }
 
     /// The VFs with a held frame, and the earliest time one may go (switch time).

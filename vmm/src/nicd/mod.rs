@@ -78,6 +78,8 @@ pub struct NicdConfig {
     pub socket_dir: PathBuf,
     /// The API socket.
     pub api_socket: PathBuf,
+    /// The uplink's line rate in Mbit/s (the 82576's 1000); 0: no wire limit.
+    pub uplink_mbps: u32,
 }
 
 /// Why nicd could not start or stopped.
@@ -132,6 +134,7 @@ pub fn build(cfg: &NicdConfig) -> Result<Arc<Mutex<Adapter>>, NicdError> {
     let uplink = open_uplink(&cfg.uplink)?;
     let switch = Switch::new(SwitchConfig {
         total_vfs: cfg.total_vfs,
+        uplink_mbps: cfg.uplink_mbps,
         ..SwitchConfig::default()
     });
     let fabric = Arc::new(Mutex::new(Fabric::new(switch, uplink)));
