@@ -244,7 +244,7 @@ module_path() {
 
 build_linux() {
   need_tools apt-get:apt dpkg-deb:dpkg cpio:cpio gzip:gzip zstd:zstd xz:xz-utils \
-    readelf:binutils depmod:kmod modinfo:kmod numfmt:coreutils sha256sum:coreutils
+    readelf:binutils depmod:kmod modinfo:kmod numfmt:coreutils sha256sum:coreutils gcc:gcc
   mkdir -p "$out" "$cache"
   setup_private_apt
   local kpkg kver_deb bver kdeb bdeb
@@ -264,7 +264,7 @@ build_linux() {
   local stamp
   stamp=$({
     cat "$here/build.sh" "$linux_dir/init" "$linux_dir/extract-vmlinux.sh" \
-      "$linux_dir"/scenarios/*.sh "$nested_dir/init"
+      "$linux_dir"/scenarios/*.sh "$linux_dir"/tools/*.c "$nested_dir/init"
     basename "$kdeb"
     basename "$bdeb"
   } | sha256sum | cut -d' ' -f1)
@@ -327,6 +327,11 @@ build_linux() {
   local ir="$work/initramfs" hr="$work/nested-host"
   make_initramfs "$ir" "$linux_dir/init" "${guest_order[@]}"
   install -m 0755 "$linux_dir"/scenarios/*.sh "$ir/scenarios/"
+  # Small tools busybox lacks, static so they need no libraries in the guest.
+  for f in "$linux_dir"/tools/*.c; do
+    gcc -static -O2 -Wall -o "$ir/bin/$(basename "$f" .c)" "$f" ||
+      die "cannot build $(basename "$f") (gcc with static glibc: libc6-dev)"
+  done
   make_initramfs "$hr" "$nested_dir/init" "${host_order[@]}"
   write_cpio "$ir" "$work/initramfs.cpio.gz"
   write_cpio "$hr" "$work/nested-host.cpio.gz"

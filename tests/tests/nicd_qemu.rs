@@ -511,8 +511,55 @@ fn port_vlan_tags_the_guest_on_the_uplink(ns: &Netns, nicd: &Nicd) {
     nicd.vmctl(&["vf", "0", "set", "vlan", "0"]);
 }
 
+/// Spoof checking as the wire sees it: frames the guest sends from a MAC that is not its
+/// VF's (raw frames, as a bridge or macvlan in the guest would send) are dropped and
+/// counted on the VF's TX while spoofchk is on, and reach the uplink once it is off.
+fn spoof_check_drops_and_counts(nicd: &Nicd, g: &mut QemuGuest) -> Result<(), GuestError> {
+    let tx_dropped = || -> u64 {
+        let out = nicd.vmctl(&["show", "-s", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("show's JSON");
+        v["vfinfo_list"][0]["stats"]["tx"]["dropped"]
+            .as_u64()
+            .expect("tx dropped")
+    };
+    let before = tx_dropped();
+    let pcap = nicd.dir.join("spoof.pcap");
+    nicd.vmctl(&["pcap", "uplink", &pcap.display().to_string()]);
+    let (spoofed, allowed) = ([0x02, 0, 0, 0, 0x66, 0x01], [0x02, 0, 0, 0, 0x66, 0x02]);
+    let text = |m: [u8; 6]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    g.send(&format!("spoof {}", text(spoofed)))?;
+    g.wait_for("GUEST VF SPOOF SENT", STEP)?;
+    std::thread::sleep(Duration::from_secs(2));
+    nicd.vmctl(&["vf", "0", "set", "spoofchk", "off"]);
+    g.send(&format!("spoof {}", text(allowed)))?;
+    g.wait_for("GUEST VF SPOOF SENT", STEP)?;
+    std::thread::sleep(Duration::from_secs(3));
+    nicd.vmctl(&["pcap", "uplink", "stop"]);
+    nicd.vmctl(&["vf", "0", "set", "spoofchk", "on"]);
+    let frames = pcap_frames(&pcap);
+    let from = |m: [u8; 6]| {
+        frames
+            .iter()
+            .filter(|f| f.len() >= 12 && f[6..12] == m)
+            .count()
+    };
+    assert_eq!(from(spoofed), 0, "spoofed frames reached the uplink");
+    assert_eq!(from(allowed), 3, "with spoofchk off the same frames pass");
+    let dropped = tx_dropped() - before;
+    assert!(
+        dropped >= 3,
+        "the spoofed frames count as TX drops ({dropped})"
+    );
+    Ok(())
+}
+
 #[test]
-fn vf_state_disable_drops_the_guest_carrier_and_a_port_vlan_tags_it() {
+fn vf_state_port_vlan_and_spoof_check_as_the_guest_and_the_wire_see_them() {
     let Some((image, nicd_bin)) = requirements() else {
         return;
     };
@@ -533,6 +580,7 @@ fn vf_state_disable_drops_the_guest_carrier_and_a_port_vlan_tags_it() {
         g.send(&format!("ping {HOST_IP}"))?;
         g.wait_for(&format!("GUEST VF PING {HOST_IP} OK"), STEP)?;
         port_vlan_tags_the_guest_on_the_uplink(&ns, &nicd);
+        spoof_check_drops_and_counts(&nicd, &mut g)?;
         g.send("done")?;
         g.wait_pass(STEP)?;
         drop(g);

@@ -151,6 +151,10 @@ if [ "$hold" = "1" ]; then
             echo "GUEST VF CARRIER DOWN" ;;
           *) fail "bad command: carrier $a1" ;;
         esac ;;
+      spoof)
+        # Frames from a MAC that is not the VF's, as a bridge or macvlan would send.
+        ethsend "$net" ff:ff:ff:ff:ff:ff "$a1" 3 || fail "ethsend from $a1 failed"
+        echo "GUEST VF SPOOF SENT $a1" ;;
       done) break ;;
       "") ;;
       *) fail "unknown command '$cmd'" ;;
