@@ -67,12 +67,20 @@ say() { printf 'build.sh: %s\n' "$*" >&2; }
 die() { printf 'build.sh: error: %s\n' "$*" >&2; exit 1; }
 
 apt_updated=0
+# have THING: THING is a command, or (starting with /) a file.
+have() {
+  case "$1" in
+    /*) [ -e "$1" ] ;;
+    *) command -v "$1" >/dev/null 2>&1 ;;
+  esac
+}
+
 # need_tools COMMAND:PACKAGE...: installs, from the system's apt sources, the packages of
-# the commands that are missing.
+# the commands (or /files) that are missing.
 need_tools() {
   local pair missing=()
   for pair in "$@"; do
-    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+    have "${pair%%:*}" || missing+=("${pair#*:}")
   done
   [ "${#missing[@]}" -eq 0 ] && return 0
   [ "$(id -u)" -eq 0 ] || die "missing host packages: ${missing[*]} (install them, or run as root)"
@@ -85,7 +93,7 @@ need_tools() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
     >/dev/null || die "could not install: ${missing[*]}"
   for pair in "$@"; do
-    command -v "${pair%%:*}" >/dev/null 2>&1 || die "${pair%%:*} is still missing after installing ${pair#*:}"
+    have "${pair%%:*}" || die "${pair%%:*} is still missing after installing ${pair#*:}"
   done
 }
 
@@ -244,7 +252,8 @@ module_path() {
 
 build_linux() {
   need_tools apt-get:apt dpkg-deb:dpkg cpio:cpio gzip:gzip zstd:zstd xz:xz-utils \
-    readelf:binutils depmod:kmod modinfo:kmod numfmt:coreutils sha256sum:coreutils gcc:gcc
+    readelf:binutils depmod:kmod modinfo:kmod numfmt:coreutils sha256sum:coreutils gcc:gcc \
+    /usr/lib/x86_64-linux-gnu/libc.a:libc6-dev
   mkdir -p "$out" "$cache"
   setup_private_apt
   local kpkg kver_deb bver kdeb bdeb
