@@ -2,6 +2,7 @@
 //! events go through small traits the VMM implements, so every model runs in unit tests.
 
 pub mod bits;
+pub mod dirty_log;
 pub mod interrupt;
 pub mod legacy;
 pub mod nic_switch;
@@ -15,6 +16,6 @@ pub mod vfio_user;
 pub mod virtio;
 
 /// Guest memory as the VMM and every device model see it: vm-memory's mmap backend with a
-/// dirty bitmap, so that writes made through it (device DMA, the VMM's own boot-time
-/// writes) are tracked for migration alongside KVM's dirty log.
-pub type GuestMemory = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
+/// dirty log per region, so that once a migration starts logging, writes made through it
+/// (device DMA, the VMM's own writes) are tracked alongside KVM's dirty log.
+pub type GuestMemory = vm_memory::GuestMemoryMmap<dirty_log::DirtyLog>;

@@ -240,12 +240,12 @@ impl Iommu for EndpointIommu {
     }
 }
 
-/// The IOVA-space dirty bitmap vm-memory keeps for writes made with translation on: left
-/// empty (an empty bitmap ignores every write). Guest-physical dirty tracking is what
-/// migration needs; with translation on, vm-memory does not mark the backend's bitmap, so
-/// migration marks the guest-physical pages devices write behind the IOMMU itself.
-fn iova_bitmap() -> vm_memory::bitmap::AtomicBitmap {
-    vm_memory::bitmap::AtomicBitmap::default()
+/// The IOVA-space dirty log vm-memory keeps for writes made with translation on: never
+/// started, so it ignores every write. Guest-physical dirty tracking is what migration
+/// needs; with translation on, vm-memory does not mark the backend's log, so migration
+/// marks the guest-physical pages devices write behind the IOMMU itself.
+fn iova_bitmap() -> crate::dirty_log::DirtyLog {
+    crate::dirty_log::DirtyLog::default()
 }
 
 /// Memory without an IOMMU in the way.
