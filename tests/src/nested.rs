@@ -648,11 +648,30 @@ done
 echo 'exit_reason != 123' >$T/events/kvm/kvm_exit/filter || echo "NESTED TRACE: no filter"
 echo 1 >$T/tracing_on"#;
 
+/// Shell function `emulator_crash FILE`: succeeds, printing why, when a failed test's
+/// output (FILE) shows a guest crash of the kind the emulated nested paging causes (see
+/// docs/testing.md, "Guest crashes of the nested host"): a vCPU whose page-table root lies
+/// beyond 4 GiB (the guests have 512 MiB) looping on a #PF it cannot deliver, or a triple
+/// fault. Nothing else counts.
+const EMULATOR_CRASH: &str = r#"emulator_crash() {
+  if grep -q '"exception":"14/' "$1" && grep -qE '"cr3":"0x[0-9a-f]{9,}"' "$1"; then
+    echo "a vCPU's page-table root lies beyond guest memory ($(grep -oE '"cr3":"0x[0-9a-f]{9,}"' "$1" | head -n 1)) and it loops on a #PF"
+    return 0
+  fi
+  if grep -q 'triple fault (KVM_EXIT_SHUTDOWN)' "$1"; then
+    echo "the guest triple-faulted"
+    return 0
+  fi
+  return 1
+}"#;
+
 /// The `/payload/run` that runs every test of every binary in /payload/tests whose name
 /// contains one of `filters` (all with none), one test per process, between
 /// `NESTED TEST BEGIN <bin>::<test>` and `NESTED TEST END <bin>::<test> status=N
 /// seconds=S` lines; it exits with the number of failed tests. KVM's tracepoints record
-/// each test ([`TRACE_SETUP`]); a failed test is followed by the last 3000 events.
+/// each test ([`TRACE_SETUP`]); a failed test is followed by the last 3000 events. A test
+/// that failed by a guest crash of the emulator's kind ([`EMULATOR_CRASH`]) runs once more
+/// after a `NESTED TEST RETRY <bin>::<test>: <why>` line; the second result stands.
 pub fn tests_script(filters: &[String]) -> String {
     let filter_args: String = filters.iter().map(|f| format!(" '{f}'")).collect();
     format!(
@@ -661,25 +680,28 @@ pub fn tests_script(filters: &[String]) -> String {
 {env}
 cd /tmp
 {trace_setup}
+{emulator_crash}
 failed=0
 for bin in {tests}/*; do
   name=${{bin##*/}}
   list=$("$bin" --list --format terse{filter_args}) || {{ echo "NESTED TEST LIST $name FAILED"; failed=$((failed + 1)); continue; }}
   for t in $(echo "$list" | sed -n 's/: test$//p'); do
-    echo "NESTED TEST BEGIN $name::$t"
-    echo >$T/trace
-    # A copy of the buffer at KVM's first injected #PF of this test (rare with nested
-    # paging; a guest whose page tables went bad injects them forever).
-    echo 0 >$T/snapshot 2>/dev/null
-    echo '!snapshot:1' >$T/events/kvm/kvm_inj_exception/trigger 2>/dev/null
-    echo 'snapshot:1 if exception == 14' >$T/events/kvm/kvm_inj_exception/trigger 2>/dev/null
-    t0=$(cut -d' ' -f1 /proc/uptime)
-    "$bin" --exact "$t" --test-threads=1
-    rc=$?
-    t1=$(cut -d' ' -f1 /proc/uptime)
-    echo "NESTED TEST END $name::$t status=$rc seconds=$(awk "BEGIN {{ print $t1 - $t0 }}")"
-    if [ "$rc" -ne 0 ]; then
-      failed=$((failed + 1))
+    attempt=1
+    while :; do
+      echo "NESTED TEST BEGIN $name::$t"
+      echo >$T/trace
+      # A copy of the buffer at KVM's first injected #PF of this test (rare with nested
+      # paging; a guest whose page tables went bad injects them forever).
+      echo 0 >$T/snapshot 2>/dev/null
+      echo '!snapshot:1' >$T/events/kvm/kvm_inj_exception/trigger 2>/dev/null
+      echo 'snapshot:1 if exception == 14' >$T/events/kvm/kvm_inj_exception/trigger 2>/dev/null
+      t0=$(cut -d' ' -f1 /proc/uptime)
+      "$bin" --exact "$t" --test-threads=1 >/tmp/test.out 2>&1
+      rc=$?
+      cat /tmp/test.out
+      t1=$(cut -d' ' -f1 /proc/uptime)
+      echo "NESTED TEST END $name::$t status=$rc seconds=$(awk "BEGIN {{ print $t1 - $t0 }}")"
+      [ "$rc" -eq 0 ] && break
       echo "--- the last 3000 KVM trace events of $name::$t"
       grep -v '^#' $T/trace | tail -n 3000
       if grep -q -v '^#' $T/snapshot 2>/dev/null; then
@@ -687,7 +709,14 @@ for bin in {tests}/*; do
         grep -v '^#' $T/snapshot | tail -n 600
       fi
       echo "--- end of trace"
-    fi
+      if [ "$attempt" -eq 1 ] && why=$(emulator_crash /tmp/test.out); then
+        echo "NESTED TEST RETRY $name::$t: $why"
+        attempt=2
+        continue
+      fi
+      failed=$((failed + 1))
+      break
+    done
   done
 done
 exit "$failed"
@@ -695,6 +724,7 @@ exit "$failed"
         tests = paths::TESTS,
         env = TEST_ENV,
         trace_setup = TRACE_SETUP,
+        emulator_crash = EMULATOR_CRASH,
     )
 }
 
@@ -719,7 +749,14 @@ impl TierReport {
         for name in &self.expected {
             let line = match self.results.iter().find(|r| &r.name == name) {
                 None => "did not run".to_string(),
-                Some(r) if r.passed() => format!("ok ({:.1} s)", r.seconds.unwrap_or(0.0)),
+                Some(r) if r.passed() => match &r.retried {
+                    None => format!("ok ({:.1} s)", r.seconds.unwrap_or(0.0)),
+                    Some(why) => format!(
+                        "ok ({:.1} s) on a second attempt; the first crashed the guest the \
+                         emulator's way: {why}",
+                        r.seconds.unwrap_or(0.0)
+                    ),
+                },
                 Some(r) if !r.skips.is_empty() => format!("SKIPPED: {}", r.skips.join("; ")),
                 Some(r) => match r.status {
                     Some(st) => format!("FAILED (status {st})"),
@@ -802,6 +839,9 @@ pub struct TestResult {
     pub skips: Vec<String>,
     /// Its output lines.
     pub output: Vec<String>,
+    /// Why it ran a second time (an earlier attempt crashed the emulator's way); this is
+    /// the second attempt's result.
+    pub retried: Option<String>,
 }
 
 impl TestResult {
@@ -811,19 +851,34 @@ impl TestResult {
     }
 }
 
-/// The inner tests' results, in the order they ran.
+/// The inner tests' results, in the order they ran; of a retried test, the second attempt
+/// (with the reason of the retry).
 pub fn test_results(lines: &[String]) -> Vec<TestResult> {
     let mut out: Vec<TestResult> = Vec::new();
     let mut current: Option<TestResult> = None;
+    let mut retry: Option<(String, String)> = None;
     for l in lines {
-        if let Some(name) = l.strip_prefix("NESTED TEST BEGIN ") {
+        if let Some(rest) = l.strip_prefix("NESTED TEST RETRY ") {
+            if let Some((name, why)) = rest.split_once(": ") {
+                retry = Some((name.trim().to_string(), why.trim().to_string()));
+            }
+        } else if let Some(name) = l.strip_prefix("NESTED TEST BEGIN ") {
             out.extend(current.take());
+            let name = name.trim().to_string();
+            let retried = match retry.take() {
+                Some((n, why)) if n == name => {
+                    out.retain(|r| r.name != name);
+                    Some(why)
+                }
+                _ => None,
+            };
             current = Some(TestResult {
-                name: name.trim().into(),
+                name,
                 status: None,
                 seconds: None,
                 skips: Vec::new(),
                 output: Vec::new(),
+                retried,
             });
         } else if let Some(rest) = l.strip_prefix("NESTED TEST END ") {
             let mut words = rest.split_whitespace();
@@ -1041,6 +1096,55 @@ mod tests {
         assert_eq!(r[1].skips, ["SKIP: no KVM"]);
         assert_eq!(r[2].status, None);
         assert!(!r[2].passed());
+    }
+
+    #[test]
+    fn a_retried_test_counts_by_its_second_attempt() {
+        let l = lines(
+            "NESTED TEST BEGIN linux_guest::a\n\
+             boom\n\
+             NESTED TEST END linux_guest::a status=101 seconds=30\n\
+             NESTED TEST RETRY linux_guest::a: the guest triple-faulted\n\
+             NESTED TEST BEGIN linux_guest::a\n\
+             NESTED TEST END linux_guest::a status=0 seconds=20\n\
+             NESTED TEST BEGIN linux_guest::b\n\
+             NESTED TEST END linux_guest::b status=101 seconds=3",
+        );
+        let r = test_results(&l);
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert!(r[0].passed());
+        assert_eq!(r[0].retried.as_deref(), Some("the guest triple-faulted"));
+        assert!(!r[1].passed() && r[1].retried.is_none());
+    }
+
+    /// The crash signatures, through `sh` and `grep` as the nested host runs them.
+    #[test]
+    fn emulator_crash_signatures() {
+        let dir = std::env::temp_dir().join(format!("nested-sig-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let verdict = |output: &str| -> Option<String> {
+            let f = dir.join("out");
+            std::fs::write(&f, output).unwrap();
+            let script = format!("{EMULATOR_CRASH}\nemulator_crash '{}'", f.display());
+            let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        };
+        let bad = r#"{"index":1,"mp_state":"runnable","rip":"0xffffffffc07260b0","cr3":"0x100aaa000","exception":"14/0x10"}"#;
+        let why = verdict(bad).expect("a root beyond 4 GiB, looping on #PF");
+        assert!(why.contains("0x100aaa000"), "{why}");
+        let healthy = r#"{"index":0,"mp_state":"halted","cr3":"0x2c22000"}"#;
+        assert_eq!(verdict(healthy), None);
+        let pf_low = r#"{"index":0,"cr3":"0x2c22000","exception":"14/0x2"}"#;
+        assert_eq!(
+            verdict(pf_low),
+            None,
+            "a #PF with a sane root is not the emulator's"
+        );
+        assert!(verdict("vmm: vCPU 0: triple fault (KVM_EXIT_SHUTDOWN): rip=0xfff0").is_some());
+        assert_eq!(verdict("no `GUEST READY`"), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
