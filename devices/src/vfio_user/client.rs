@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use super::codec::{DecodeError, Reply, Request};
 use super::header::cmd;
+use super::server::command_name;
 use super::messages::{
     Capabilities, DeviceInfo, DmaMap, DmaUnmap, IrqAction, IrqData, IrqInfo, IrqSet, RegionData,
     RegionInfoReply, RegionRead, VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, Version,
@@ -88,23 +89,6 @@ pub enum ClientError {
         #[source]
         source: io::Error,
     },
-}
-
-fn command_name(command: u16) -> &'static str {
-    match command {
-        cmd::VERSION => "VERSION",
-        cmd::DMA_MAP => "DMA_MAP",
-        cmd::DMA_UNMAP => "DMA_UNMAP",
-        cmd::DEVICE_GET_INFO => "DEVICE_GET_INFO",
-        cmd::GET_REGION_INFO => "GET_REGION_INFO",
-        cmd::GET_REGION_IO_FDS => "GET_REGION_IO_FDS",
-        cmd::GET_IRQ_INFO => "GET_IRQ_INFO",
-        cmd::SET_IRQS => "SET_IRQS",
-        cmd::REGION_READ => "REGION_READ",
-        cmd::REGION_WRITE => "REGION_WRITE",
-        cmd::DEVICE_RESET => "DEVICE_RESET",
-        _ => "command",
-    }
 }
 
 /// What the client proposes in VERSION (QEMU's values).
