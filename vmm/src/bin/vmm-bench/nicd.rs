@@ -257,8 +257,9 @@ fn switch(path: SwitchPath, size: usize, frames: u64, ring: u32) -> Result<Switc
     let f = frame(dst, vf_mac(0), size);
     let uplink = nicd.uplink.as_ref().ok_or("no uplink")?;
     let mut buf = vec![0u8; 65_536];
-    // TX: a quarter ring per TDT write; RX: descriptors back every sixteenth.
-    let batch = (ring / 4).max(1);
+    // TX: a sixteenth of the ring per TDT write (and not fewer while more are to come,
+    // as a busy driver's xmit_more batches); RX: descriptors back every sixteenth.
+    let batch = (ring / 16).max(1);
     let rx_batch = (ring / 16).max(1);
     let e = |e: devices::sriov::igbvf::driver::DriverError| vmm::error_chain(&e);
 
