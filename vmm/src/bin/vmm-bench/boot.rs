@@ -30,7 +30,8 @@ pub struct Options {
     /// can run it). `testguest`: the test guest's `boot` scenario (our vmm only).
     #[arg(long, default_value = "trivial")]
     guest: String,
-    /// Other VMMs to run alongside: `firecracker=PATH`, `cloud-hypervisor=PATH`.
+    /// Other VMMs to run alongside: `firecracker=PATH`, `cloud-hypervisor=PATH`, and
+    /// `vmm=PATH` for another build of this vmm (before and after a change).
     #[arg(long, value_delimiter = ',')]
     compare: Vec<String>,
     /// Test guest ELF for `--guest testguest` [default: the one built beside this binary,
@@ -87,9 +88,11 @@ fn contenders(compare: &[String]) -> Result<Vec<Contender>, String> {
         let (name, kind) = match name {
             "firecracker" => ("firecracker", Kind::Firecracker),
             "cloud-hypervisor" => ("cloud-hypervisor", Kind::CloudHypervisor),
+            // Another build of this vmm (before and after a change, run alternately).
+            "vmm" => ("other vmm", Kind::Ours),
             other => {
                 return Err(format!(
-                    "--compare: unknown VMM {other} (firecracker, cloud-hypervisor)"
+                    "--compare: unknown VMM {other} (firecracker, cloud-hypervisor, vmm)"
                 ));
             }
         };
