@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use super::codec::{DecodeError, Reply, Request};
 use super::header::cmd;
-use super::server::command_name;
 use super::messages::{
     Capabilities, DeviceInfo, DmaMap, DmaUnmap, IrqAction, IrqData, IrqInfo, IrqSet, RegionData,
     RegionInfoReply, RegionRead, VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, Version,
 };
+use super::server::command_name;
 use super::socket::{Limits, Socket, SocketError};
 
 /// How long a reply may take before the server counts as gone.
