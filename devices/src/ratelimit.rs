@@ -69,7 +69,11 @@ impl RateLimit {
 macro_rules! log_ratelimited {
     ($level:expr, $($arg:tt)+) => {{
         static LIMIT: $crate::ratelimit::RateLimit = $crate::ratelimit::RateLimit::new();
-        if let Some(dropped) = LIMIT.check() {
+        // The level first: a disabled level costs one load, not a clock read (call sites
+        // on per-frame paths are many, and under PVM the clock may be a system call).
+        #[allow(clippy::disallowed_macros)]
+        let enabled = log::log_enabled!($level);
+        if enabled && let Some(dropped) = LIMIT.check() {
             #[allow(clippy::disallowed_macros)]
             if dropped == 0 {
                 log::log!($level, $($arg)+);
