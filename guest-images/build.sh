@@ -127,22 +127,9 @@ build_testguest() {
 apt_dir="$cache/apt"
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 
-# private_apt apt-get|apt-cache ARGS...
-private_apt() {
-  local tool=$1
-  shift
-  "$tool" -o Dir::Etc::SourceList="$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null \
-    -o Dir::Etc::Preferences=/dev/null -o Dir::Etc::PreferencesParts=/dev/null \
-    -o Dir::State="$apt_dir/state" -o Dir::State::Lists="$apt_dir/lists" \
-    -o Dir::State::status="$apt_dir/state/status" \
-    -o Dir::Cache="$apt_dir/cache" -o Dir::Cache::archives="$apt_dir/archives" \
-    -o Dir::Cache::pkgcache=pkgcache.bin -o Dir::Cache::srcpkgcache= \
-    -o Acquire::Languages=none -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false \
-    -o Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false \
-    -o Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false \
-    -o Acquire::IndexTargets::deb::CNF::DefaultEnabled=false \
-    -o APT::Sandbox::User=root -o Debug::NoLocking=1 "$@"
-}
+# private_apt apt-get|apt-cache ARGS... (private-apt.sh).
+# shellcheck source=private-apt.sh
+. "$here/private-apt.sh"
 
 setup_private_apt() {
   if [ ! -r "$keyring" ]; then

@@ -47,23 +47,10 @@ suites=(trixie trixie-updates trixie-backports)
 say() { printf 'qemu.sh: %s\n' "$*" >&2; }
 die() { printf 'qemu.sh: error: %s\n' "$*" >&2; exit 1; }
 
-# private_apt apt-get|apt-cache ARGS...: apt with only our sources and state.
-private_apt() {
-  local tool=$1
-  shift
-  "$tool" -o Dir::Etc::SourceList="$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null \
-    -o Dir::Etc::Preferences=/dev/null -o Dir::Etc::PreferencesParts=/dev/null \
-    -o APT::Default-Release=trixie-backports \
-    -o Dir::State="$apt_dir/state" -o Dir::State::Lists="$apt_dir/lists" \
-    -o Dir::State::status="$apt_dir/state/status" \
-    -o Dir::Cache="$apt_dir/cache" -o Dir::Cache::archives="$apt_dir/archives" \
-    -o Dir::Cache::pkgcache=pkgcache.bin -o Dir::Cache::srcpkgcache= \
-    -o Acquire::Languages=none -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false \
-    -o Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false \
-    -o Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false \
-    -o Acquire::IndexTargets::deb::CNF::DefaultEnabled=false \
-    -o APT::Sandbox::User=root -o Debug::NoLocking=1 "$@"
-}
+# private_apt: apt with only our sources and state (private-apt.sh).
+apt_default_release=trixie-backports
+# shellcheck source=private-apt.sh
+. "$here/private-apt.sh"
 
 need_host_tools() {
   local missing=()
@@ -79,7 +66,7 @@ need_host_tools() {
     >/dev/null || die "could not install: ${missing[*]}"
 }
 
-script_hash() { sha256sum "$here/qemu.sh" | cut -d' ' -f1; }
+script_hash() { cat "$here/qemu.sh" "$here/private-apt.sh" | sha256sum | cut -d' ' -f1; }
 
 print_versions() {
   local v

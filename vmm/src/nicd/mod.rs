@@ -173,7 +173,7 @@ pub fn fds_needed(total_vfs: u16) -> u64 {
 
 /// Lifts the soft open-file limit towards `needed` (at most the hard limit): 255 VFs in use
 /// take about 2,000 descriptors, twice the usual soft limit of 1,024.
-fn raise_fd_limit(needed: u64) {
+pub fn raise_fd_limit(needed: u64) {
     let mut r = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -306,20 +306,6 @@ fn switch(path: SwitchPath, size: usize, frames: u64, ring: u32) -> Result<Switc
     })
 }
 
-/// Lifts this process's open-file limit to its hard limit (255 VFs take ~1300 fds).
-fn raise_nofile() {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into a valid rlimit struct.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut r) } == 0 {
-        r.rlim_cur = r.rlim_max;
-        // SAFETY: setrlimit reads a valid rlimit struct.
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const r) };
-    }
-}
-
 /// nicd's RSS with `vfs` VFs: idle, and with a driver up on each.
 fn rss(vfs: u16) -> Result<(u64, u64), String> {
     let nicd = Nicd::start(vfs, vfs.max(1))?;
@@ -335,7 +321,8 @@ fn rss(vfs: u16) -> Result<(u64, u64), String> {
 }
 
 pub fn run(o: &Options) -> ExitCode {
-    raise_nofile();
+    // The bench holds the other end of every VF's descriptors.
+    vmm::nicd::raise_fd_limit(vmm::nicd::fds_needed(vmm::nicd::MAX_TOTAL_VFS));
     let mut failed = false;
     println!(
         "nicd switching: {} frames per run, rings of {} descriptors, one bench thread \
