@@ -27,7 +27,7 @@
 # under cache/apt/ (the system's apt sources and state are not touched) and unpacked with
 # dpkg-deb. Only missing host tools are installed on the system, from its own sources.
 # The linux target is rebuilt when out/.linux.stamp (a hash of this script, linux/init,
-# linux/extract-vmlinux.sh, linux/scenarios/*.sh, nested-host/init and the names, so
+# linux/extract-vmlinux.sh, linux/scenarios/*.sh, linux/tools/*.c, nested-host/init and the names, so
 # versions, of the .debs used) no longer matches. The private package lists are refreshed once a day, so a new
 # Debian kernel release is picked up (and rebuilt) then.
 #

@@ -23,7 +23,7 @@
 # and unpacked with `dpkg -x`: nothing is installed on this system and none of its
 # packages is upgraded. Only missing host tools (apt, dpkg, the Debian archive keyring)
 # are installed from the system's own apt sources. The same prefix serves every QEMU-based
-# test tier (the nested KVM host now, the vfio-user client later).
+# test tier (the nested KVM host, and nicd's VFs through QEMU's vfio-user client).
 #
 # Environment:
 #   VMM_QEMU_DIR=DIR        use DIR instead of guest-images/cache/qemu

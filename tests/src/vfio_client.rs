@@ -44,31 +44,24 @@ impl VfioClient {
 
     /// A 32-bit REGION_READ.
     pub fn read32(&mut self, region: u32, offset: u64) -> u32 {
-        self.0
-            .read32(region, offset)
-            .unwrap_or_else(|e| panic!("REGION_READ {region}@{offset:#x}: {}", chain(&e)))
+        self.0.read32(region, offset).unwrap_or_else(|e| {
+            panic!("REGION_READ {region}@{offset:#x}: {}", vmm::error_chain(&e))
+        })
     }
 
     /// A 32-bit REGION_WRITE, waiting for its reply.
     pub fn write32(&mut self, region: u32, offset: u64, value: u32) {
-        self.0
-            .write32(region, offset, value)
-            .unwrap_or_else(|e| panic!("REGION_WRITE {region}@{offset:#x}: {}", chain(&e)));
+        self.0.write32(region, offset, value).unwrap_or_else(|e| {
+            panic!(
+                "REGION_WRITE {region}@{offset:#x}: {}",
+                vmm::error_chain(&e)
+            )
+        });
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
-    s
 }
 
 fn ok<T>(what: &str, r: Result<T, DriverError>) -> T {
-    r.unwrap_or_else(|e| panic!("{what}: {}", chain(&e)))
+    r.unwrap_or_else(|e| panic!("{what}: {}", vmm::error_chain(&e)))
 }
 
 /// Linux igbvf's sequences over vfio-user: the VF's driver in the test.

@@ -27,8 +27,10 @@ pub struct VmProcess {
     /// Everything read so far.
     pub stderr: Vec<String>,
     open_streams: usize,
-    /// The API socket it was started with, if any.
+    /// The API socket of a `vmm run` started with one.
     api: Option<std::path::PathBuf>,
+    /// Reaped: its pid may belong to another process now.
+    reaped: bool,
 }
 
 impl VmProcess {
@@ -69,9 +71,11 @@ impl VmProcess {
             Output::Stdout,
         );
         pump(child.stderr.take().expect("stderr"), tx, Output::Stderr);
+        // Only a `vmm run` answers `vcpus`; nicd's API socket is another protocol.
+        let is_vm = args.first().is_some_and(|a| a.as_ref() == "run");
         let api = args
             .iter()
-            .position(|a| a.as_ref() == "--api-socket")
+            .position(|a| is_vm && a.as_ref() == "--api-socket")
             .and_then(|i| args.get(i + 1))
             .map(|p| std::path::PathBuf::from(p.as_ref()));
         Self {
@@ -81,6 +85,7 @@ impl VmProcess {
             stderr: Vec::new(),
             open_streams: 2,
             api,
+            reaped: false,
         }
     }
 
@@ -162,6 +167,7 @@ impl VmProcess {
         // Both pipes closed: the process is exiting.
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
+                self.reaped = true;
                 return Some(status);
             }
             if Instant::now() >= deadline {
@@ -182,6 +188,7 @@ impl VmProcess {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.reaped = true;
     }
 
     /// All output so far, for failure messages.
@@ -190,7 +197,11 @@ impl VmProcess {
             "--- serial ---\n{}\n--- vmm stderr ---\n{}{}{}",
             self.stdout.join("\n"),
             self.stderr.join("\n"),
-            threads_of(self.child.id()),
+            if self.reaped {
+                String::new()
+            } else {
+                threads_of(self.child.id())
+            },
             self.registers()
         )
     }
@@ -198,7 +209,7 @@ impl VmProcess {
     /// The vCPUs' registers of a live VM with an API socket (paused for the reading, then
     /// resumed), else nothing.
     fn registers(&self) -> String {
-        let Some(api) = &self.api else {
+        let Some(api) = self.api.as_ref().filter(|_| !self.reaped) else {
             return String::new();
         };
         if !Path::new(&format!("/proc/{}/task", self.child.id())).exists() || !api.exists() {

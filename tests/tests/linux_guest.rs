@@ -54,10 +54,7 @@ fn linux(cmdline: &str, extra: &[&std::ffi::OsStr]) -> Option<VmProcess> {
     let args = RunArgs {
         kernel,
         initrd: Some(initrd),
-        cmdline: format!(
-            "console=ttyS0 panic=-1 {cmdline} {}",
-            std::env::var("VMM_EXP_CMDLINE").unwrap_or_default()
-        ),
+        cmdline: format!("console=ttyS0 panic=-1 {cmdline}"),
         vcpus: 2,
         memory: "512M".into(),
         extra: Vec::new(),

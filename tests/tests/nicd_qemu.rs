@@ -12,8 +12,7 @@
 //!
 //! Skips (`SKIP:` lines; failures under `VMM_TESTS_STRICT=1`): QEMU not installed
 //! (guest-images/qemu.sh), images not built or without igbvf (guest-images/build.sh
-//! linux), no CAP_NET_ADMIN, or no `nicd` binary target in the workspace yet. The first
-//! test needs no nicd: it boots the scenario with no VF attached, which proves the image,
+//! linux), or no CAP_NET_ADMIN. The first test needs no nicd: it boots the scenario with no VF attached, which proves the image,
 //! the harness and the markers.
 
 use std::io::{Read, Write};
@@ -388,7 +387,7 @@ fn pcap_frames(path: &Path) -> Vec<Vec<u8>> {
     assert!(data.len() >= 24, "a pcap header");
     assert_eq!(
         &data[..4],
-        &0xa1b2_c3d4u32.to_le_bytes(),
+        &devices::nic_switch::PCAP_MAGIC.to_le_bytes(),
         "classic pcap, little endian"
     );
     let mut frames = Vec::new();

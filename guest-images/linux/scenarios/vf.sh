@@ -16,6 +16,8 @@
 #   guest.vf_hold=1         then read commands from the console, one a line:
 #                             ping IP          ->  GUEST VF PING IP OK
 #                             carrier up|down  ->  GUEST VF CARRIER UP|DOWN (within 30 s)
+#                             spoof MAC        ->  GUEST VF SPOOF SENT MAC (3 raw frames
+#                                                  from MAC, with ethsend)
 #                             done             ->  GUEST SCENARIO vf PASS
 fail() {
   echo "--- igbvf's kernel messages"

@@ -4,7 +4,7 @@
 //! nested-kvm test [FILTER]...     the Linux-guest tests inside the nested host
 //! nested-kvm shell                a shell in the nested host, with the payload in /payload
 //! nested-kvm bench [--runs N] [--vcpus N] [--append ARGS] [--timeout S] [--trace]
-//!                                 boot times of the Linux guest's smoke scenario there
+//!                                 boot times of a Linux-guest scenario there (smoke by default)
 //! ```
 //!
 //! Run it with cargo, so that the vmm it puts in the host is built and current:
@@ -38,7 +38,7 @@ enum Cmd {
     /// quits QEMU). `sh /payload/run` runs the Linux-guest tests; the vmm is
     /// /payload/bin/vmm, the images are in /payload/images.
     Shell,
-    /// Boot the Linux guest with the smoke scenario inside the nested host, repeatedly,
+    /// Boot the Linux guest with a scenario (smoke by default) inside the nested host, repeatedly,
     /// and print the vmm's wall time (start to exit) of each boot and their median.
     Bench {
         /// Boots.
@@ -47,7 +47,8 @@ enum Cmd {
         /// vCPUs of the Linux guest.
         #[arg(long, default_value_t = 2)]
         vcpus: u32,
-        /// The initramfs scenario: smoke, pcie (needs `--tap` and a `--net tap=...`).
+        /// The initramfs scenario: smoke, iommu (needs `--vmm-args "--iommu --net ..."`), pcie
+        /// (needs `--tap` and a `--net tap=...`).
         #[arg(long, default_value = "smoke")]
         scenario: String,
         /// More vmm flags, as shell words (e.g. `--pcie-root-ports 2 --net tap=t0`).
@@ -63,7 +64,7 @@ enum Cmd {
         #[arg(long, default_value_t = 180)]
         timeout: u32,
         /// Record KVM's tracepoints in the nested host; a failed boot's transcript ends
-        /// with the last 400 events (exits, injected exceptions, IPIs).
+        /// with the last 2000 events (exits, injected exceptions, IPIs).
         #[arg(long)]
         trace: bool,
     },
