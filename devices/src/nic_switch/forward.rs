@@ -283,9 +283,9 @@ impl Switch {
         true
     }
 
-    /// Puts a frame on the wire. Frames from VFs come here only when the wire is free
-    /// (the arbiter saw to it); pushed frames queue up to `uplink_queue_ns` and are
-    /// dropped beyond.
+    /// Puts a frame on the wire. Frames from VFs come here only when the wire is free or
+    /// busy for less than the TX FIFO's worth (`WIRE_FIFO_NS`); pushed frames queue up to
+    /// `uplink_queue_ns` and are dropped beyond.
     fn send_uplink(
         &mut self,
         now: Duration,

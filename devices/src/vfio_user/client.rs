@@ -138,6 +138,18 @@ impl Client {
         })
     }
 
+    /// How long a reply may take ([`REPLY_TIMEOUT`] by default); then the call fails
+    /// with a socket error.
+    pub fn set_reply_timeout(&self, t: Duration) -> Result<(), ClientError> {
+        self.sock
+            .stream()
+            .set_read_timeout(Some(t))
+            .map_err(|source| ClientError::Local {
+                what: "setting the reply timeout",
+                source,
+            })
+    }
+
     /// What the server chose in VERSION.
     pub fn server_capabilities(&self) -> &Capabilities {
         &self.server

@@ -17,7 +17,9 @@
 //! accept -> Socket::new(stream); stream.set_nonblocking(true); register it for EPOLLIN
 //! readable -> while let Some(msg) = reader.poll(&sock, &server.limits())? {
 //!                 if let Some(reply) = server.handle_message(msg) {
-//!                     let e = reply.encode(); sock.send_message(&e.bytes, &e.fds)?;
+//!                     let e = reply.encode();
+//!                     queue Outgoing::new(e.bytes, &e.fds); sock.send_nonblocking(&mut it)
+//!                     (what is left goes when the socket is writable; meanwhile stop reading)
 //!                 }
 //!             }
 //!             Err(e) if !e.is_fatal() -> send server.handle_recv_error(&e), go on
@@ -31,7 +33,7 @@
 //!   benchmarks' and tests' guest driver.
 //!
 //! Not implemented: DMA_READ/DMA_WRITE (DMA goes through the fd of DMA_MAP; a map without
-//! one gets ENOTSUP), REGION_WRITE_MULTI and migration (not offered in VERSION, so a
+//! one is recorded and acknowledged, and DMA there fails like DMA to an unmapped IOVA), REGION_WRITE_MULTI and migration (not offered in VERSION, so a
 //! client does not send them; if one does, ENOSYS), twin sockets.
 
 pub mod client;

@@ -90,6 +90,9 @@ pub enum SocketError {
     /// The peer did not take a message within the send timeout.
     #[error("peer did not read for {0:?}")]
     SendTimeout(Duration),
+    /// No whole message came within the socket's read timeout (SO_RCVTIMEO).
+    #[error("peer sent nothing for {0:?}")]
+    RecvTimeout(Duration),
     /// A system call failed.
     #[error("socket I/O failed")]
     Io(#[source] io::Error),
@@ -331,16 +334,20 @@ impl Socket {
         self.send_timeout = t;
     }
 
-    /// Receives one whole message, blocking until it is complete (on a non-blocking
-    /// socket, use a [`MessageReader`] instead).
+    /// Receives one whole message, blocking until it is complete, or failing with
+    /// [`SocketError::RecvTimeout`] when the stream's read timeout passes without input
+    /// (on a non-blocking socket in an event loop, use a [`MessageReader`] instead).
     pub fn recv_message(&self, limits: &Limits) -> Result<Message, SocketError> {
+        let timeout = self.stream.read_timeout().map_err(SocketError::Io)?;
         let mut reader = MessageReader::new();
         loop {
             if let Some(m) = reader.poll(self, limits)? {
                 return Ok(m);
             }
-            // Non-blocking socket: wait for input rather than spin.
-            self.wait(libc::POLLIN, None)?;
+            // No input yet (non-blocking, or SO_RCVTIMEO passed): wait rather than spin.
+            if !self.wait(libc::POLLIN, timeout)? {
+                return Err(SocketError::RecvTimeout(timeout.unwrap_or_default()));
+            }
         }
     }
 

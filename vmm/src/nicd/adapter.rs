@@ -48,7 +48,7 @@ impl Refusal {
 
 impl std::fmt::Display for Refusal {
     /// The errno's message, then the details: `Numerical result out of range (9 VFs
-    /// requested, the adapter has 8)`.
+    /// requested but the PF has only 8)`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let os = std::io::Error::from_raw_os_error(self.errno).to_string();
         let msg = os.split(" (os error").next().unwrap_or(&os);
@@ -306,8 +306,8 @@ impl Adapter {
 
     /// VF `vf`'s client is gone: DMA unmapped and IRQ eventfds closed (the server's
     /// part), the VF reset (FLR), what its driver asked for forgotten and its VPort
-    /// deleted, so its filters leave the switch (uplink frames for its MAC go to the
-    /// default VPort's rules again).
+    /// deleted, so its filters leave the switch (uplink frames for its MAC are dropped as
+    /// "no owner").
     pub fn client_gone(&mut self, vf: u16) {
         let Some(port) = self.vfs.get_mut(usize::from(vf)) else {
             return;
@@ -462,7 +462,7 @@ impl Adapter {
             .map(|d| Duration::from_nanos(d.saturating_sub(now)))
             .min();
         let f = lock(&self.fabric);
-        let retry = f.held().1.map(|at| at.saturating_sub(f.now()));
+        let retry = f.next_retry().map(|at| at.saturating_sub(f.now()));
         [eitr, retry].into_iter().flatten().min()
     }
 }

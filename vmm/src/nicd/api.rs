@@ -272,7 +272,7 @@ fn pcap_start(a: &Adapter, port: &str, file: PathBuf) -> Result<NicResponse, Ref
             format!("{port} is being captured"),
         ));
     }
-    let out = std::fs::File::create(&file).map_err(|e| {
+    let out = create_capture_file(&file).map_err(|e| {
         Refusal::new(
             e.raw_os_error().unwrap_or(libc::EIO),
             format!("cannot create {}", file.display()),
@@ -285,6 +285,28 @@ fn pcap_start(a: &Adapter, port: &str, file: PathBuf) -> Result<NicResponse, Ref
         "capturing {port} into {}",
         file.display()
     )))
+}
+
+/// Creates (or truncates) a regular file for a capture. Opened without blocking, so a
+/// FIFO with no reader (or a device) named by an API client cannot stall nicd's one
+/// thread in open(2); anything but a regular file is refused.
+fn create_capture_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // Plain blocking writes from here on, as for any regular file.
+    // SAFETY: F_SETFL on a descriptor this function owns, with a valid flag set.
+    if unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_SETFL, 0) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(f)
 }
 
 fn pcap_stop(a: &Adapter, port: &str) -> Result<NicResponse, Refusal> {

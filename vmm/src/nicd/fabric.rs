@@ -18,8 +18,9 @@ use devices::virtio::net::{NET_HDR_LEN, NetBackend};
 
 /// Frames waiting for VF models at most; beyond, deliveries count as no-buffer drops.
 pub const MAX_OUTBOX: usize = 4096;
-/// Largest frame read from the uplink (a TAP may hand over 64 KiB GSO frames; the VFs
-/// take at most 9728-byte frames, so larger ones are dropped by the switch or the VF).
+/// Largest frame read from the uplink (room for a 64 KiB frame and its virtio-net header;
+/// nicd asks the TAP for no offloads, and the VFs take at most 9728-byte frames, so
+/// larger ones are dropped by the switch or the VF).
 pub const MAX_UPLINK_FRAME: usize = 65536 + NET_HDR_LEN;
 
 /// The physical port: a TAP (frames carry a zeroed virtio-net header) or a seqpacket socket.
@@ -294,20 +295,13 @@ impl Fabric {
         went
     }
 
-    /// The VFs with a held frame, and the earliest time one may go (switch time).
-    pub fn held(&self) -> (Vec<u16>, Option<Duration>) {
-        let vfs = (0..)
-            .zip(&self.held)
-            .filter(|(_, h)| h.frame.is_some())
-            .map(|(i, _)| i)
-            .collect();
-        let first = self
-            .held
+    /// The earliest time a held frame may go (switch time), if any is held.
+    pub fn next_retry(&self) -> Option<Duration> {
+        self.held
             .iter()
             .filter(|h| h.frame.is_some())
             .map(|h| h.retry_at)
-            .min();
-        (vfs, first)
+            .min()
     }
 
     /// Reads up to `budget` frames from the uplink into the switch. Returns false when

@@ -21,8 +21,8 @@ use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, Mmap
 use devices::pci::regs::{BAR0, CAP_ID_EXP, CMD_MEMORY, COMMAND, EXP_DEVCTL};
 use devices::sriov::igbvf::{Igbvf, MonotonicClock, PfPolicy, VfBackends, VfIrq};
 use devices::sriov::pf::{
-    DEVCTL_BCR_FLR, SriovPf, VENDOR_INTEL, VF_BAR_SIZE, VF_DEVICE_ID, VF_MSIX_PBA_OFFSET,
-    VF_MSIX_VECTORS, VfControl, VfFactory, VfFunction,
+    DEVCTL_BCR_FLR, SriovPf, VENDOR_INTEL, VF_BAR_SIZE, VF_DEVICE_ID, VF_MSIX_BAR,
+    VF_MSIX_PBA_OFFSET, VF_MSIX_VECTORS, VfControl, VfFactory, VfFunction,
 };
 use devices::sync::lock;
 use devices::vfio_user::{
@@ -34,12 +34,13 @@ use devices::vfio_user::{
 
 use super::fabric::{Fabric, SwitchTx};
 
-/// MSI-X vectors of a VF.
-pub const MSIX_VECTORS: usize = 3;
+/// MSI-X vectors of a VF (the card's, so the server's SET_IRQS range check and these
+/// arrays cannot disagree).
+pub const MSIX_VECTORS: usize = VF_MSIX_VECTORS as usize;
 /// Size of the config region (PCIe extended config space).
 pub const CONFIG_SIZE: u64 = 4096;
 /// BAR index of the MSI-X table and PBA.
-const MSIX_BAR: u32 = 3;
+const MSIX_BAR: u32 = VF_MSIX_BAR as u32;
 /// Type bits of the VF's BARs: 64-bit, prefetchable memory (as the PF's SR-IOV
 /// capability announces them).
 const BAR_FLAGS: u32 = 0x4 | 0x8;
@@ -111,10 +112,25 @@ impl MsixState {
             return;
         }
         if let Some(f) = &self.fds[v] {
-            // A full counter (EAGAIN) means the client has an interrupt pending anyway.
+            // Non-blocking (nonblocking_file): a full counter (EAGAIN) means the client has
+            // an interrupt pending anyway.
             let _ = (&*f).write(&1u64.to_ne_bytes());
         }
     }
+}
+
+/// A client's interrupt fd, made non-blocking: raising a vector must never block nicd's one
+/// thread, whatever the client passed (an eventfd with a full counter, or a pipe or FIFO
+/// nobody reads); a write that would block is dropped.
+fn nonblocking_file(fd: std::os::fd::OwnedFd) -> File {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_GETFL on a descriptor this function owns.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags >= 0 {
+        // SAFETY: F_SETFL on the same descriptor, with the flags it had plus O_NONBLOCK.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
+    }
+    File::from(fd)
 }
 
 /// The VF's MSI-X vectors as the client's eventfds (the client applies its MSI-X table).
@@ -165,7 +181,7 @@ impl MsixIrq {
             (IrqAction::Trigger, IrqData::Eventfds(fds)) => {
                 let mut fds = fds.into_iter();
                 for v in range {
-                    s.fds[v] = fds.next().map(File::from);
+                    s.fds[v] = fds.next().map(nonblocking_file);
                 }
             }
             (IrqAction::Trigger, _) => picked.into_iter().for_each(|v| s.fire(v)),

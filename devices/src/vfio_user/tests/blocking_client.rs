@@ -135,6 +135,21 @@ fn misbehaving_servers_are_errors_not_panics() {
     let e = c.read32(region::CONFIG, 0).unwrap_err();
     assert!(matches!(e, ClientError::Socket(_)), "{e:?}");
 
+    // A peer that reads the request and never answers: the call fails when the reply
+    // timeout passes, it does not hang.
+    let (c, s) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut c = Client::from_stream(c).unwrap();
+    c.set_reply_timeout(std::time::Duration::from_millis(200))
+        .unwrap();
+    let start = std::time::Instant::now();
+    let e = c.device_info().unwrap_err();
+    assert!(
+        matches!(e, ClientError::Socket(SocketError::RecvTimeout(_))),
+        "{e:?}"
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    drop(s);
+
     // A peer that is gone before answering.
     let mut c = fake_server(|_| Vec::new());
     let e = c.negotiate(default_capabilities()).unwrap_err();

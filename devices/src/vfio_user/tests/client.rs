@@ -1,4 +1,6 @@
-//! A small client on the codec, as the vmm's will be: send a request, read its reply.
+//! A raw client on the codec for the server's tests: exact ids, raw bytes and fds, and
+//! replies read one by one (`client::Client` is the checked one the vmm and nicd's tests
+//! use).
 
 use crate::vfio_user::*;
 

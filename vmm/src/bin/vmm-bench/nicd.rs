@@ -71,11 +71,6 @@ pub struct Options {
     no_rss: bool,
 }
 
-/// The admin MAC nicd gives VF `k`.
-fn vf_mac(k: u8) -> [u8; 6] {
-    [0x52, 0x54, 0x00, 0x5a, 0x00, k + 1]
-}
-
 /// A MAC on the far side of the uplink.
 const PEER: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
@@ -252,9 +247,13 @@ fn switch(path: SwitchPath, size: usize, frames: u64, ring: u32) -> Result<Switc
         SwitchPath::VfToVf => Some(driver(&nicd.vf(1), ring)?),
         SwitchPath::VfToUplink => None,
     };
-    let dst = if b.is_some() { vf_mac(1) } else { PEER };
+    let dst = if b.is_some() {
+        vmm::nicd::adapter::default_mac(1).0
+    } else {
+        PEER
+    };
     // The frame as the driver hands it over (no FCS), as `vmm-bench net` counts them.
-    let f = frame(dst, vf_mac(0), size);
+    let f = frame(dst, vmm::nicd::adapter::default_mac(0).0, size);
     let uplink = nicd.uplink.as_ref().ok_or("no uplink")?;
     let mut buf = vec![0u8; 65_536];
     // TX: a sixteenth of the ring per TDT write (and not fewer while more are to come,
