@@ -19,3 +19,15 @@ pub mod virtio;
 /// dirty log per region, so that once a migration starts logging, writes made through it
 /// (device DMA, the VMM's own writes) are tracked alongside KVM's dirty log.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<dirty_log::DirtyLog>;
+
+/// An error and its causes on one line, `: `-separated (how errors reach users).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}

@@ -12,7 +12,7 @@ pub mod translate;
 pub mod virtio;
 
 pub use domain::{Domain, MapError, Mapping, Perm};
-pub use notify::{Change, ChangeQueue, ChangeSubscriber};
+pub use notify::{Change, ChangeQueue, ChangeSubscriber, EndpointView};
 pub use rid::{RequesterId, RidError};
 pub use table::{DomainId, EndpointState, IommuTable, SharedTable, TableError};
 pub use translate::{Fault, FaultReason, Segment, Translate};

@@ -33,6 +33,35 @@ pub enum Change {
         /// Endpoints attached to the domain.
         endpoints: Vec<RequesterId>,
     },
+    /// `endpoint` was attached or detached: from now on its DMA reaches `view`, and what
+    /// it reached before is gone.
+    Endpoint {
+        /// The endpoint.
+        endpoint: RequesterId,
+        /// What its DMA reaches now.
+        view: EndpointView,
+        /// Whether it is attached (to a domain or in bypass); if not, a later
+        /// [`Change::DetachedBypass`] changes its view.
+        attached: bool,
+    },
+    /// Whether endpoints attached nowhere bypass translation (else they are blocked).
+    DetachedBypass(bool),
+}
+
+/// What an endpoint's DMA reaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointView {
+    /// Nothing.
+    Blocked,
+    /// All of guest-physical memory, untranslated.
+    Bypass,
+    /// The mappings of a domain (changes to it follow as Map and Unmap).
+    Domain {
+        /// The domain.
+        domain: DomainId,
+        /// Its mappings at the time of the attach.
+        mappings: Vec<Mapping>,
+    },
 }
 
 /// Receives every change.
@@ -46,8 +75,12 @@ pub trait ChangeSubscriber: Send + Sync {
 
 #[derive(Default)]
 struct State {
-    subscribers: Vec<Arc<dyn ChangeSubscriber>>,
-    pending: VecDeque<Change>,
+    /// Each subscriber with the number of the first change it receives.
+    subscribers: Vec<(u64, Arc<dyn ChangeSubscriber>)>,
+    /// Changes waiting, with their numbers.
+    pending: VecDeque<(u64, Change)>,
+    /// Changes pushed so far (the next one's number).
+    pushed: u64,
     /// The thread delivering, while one is.
     deliverer: Option<ThreadId>,
 }
@@ -80,16 +113,31 @@ impl ChangeQueue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds a subscriber: it receives the changes delivered from now on.
-    pub fn subscribe(&self, s: Arc<dyn ChangeSubscriber>) {
-        self.state().subscribers.push(s);
+    /// Adds a subscriber: it receives the changes made from now on (not those made
+    /// before and still waiting for delivery), so a subscriber that reads the tables'
+    /// state under their lock and subscribes under the same lock sees every later change
+    /// exactly once.
+    pub fn subscribe(&self, sub: Arc<dyn ChangeSubscriber>) {
+        let mut s = self.state();
+        let from = s.pushed;
+        s.subscribers.push((from, sub));
+    }
+
+    /// Removes a subscriber (compared by pointer); it receives nothing more once a
+    /// delivery under way has finished with its current change.
+    pub fn unsubscribe(&self, sub: &Arc<dyn ChangeSubscriber>) {
+        self.state()
+            .subscribers
+            .retain(|(_, s)| !Arc::ptr_eq(s, sub));
     }
 
     /// Queues `change`; without subscribers nothing is kept.
     pub(crate) fn push(&self, change: Change) {
         let mut s = self.state();
+        let n = s.pushed;
+        s.pushed += 1;
         if !s.subscribers.is_empty() {
-            s.pending.push_back(change);
+            s.pending.push_back((n, change));
         }
     }
 
@@ -113,8 +161,13 @@ impl ChangeQueue {
             s = self.idle.wait(s).unwrap_or_else(PoisonError::into_inner);
         }
         s.deliverer = Some(me);
-        while let Some(change) = s.pending.pop_front() {
-            let subscribers = s.subscribers.clone();
+        while let Some((n, change)) = s.pending.pop_front() {
+            let subscribers: Vec<_> = s
+                .subscribers
+                .iter()
+                .filter(|(from, _)| *from <= n)
+                .map(|(_, sub)| sub.clone())
+                .collect();
             drop(s);
             for sub in &subscribers {
                 sub.changed(&change);
@@ -150,6 +203,7 @@ mod tests {
     fn domain_of(c: &Change) -> DomainId {
         match c {
             Change::Map { domain, .. } | Change::Unmap { domain, .. } => *domain,
+            Change::Endpoint { .. } | Change::DetachedBypass(_) => u32::MAX,
         }
     }
 
@@ -175,6 +229,17 @@ mod tests {
         q.deliver();
         assert_eq!(*log.0.lock().unwrap(), [2, 3]);
         assert_eq!(q.pending(), 0);
+        // A late subscriber gets only what is made after it subscribed; an unsubscribed
+        // one nothing more.
+        q.push(unmap(4));
+        let late = Arc::new(Log::default());
+        q.subscribe(late.clone());
+        q.push(unmap(5));
+        let gone: Arc<dyn ChangeSubscriber> = log.clone();
+        q.unsubscribe(&gone);
+        q.deliver();
+        assert_eq!(*late.0.lock().unwrap(), [5]);
+        assert_eq!(*log.0.lock().unwrap(), [2, 3]);
     }
 
     /// Queues a follow-up change from inside the delivery of the first, and delivers

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::domain::{Domain, MapError, Mapping, Perm};
-use crate::notify::{Change, ChangeQueue, ChangeSubscriber};
+use crate::notify::{Change, ChangeQueue, ChangeSubscriber, EndpointView};
 use crate::rid::RequesterId;
 use crate::translate::{Fault, FaultReason, Segment, Translate};
 
@@ -107,8 +107,33 @@ impl IommuTable {
 
     /// Sets whether detached endpoints bypass.
     pub fn set_bypass(&mut self, bypass: bool) {
+        if self.bypass_detached != bypass {
+            self.notify(Change::DetachedBypass(bypass));
+        }
         self.bypass_detached = bypass;
         self.bump();
+    }
+
+    /// Whether endpoints attached nowhere bypass translation.
+    pub fn detached_bypass(&self) -> bool {
+        self.bypass_detached
+    }
+
+    /// What `ep`'s DMA reaches now.
+    pub fn view(&self, ep: RequesterId) -> EndpointView {
+        match self.endpoint(ep) {
+            EndpointState::Bypass => EndpointView::Bypass,
+            EndpointState::Detached if self.bypass_detached => EndpointView::Bypass,
+            EndpointState::Detached => EndpointView::Blocked,
+            EndpointState::Domain(d) => EndpointView::Domain {
+                domain: d,
+                mappings: self
+                    .domains
+                    .get(&d)
+                    .map(|dom| dom.mappings().copied().collect())
+                    .unwrap_or_default(),
+            },
+        }
     }
 
     /// The state of `ep`.
@@ -158,6 +183,13 @@ impl IommuTable {
         };
         self.endpoints.insert(ep, new);
         self.bump();
+        if old != new {
+            self.notify(Change::Endpoint {
+                endpoint: ep,
+                view: self.view(ep),
+                attached: true,
+            });
+        }
         if let EndpointState::Domain(d) = old
             && old != new
         {
@@ -173,6 +205,11 @@ impl IommuTable {
         }
         self.endpoints.remove(&ep);
         self.bump();
+        self.notify(Change::Endpoint {
+            endpoint: ep,
+            view: self.view(ep),
+            attached: false,
+        });
         self.reap(domain);
         Ok(())
     }

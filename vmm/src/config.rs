@@ -72,6 +72,9 @@ pub enum ConfigError {
     /// A malformed --net.
     #[error("invalid --net: {0}")]
     Net(String),
+    /// A malformed --vf.
+    #[error("invalid --vf: {0}")]
+    Vf(String),
     /// A malformed MAC address.
     #[error("invalid MAC address `{0}`: expected six hex bytes like 52:54:00:12:34:56, unicast")]
     Mac(String),
@@ -161,6 +164,8 @@ pub struct VmConfigFile {
     pub pcie_root_ports: Option<u32>,
     /// virtio-net devices.
     pub net: Option<Vec<NetSpec>>,
+    /// Virtual Functions of an SR-IOV adapter served over vfio-user (nicd).
+    pub vf: Option<Vec<VfSpec>>,
     /// A virtio-iommu on bus 0 translating for every root-port bus.
     pub iommu: Option<bool>,
 }
@@ -225,6 +230,34 @@ pub fn parse_mac(s: &str) -> Result<Mac, ConfigError> {
         return Err(bad());
     }
     Ok(mac)
+}
+
+/// A Virtual Function to assign, as the CLI (`socket=PATH`) or the config file
+/// (`{"socket": PATH}`) gives it: the vfio-user socket nicd serves the VF on.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VfSpec {
+    /// The VF's vfio-user socket.
+    pub socket: PathBuf,
+}
+
+impl FromStr for VfSpec {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let mut socket = None;
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("socket", v)) if !v.is_empty() && socket.is_none() => {
+                    socket = Some(PathBuf::from(v));
+                }
+                _ => return Err(ConfigError::Vf(format!("`{part}` in `{s}`"))),
+            }
+        }
+        socket
+            .map(|socket| VfSpec { socket })
+            .ok_or_else(|| ConfigError::Vf(format!("`{s}`: give socket=PATH")))
+    }
 }
 
 /// Where a virtio-net device's frames go.
@@ -300,6 +333,7 @@ impl VmConfigFile {
             api_socket: over.api_socket.or(self.api_socket),
             pcie_root_ports: over.pcie_root_ports.or(self.pcie_root_ports),
             net: over.net.or(self.net),
+            vf: over.vf.or(self.vf),
             iommu: over.iommu.or(self.iommu),
         }
     }
@@ -344,6 +378,8 @@ pub struct VmConfig {
     pub pcie_root_ports: u8,
     /// virtio-net devices, each in its own root port.
     pub net: Vec<NetConfig>,
+    /// VFs, each in its own root port after the virtio-net devices.
+    pub vf: Vec<VfSpec>,
     /// Whether the machine has a virtio-iommu (at 00:1f.0).
     pub iommu: bool,
 }
@@ -419,9 +455,10 @@ impl TryFrom<VmConfigFile> for VmConfig {
         if iommu && pcie_root_ports >= MAX_ROOT_PORTS {
             return Err(ConfigError::RootPorts(u32::from(pcie_root_ports)));
         }
-        if net.len() > usize::from(pcie_root_ports) {
+        let vf = f.vf.unwrap_or_default();
+        if net.len() + vf.len() > usize::from(pcie_root_ports) {
             return Err(ConfigError::NotEnoughPorts {
-                devices: net.len(),
+                devices: net.len() + vf.len(),
                 ports: pcie_root_ports,
             });
         }
@@ -435,6 +472,7 @@ impl TryFrom<VmConfigFile> for VmConfig {
             api_socket: f.api_socket,
             pcie_root_ports,
             net,
+            vf,
             iommu,
         })
     }

@@ -20,14 +20,4 @@ pub mod nicd;
 pub mod pci_resources;
 pub mod stats;
 
-/// An error and its causes on one line, `: `-separated (how errors reach users).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
-}
+pub use devices::error_chain;

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::interrupt::{MsiSink, MsixDelivery};
+use crate::interrupt::{ExternalVectors, MsiSink, MsixDelivery};
 use crate::{debug_ratelimited, warn_ratelimited};
 
 /// Bytes per table entry.
@@ -58,6 +58,8 @@ pub struct Msix {
     enabled: bool,
     function_masked: bool,
     delivery: MsixDelivery,
+    /// External delivery: whether each vector's eventfd is connected to its route.
+    connected: Vec<bool>,
 }
 
 impl std::fmt::Debug for Msix {
@@ -85,6 +87,7 @@ impl Msix {
             enabled: false,
             function_masked: false,
             delivery,
+            connected: vec![false; n],
         }
     }
 
@@ -114,6 +117,11 @@ impl Msix {
         self.enabled
     }
 
+    /// Whether the capability's function mask is set.
+    pub fn function_masked(&self) -> bool {
+        self.function_masked
+    }
+
     fn is_pending(&self, v: usize) -> bool {
         self.pending[v / 64] & (1 << (v % 64)) != 0
     }
@@ -138,6 +146,13 @@ impl Msix {
     }
 
     fn deliver_unmasked_pending(&mut self) {
+        if let MsixDelivery::External(ext) = &self.delivery {
+            let ext = ext.clone();
+            for vector in 0..self.vectors() {
+                self.connect_external(&*ext, vector);
+            }
+            return;
+        }
         for vector in 0..self.vectors() {
             let v = usize::from(vector);
             if self.is_pending(v) && self.deliverable(v) {
@@ -147,11 +162,27 @@ impl Msix {
         }
     }
 
+    /// External delivery: connects `vector`'s eventfd to its route exactly while the
+    /// vector may be delivered (what was raised meanwhile is then delivered by KVM).
+    fn connect_external(&mut self, ext: &dyn ExternalVectors, vector: u16) {
+        let v = usize::from(vector);
+        let want = self.deliverable(v);
+        if self.connected[v] == want {
+            return;
+        }
+        match ext.set_masked(vector, !want) {
+            Ok(()) => self.connected[v] = want,
+            Err(err) => warn_ratelimited!("msix: vector {vector}: cannot (un)mask: {err}"),
+        }
+    }
+
     fn send(&self, vector: u16) {
         let e = self.table[usize::from(vector)];
         let r = match &self.delivery {
             MsixDelivery::Signal(sink) => sink.send_msi(e.address(), e.data),
             MsixDelivery::Routed(routes) => routes.trigger(vector),
+            // The device raises its eventfds itself.
+            MsixDelivery::External(_) => Ok(()),
         };
         if let Err(err) = r {
             warn_ratelimited!("msix: vector {vector}: {err}");
@@ -217,11 +248,20 @@ impl Msix {
             control: word(3) & VECTOR_MASKED,
         };
         let now = self.table[v];
-        if let MsixDelivery::Routed(routes) = &self.delivery
-            && (now.address(), now.data) != (e.address(), e.data)
-            && let Err(err) = routes.set_route(vector, now.address(), now.data)
-        {
-            warn_ratelimited!("msix: route of vector {v}: {err}");
+        if (now.address(), now.data) != (e.address(), e.data) {
+            let r = match &self.delivery {
+                MsixDelivery::Routed(routes) => routes.set_route(vector, now.address(), now.data),
+                MsixDelivery::External(ext) => ext.set_route(vector, now.address(), now.data),
+                MsixDelivery::Signal(_) => Ok(()),
+            };
+            if let Err(err) = r {
+                warn_ratelimited!("msix: route of vector {v}: {err}");
+            }
+        }
+        if let MsixDelivery::External(ext) = &self.delivery {
+            let ext = ext.clone();
+            self.connect_external(&*ext, vector);
+            return;
         }
         if e.masked() && !self.table[v].masked() && self.is_pending(v) && self.deliverable(v) {
             self.set_pending(v, false);
@@ -251,7 +291,21 @@ impl Msix {
             data.fill(0xff);
             return;
         }
-        let word = self.pending[(offset / 8) as usize].to_le_bytes();
+        let i = (offset / 8) as usize;
+        let mut bits = self.pending[i];
+        if let MsixDelivery::External(ext) = &self.delivery {
+            // A disconnected vector's eventfd holds what was raised meanwhile.
+            for b in 0..64 {
+                let v = i * 64 + b;
+                if v < self.table.len() && !self.connected[v] {
+                    let vector = u16::try_from(v).unwrap_or(u16::MAX);
+                    if ext.is_pending(vector) {
+                        bits |= 1 << b;
+                    }
+                }
+            }
+        }
+        let word = bits.to_le_bytes();
         let start = (offset % 8) as usize;
         data.copy_from_slice(&word[start..start + data.len()]);
     }
@@ -261,7 +315,7 @@ impl Msix {
 #[allow(clippy::cast_possible_truncation)] // test data
 mod tests {
     use super::*;
-    use crate::interrupt::msi_test_utils::RecordingMsi;
+    use crate::interrupt::msi_test_utils::{FakeExternal, RecordingMsi};
 
     fn msix(n: u16) -> (Msix, Arc<RecordingMsi>) {
         let sink = Arc::new(RecordingMsi::default());
@@ -355,6 +409,42 @@ mod tests {
                 "fire 1"
             ]
         );
+    }
+
+    /// External vectors are connected exactly while deliverable; what the device raised
+    /// meanwhile shows in the PBA and is delivered on connection.
+    #[test]
+    fn external_vectors_follow_enable_and_masks() {
+        let out = Arc::new(FakeExternal::new(2));
+        let mut m = Msix::with_delivery(2, MsixDelivery::External(out.clone()));
+        program(&mut m, 1, 0xfee0_0000, 0x41, false);
+        assert_eq!(
+            out.take_log(),
+            ["route 1 0xfee00000 0x0", "route 1 0xfee00000 0x41"],
+            "routed, but not connected while MSI-X is off"
+        );
+        out.raise(1);
+        assert_eq!(pba(&m), 0b10, "raised while off: pending");
+        m.set_control(true, false);
+        assert_eq!(out.take_log(), ["connect 1", "deliver 1"]);
+        assert_eq!(pba(&m), 0);
+        out.raise(1);
+        assert_eq!(out.take_log(), ["deliver 1"]);
+        // Function mask, then vector mask: disconnected once, reconnected once.
+        m.set_control(true, true);
+        out.raise(1);
+        assert_eq!(pba(&m), 0b10);
+        m.table_write(16 + 12, &1u32.to_le_bytes());
+        m.set_control(true, false);
+        assert_eq!(
+            out.take_log(),
+            ["disconnect 1"],
+            "still masked by the vector"
+        );
+        m.table_write(16 + 12, &0u32.to_le_bytes());
+        assert_eq!(out.take_log(), ["connect 1", "deliver 1"]);
+        // Vector 0 was never unmasked: never connected.
+        assert!(!out.connected.lock().unwrap()[0]);
     }
 
     #[test]

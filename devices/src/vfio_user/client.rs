@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -322,7 +322,7 @@ impl Client {
         &mut self,
         index: u32,
         start: u32,
-        fds: &[&File],
+        fds: &[BorrowedFd<'_>],
     ) -> Result<(), ClientError> {
         let chunk = usize::try_from(self.server.max_msg_fds_or_default())
             .unwrap_or(1)
@@ -331,7 +331,7 @@ impl Client {
         for part in fds.chunks(chunk) {
             let owned = part
                 .iter()
-                .map(|f| f.as_fd().try_clone_to_owned())
+                .map(BorrowedFd::try_clone_to_owned)
                 .collect::<io::Result<Vec<OwnedFd>>>()
                 .map_err(|source| ClientError::Local {
                     what: "dup of an eventfd",

@@ -36,6 +36,7 @@
 //! one is recorded and acknowledged, and DMA there fails like DMA to an unmapped IOVA), REGION_WRITE_MULTI and migration (not offered in VERSION, so a
 //! client does not send them; if one does, ENOSYS), twin sockets.
 
+pub mod card;
 pub mod client;
 pub mod codec;
 pub mod header;
@@ -46,6 +47,8 @@ mod wire;
 
 #[cfg(test)]
 mod tests;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod toy;
 
 pub use client::{Client, ClientError};
 pub use codec::{DecodeError, Encoded, Message, Reply, ReplyMessage, Request};

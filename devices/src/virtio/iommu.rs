@@ -487,6 +487,7 @@ mod tests {
             let (unmap, mapping) = match change {
                 iommu::Change::Map { mapping, .. } => (false, mapping),
                 iommu::Change::Unmap { mapping, .. } => (true, mapping),
+                _ => return,
             };
             let engine = self
                 .engine

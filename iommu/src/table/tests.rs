@@ -86,8 +86,17 @@ fn endpoints_move_and_domains_die() {
     t.map(1, 0, 0xfff, 0x1000, Perm::RW).unwrap();
     assert!(log.0.lock().unwrap().is_empty(), "queued, not delivered");
     t.changes().deliver();
+    let attached = |dev| Change::Endpoint {
+        endpoint: rid(dev),
+        view: EndpointView::Domain {
+            domain: 1,
+            mappings: vec![],
+        },
+        attached: true,
+    };
+    assert_eq!(log.0.lock().unwrap()[..2], [attached(1), attached(2)]);
     assert_eq!(
-        log.0.lock().unwrap()[0],
+        log.0.lock().unwrap()[2],
         Change::Map {
             domain: 1,
             mapping: Mapping {
@@ -106,10 +115,70 @@ fn endpoints_move_and_domains_die() {
     t.detach(rid(2), 1).unwrap();
     assert!(t.domain(1).is_none());
     t.changes().deliver();
-    assert!(matches!(
-        log.0.lock().unwrap().last(),
-        Some(Change::Unmap { domain: 1, .. })
-    ));
+    let log = std::mem::take(&mut *log.0.lock().unwrap());
+    assert!(
+        matches!(
+            &log[..],
+            [
+                _,
+                _,
+                _,
+                Change::Endpoint {
+                    view: EndpointView::Domain { domain: 2, .. },
+                    ..
+                },
+                Change::Endpoint {
+                    view: EndpointView::Blocked,
+                    ..
+                },
+                Change::Unmap { domain: 1, .. },
+            ]
+        ),
+        "{log:?}"
+    );
+    // An endpoint joining a domain with mappings is told them; bypass changes are told.
+    let log2 = Arc::new(Log::default());
+    t.subscribe(log2.clone());
+    t.map(2, 0x5000, 0x5fff, 0x9000, Perm::R).unwrap();
+    t.attach(rid(3), 2, false).unwrap();
+    t.set_bypass(true);
+    t.set_bypass(true);
+    t.changes().deliver();
+    let tail = std::mem::take(&mut *log2.0.lock().unwrap());
+    assert!(
+        matches!(
+            &tail[..],
+            [
+                Change::Map { domain: 2, .. },
+                Change::Endpoint { view: EndpointView::Domain { domain: 2, mappings }, .. },
+                Change::DetachedBypass(true),
+            ] if mappings.len() == 1
+        ),
+        "the attach carries the domain's mappings, a bypass change is told once: {tail:?}"
+    );
+    assert_eq!(
+        t.view(rid(3)),
+        EndpointView::Domain {
+            domain: 2,
+            mappings: vec![Mapping {
+                start: 0x5000,
+                end: 0x5fff,
+                phys: 0x9000,
+                perm: Perm::R
+            }]
+        }
+    );
+    assert_eq!(t.view(rid(9)), EndpointView::Bypass, "detached, bypass on");
+    t.detach(rid(3), 2).unwrap();
+    t.changes().deliver();
+    assert_eq!(
+        log2.0.lock().unwrap().first(),
+        Some(&Change::Endpoint {
+            endpoint: rid(3),
+            view: EndpointView::Bypass,
+            attached: false,
+        })
+    );
     assert_eq!(t.map(1, 0, 1, 0, Perm::R), Err(TableError::NoDomain(1)));
     assert_eq!(t.endpoint(rid(1)), EndpointState::Domain(2));
 }

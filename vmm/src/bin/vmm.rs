@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 
-use vmm::config::{ByteSize, ConfigError, NetSpec, VmConfig, VmConfigFile};
+use vmm::config::{ByteSize, ConfigError, NetSpec, VfSpec, VmConfig, VmConfigFile};
 use vmm::machine::{self, VmmError};
 use vmm::stats::{ExitStats, STATS_PREFIX, peak_rss_kib};
 
@@ -67,6 +67,11 @@ struct RunArgs {
     /// device). Repeatable.
     #[arg(long, value_name = "SPEC", value_parser = parse_net)]
     net: Vec<NetSpec>,
+    /// A Virtual Function of nicd's SR-IOV adapter in the next free root port (after the
+    /// --net devices): `socket=PATH`, the VF's vfio-user socket (nicd's
+    /// `--socket-dir`/vfN.sock). The guest drives it with igbvf. Repeatable.
+    #[arg(long, value_name = "SPEC", value_parser = parse_vf)]
+    vf: Vec<VfSpec>,
     /// Add a virtio-iommu at 00:1f.0, described by an ACPI VIOT that covers every
     /// root-port bus (hot-added functions and VFs included). Devices behind it offer
     /// VIRTIO_F_ACCESS_PLATFORM and their DMA is translated by it.
@@ -77,7 +82,7 @@ struct RunArgs {
     #[arg(long, value_name = "N")]
     pcie_root_ports: Option<u32>,
     /// Read settings from a JSON file (keys: kernel, initrd, cmdline, vcpus, memory,
-    /// cpu_template, api_socket, pcie_root_ports, net, iommu); flags given on the command
+    /// cpu_template, api_socket, pcie_root_ports, net, vf, iommu); flags given on the command
     /// line win.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -88,6 +93,10 @@ struct RunArgs {
 }
 
 fn parse_net(s: &str) -> Result<NetSpec, String> {
+    s.parse().map_err(|e: ConfigError| e.to_string())
+}
+
+fn parse_vf(s: &str) -> Result<VfSpec, String> {
     s.parse().map_err(|e: ConfigError| e.to_string())
 }
 
@@ -110,6 +119,7 @@ fn run(args: RunArgs, started: Instant) -> Result<(u8, String), VmmError> {
         api_socket: args.api_socket,
         pcie_root_ports: args.pcie_root_ports,
         net: (!args.net.is_empty()).then_some(args.net),
+        vf: (!args.vf.is_empty()).then_some(args.vf),
         iommu: args.iommu.then_some(true),
     };
     let config = VmConfig::try_from(file.merged_with(cli))?;

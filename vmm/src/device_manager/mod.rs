@@ -6,6 +6,7 @@
 
 pub mod legacy;
 pub mod pci;
+pub mod vf;
 pub mod virtio;
 
 use devices::GuestMemory;
@@ -21,13 +22,14 @@ use iommu::RequesterId;
 use vm_device::bus::{MmioAddress, MmioRange, PioAddress};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 
-use crate::config::NetConfig;
+use crate::config::{NetConfig, VfSpec, VmConfig};
 use crate::kvm::irq_routing::{GsiRouter, KvmIoapicPins, KvmRouteFactory};
 use crate::kvm::{IoBus, Vm};
 use crate::memory::layout;
 use crate::pci_resources::PciPlan;
 use legacy::{Legacy, pio_range};
 use pci::{PciSlots, SharedSlots, SlotDevice, SlotError};
+use vf::{VfDma, VfError};
 use virtio::{VirtioError, VirtioFactory};
 
 /// Errors wiring devices.
@@ -48,6 +50,9 @@ pub enum DeviceError {
     /// The virtio-iommu cannot sit on bus 0.
     #[error("cannot put the virtio-iommu on bus 0")]
     Iommu(#[source] devices::pci::PlugError),
+    /// A VF cannot be assigned.
+    #[error(transparent)]
+    Vf(#[from] VfError),
 }
 
 impl DeviceError {
@@ -56,6 +61,7 @@ impl DeviceError {
     pub fn is_user_error(&self) -> bool {
         match self {
             DeviceError::Virtio(VirtioError::Backend(..)) => true,
+            DeviceError::Vf(VfError::Connect { .. } | VfError::Card { .. }) => true,
             DeviceError::Slot(e) => !matches!(e, SlotError::Setup(_)),
             _ => false,
         }
@@ -110,8 +116,12 @@ pub struct DeviceManager {
     virtio: VirtioFactory,
     /// The VM's GSI routes.
     router: Arc<GsiRouter>,
+    /// Guest memory (VFs' DMA maps it).
+    mem: GuestMemory,
     /// Default MACs are numbered by this.
     next_net: usize,
+    /// VFs are numbered by this.
+    next_vf: usize,
 }
 
 /// A virtio-net device as the VMM names it: `net0`, `net1`, ...
@@ -120,17 +130,16 @@ fn net_id(n: usize) -> String {
 }
 
 impl DeviceManager {
-    /// Creates the devices: the PCIe root complex with its root ports, the virtio-iommu when
-    /// asked for, the virtio-net devices of `net` cold-plugged into the first free slots,
-    /// and the legacy devices. Power events go to `power`, console output to `console`.
+    /// Creates the devices of `config`: the PCIe root complex with its root ports, the
+    /// virtio-iommu when asked for, the virtio-net devices and then the VFs cold-plugged
+    /// into the first free slots, and the legacy devices. Power events go to `power`, console output to `console`.
     pub fn new(
         vm: &Vm,
         power: Arc<dyn PowerEventSink>,
         console: devices::legacy::serial::SerialOut,
         plan: &PciPlan,
         mem: &GuestMemory,
-        net: &[NetConfig],
-        iommu: bool,
+        config: &VmConfig,
     ) -> Result<Self, DeviceError> {
         let mut io = IoManager::new();
         let router = vm.gsi_router().map_err(DeviceError::Routing)?;
@@ -170,7 +179,7 @@ impl DeviceManager {
             Arc::new(KvmRouteFactory(router.clone())),
             Some(vm.doorbells()),
         );
-        if iommu {
+        if config.iommu {
             let card = virtio.iommu(plan.iommu_covered_rids())?;
             pci.add_root_device(IOMMU_DEVICE, card.card)
                 .map_err(DeviceError::Iommu)?;
@@ -192,10 +201,15 @@ impl DeviceManager {
             slots,
             virtio,
             router,
+            mem: mem.clone(),
             next_net: 0,
+            next_vf: 0,
         };
-        for n in net {
+        for n in &config.net {
             dm.add_net(n, None, true)?;
+        }
+        for v in &config.vf {
+            dm.add_vf(v, None, true)?;
         }
         Ok(dm)
     }
@@ -228,6 +242,50 @@ impl DeviceManager {
         };
         let device = slots.plug(index, made.card, device, cold)?;
         self.next_net += 1;
+        Ok(device)
+    }
+
+    /// Assigns the VF served at `vf.socket` and puts it into a slot (`port`, or the first
+    /// free one): `cold` at boot, else hot-added. Its DMA reaches guest memory through the
+    /// virtual IOMMU if the VM has one, else all of RAM at guest-physical addresses; the
+    /// slot's registry removes it by surprise when its server goes away.
+    pub fn add_vf(
+        &mut self,
+        vf: &VfSpec,
+        port: Option<u8>,
+        cold: bool,
+    ) -> Result<SlotDevice, DeviceError> {
+        let mut slots = lock(&self.slots);
+        let (index, port, bus) = slots.choose_port(port)?;
+        let rid = RequesterId::from_routing_id(0, u16::from(bus) << 8);
+        let id = format!("vf{}", self.next_vf);
+        let card = vf::connect(&id, &vf.socket, &KvmRouteFactory(self.router.clone()))?;
+        let watch = card.socket().try_clone().map_err(DeviceError::Routing)?;
+        let card = Arc::new(Mutex::new(card));
+        let dma = Arc::new(
+            VfDma::new(Arc::downgrade(&card), rid, &self.mem)
+                .map_err(|e| DeviceError::Vf(VfError::Dma(e)))?,
+        );
+        match self.virtio.iommu_context() {
+            Some(ctx) => dma.follow(ctx).map(|_| ()),
+            None => dma.map_identity(),
+        }
+        .map_err(|e| DeviceError::Vf(VfError::Dma(e)))?;
+        let device = SlotDevice {
+            id: id.clone(),
+            kind: "vf".into(),
+            port,
+            bus,
+            mac: None,
+            backend: Some(format!("vfio-user:{}", vf.socket.display())),
+        };
+        let device = slots.plug(index, card, device, cold)?;
+        slots.watch(&id, watch);
+        self.next_vf += 1;
+        devices::info_ratelimited!(
+            "{id}: VF from {} in root port {port} (bus {bus})",
+            vf.socket.display()
+        );
         Ok(device)
     }
 

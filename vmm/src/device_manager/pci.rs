@@ -81,6 +81,16 @@ pub struct Slot {
     pub port: u8,
     /// The device in it (also while it is being removed).
     pub device: Option<SlotDevice>,
+    /// The last device the slot lost without asking (its server went away), and why.
+    pub lost: Option<String>,
+}
+
+/// A device's connection to the process that serves it (a vfio-user socket): when it
+/// hangs up, the device is gone, and the registry removes it by surprise.
+#[derive(Debug)]
+struct Watch {
+    id: String,
+    sock: std::os::unix::net::UnixStream,
 }
 
 struct Pending {
@@ -103,6 +113,15 @@ pub struct PciSlots {
     /// Written when `finished` has something.
     wakeup: Option<Arc<EventFd>>,
     eject_timeout: Duration,
+    /// Connections watched for hang-ups, by device.
+    watches: Vec<Watch>,
+    /// Watches of devices gone, kept open until the event loop has forgotten them (an fd
+    /// closed while epoll still holds its file would leave a stale registration).
+    retired: Vec<Watch>,
+    /// What each port (by index) last lost by surprise.
+    lost: Vec<(usize, String)>,
+    /// When the registry was made (times in `lost` are relative to it).
+    born: Instant,
 }
 
 impl std::fmt::Debug for PciSlots {
@@ -133,6 +152,10 @@ impl PciSlots {
                 .map_err(|e| SlotError::Setup(std::io::Error::from_raw_os_error(e.errno())))?,
             wakeup: None,
             eject_timeout: EJECT_TIMEOUT,
+            watches: Vec::new(),
+            retired: Vec::new(),
+            lost: Vec::new(),
+            born: Instant::now(),
         })
     }
 
@@ -159,6 +182,12 @@ impl PciSlots {
             .enumerate()
             .map(|(i, port)| Slot {
                 port,
+                lost: self
+                    .lost
+                    .iter()
+                    .rev()
+                    .find(|(idx, _)| *idx == i)
+                    .map(|(_, why)| why.clone()),
                 device: self
                     .devices
                     .iter()
@@ -219,6 +248,70 @@ impl PciSlots {
         Ok(device)
     }
 
+    /// Watches `sock`, the connection of device `id`, for a hang-up: then the device is
+    /// removed by surprise ([`PciSlots::hung_up`]).
+    pub fn watch(&mut self, id: &str, sock: std::os::unix::net::UnixStream) {
+        self.watches.push(Watch {
+            id: id.to_string(),
+            sock,
+        });
+        // The event loop picks the new fd up when it next handles slot events.
+        let _ = self.events.write(1);
+    }
+
+    /// Stops watching `id`'s connection.
+    fn unwatch(&mut self, id: &str) {
+        if let Some(i) = self.watches.iter().position(|w| w.id == id) {
+            let w = self.watches.remove(i);
+            self.retired.push(w);
+            let _ = self.events.write(1);
+        }
+    }
+
+    /// The connection of `id` hung up (or failed): its device is surprise-removed, an
+    /// orderly removal under way finishes with it, and the slot remembers why.
+    pub fn hung_up(&mut self, id: &str, why: &str) {
+        self.unwatch(id);
+        let at = self.born.elapsed().as_secs_f64();
+        let index = if let Some(pos) = self.devices.iter().position(|(_, d)| d.id == id) {
+            let (index, _) = self.devices.remove(pos);
+            Some(index)
+        } else if let Some(pos) = self.pending.iter().position(|p| p.device.id == id) {
+            let p = self.pending.remove(pos);
+            self.finished.push((p.ticket, Ok(p.device)));
+            if let Some(w) = &self.wakeup {
+                let _ = w.write(1);
+            }
+            self.arm_timer();
+            Some(p.index)
+        } else {
+            None
+        };
+        let Some(index) = index else { return };
+        self.pci.with(|rc| rc.ports_mut()[index].surprise_remove());
+        let port = self
+            .pci
+            .with(|rc| rc.ports()[index].port_config().port_number);
+        devices::warn_ratelimited!(
+            "{id}: {why}; surprise-removed from root port {port} at {at:.3} s"
+        );
+        self.lost.retain(|(i, _)| *i != index);
+        self.lost
+            .push((index, format!("{id} lost at {at:.3} s: {why}")));
+    }
+
+    /// The watched connections (raw fds with their devices), and the retired ones the
+    /// event loop must drop; called by the event loop only.
+    fn watch_fds(&self) -> (Vec<(i32, String)>, Vec<i32>) {
+        (
+            self.watches
+                .iter()
+                .map(|w| (w.sock.as_raw_fd(), w.id.clone()))
+                .collect(),
+            self.retired.iter().map(|w| w.sock.as_raw_fd()).collect(),
+        )
+    }
+
     /// Starts removing `id`. A surprise removal completes at once (`Some`); an orderly one
     /// finishes under `ticket` when the guest powers the slot off, or fails when it does not
     /// in time ([`PciSlots::take_finished`]).
@@ -238,6 +331,7 @@ impl PciSlots {
             .ok_or_else(|| SlotError::NoDevice(id.to_string()))?;
         let (index, device) = self.devices.remove(pos);
         if surprise {
+            self.unwatch(id);
             // The card is dropped once the root complex's lock is released: its worker
             // stops and its backend closes.
             self.pci.with(|rc| rc.ports_mut()[index].surprise_remove());
@@ -271,6 +365,17 @@ impl PciSlots {
                 .collect()
         });
         // A slot the guest powered off on its own (sysfs `power`): its device is gone.
+        let gone: Vec<String> = self
+            .devices
+            .iter()
+            .map(|(i, d)| (*i, d))
+            .chain(self.pending.iter().map(|p| (p.index, &p.device)))
+            .filter(|(i, _)| ejected.contains(i))
+            .map(|(_, d)| d.id.clone())
+            .collect();
+        for id in &gone {
+            self.unwatch(id);
+        }
         self.devices.retain(|(i, _)| !ejected.contains(i));
         let before = self.finished.len();
         let mut still = Vec::new();
@@ -321,26 +426,81 @@ impl PciSlots {
 /// The registry, shared between its event-loop subscriber, the device manager and the API.
 pub type SharedSlots = Arc<Mutex<PciSlots>>;
 
-/// The registry's event-loop subscriber: slot events and eject deadlines.
+/// The registry's event-loop subscriber: slot events, eject deadlines, and hang-ups of
+/// the connections of devices served by other processes.
 #[derive(Debug)]
-pub struct SlotEvents(pub SharedSlots);
+pub struct SlotEvents {
+    slots: SharedSlots,
+    /// Connections registered with the event loop, and their devices.
+    watched: Vec<(i32, String)>,
+}
+
+impl SlotEvents {
+    /// The subscriber of `slots`.
+    pub fn new(slots: SharedSlots) -> Self {
+        Self {
+            slots,
+            watched: Vec::new(),
+        }
+    }
+
+    /// Registers new watches and forgets retired ones.
+    fn sync_watches(&mut self, slots: &mut PciSlots, ops: &mut EventOps) {
+        let (now, retired) = slots.watch_fds();
+        self.watched.retain(|(fd, _)| {
+            let keep = now.iter().any(|(f, _)| f == fd);
+            if !keep && let Err(e) = ops.remove(Events::new_raw(*fd, EventSet::empty())) {
+                devices::warn_ratelimited!("pci slots: cannot forget a watch: {e:?}");
+            }
+            keep
+        });
+        for (fd, id) in now {
+            if self.watched.iter().any(|(f, _)| *f == fd) {
+                continue;
+            }
+            match ops.add(Events::new_raw(fd, EventSet::READ_HANG_UP)) {
+                Ok(()) => self.watched.push((fd, id)),
+                Err(e) => devices::warn_ratelimited!("pci slots: cannot watch {id}: {e:?}"),
+            }
+        }
+        debug_assert!(
+            retired
+                .iter()
+                .all(|fd| !self.watched.iter().any(|(f, _)| f == fd))
+        );
+        slots.retired.clear();
+    }
+}
 
 impl MutEventSubscriber for SlotEvents {
     fn init(&mut self, ops: &mut EventOps) {
-        let slots = lock(&self.0);
+        let slots = self.slots.clone();
+        let mut slots = lock(&slots);
         for fd in [slots.events.as_raw_fd(), slots.timer.as_raw_fd()] {
             if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
                 devices::warn_ratelimited!("pci slots: cannot watch slot events: {e:?}");
             }
         }
+        self.sync_watches(&mut slots, ops);
     }
 
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let mut slots = lock(&self.0);
-        if events.fd() == slots.timer.as_raw_fd() {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let shared = self.slots.clone();
+        let mut slots = lock(&shared);
+        let fd = events.fd();
+        if fd == slots.timer.as_raw_fd() {
             let _ = slots.timer.wait();
         }
+        if let Some((_, id)) = self.watched.iter().find(|(f, _)| *f == fd) {
+            let id = id.clone();
+            slots.hung_up(
+                &id,
+                "its vfio-user connection ended (the server closed it, or the vmm gave up on \
+                 it: see the error above)",
+            );
+        }
         slots.poll();
+        self.sync_watches(&mut slots, ops);
     }
 }
 

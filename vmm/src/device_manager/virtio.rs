@@ -115,6 +115,11 @@ impl VirtioFactory {
         })
     }
 
+    /// The IOMMU devices built from now on sit behind, if there is one.
+    pub fn iommu_context(&self) -> Option<&IommuContext> {
+        self.iommu.as_ref()
+    }
+
     /// A virtio-net card whose function will be `rid` (its requester ID behind the IOMMU).
     pub fn net(&self, net: &NetConfig, rid: RequesterId) -> Result<NetCard, VirtioError> {
         let (backend, name): (Arc<dyn NetBackend>, String) = match &net.backend {

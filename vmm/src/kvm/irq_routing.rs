@@ -211,6 +211,121 @@ impl Drop for KvmMsixRoutes {
     }
 }
 
+/// The MSI-X vectors of a function in another process (a vfio-user device): each an
+/// eventfd on its own GSI, registered as a KVM irqfd only while the vector may be delivered.
+/// KVM delivers, on registration, what the eventfd counted while it was not registered, so
+/// a vector raised while masked is its pending bit and fires on unmask, with no VMM thread
+/// watching it.
+pub struct KvmExternalVectors {
+    router: Arc<GsiRouter>,
+    gsis: Vec<u32>,
+    eventfds: Vec<EventFd>,
+    /// Which eventfds are registered as irqfds.
+    connected: Mutex<Vec<bool>>,
+}
+
+impl std::fmt::Debug for KvmExternalVectors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvmExternalVectors")
+            .field("gsis", &self.gsis)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KvmExternalVectors {
+    /// `vectors` eventfds on fresh GSIs of `router`, none connected.
+    pub fn new(router: Arc<GsiRouter>, vectors: u16) -> std::io::Result<Self> {
+        let gsis = router.allocate(u32::from(vectors))?;
+        let eventfds = (0..vectors)
+            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .collect::<std::io::Result<Vec<_>>>();
+        let eventfds = match eventfds {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = router.remove(&gsis);
+                return Err(e);
+            }
+        };
+        Ok(Self {
+            connected: Mutex::new(vec![false; gsis.len()]),
+            router,
+            gsis,
+            eventfds,
+        })
+    }
+
+    fn gsi(&self, vector: u16) -> std::io::Result<u32> {
+        self.gsis
+            .get(usize::from(vector))
+            .copied()
+            .ok_or_else(|| std::io::Error::other("vector out of range"))
+    }
+}
+
+impl devices::interrupt::ExternalVectors for KvmExternalVectors {
+    fn vectors(&self) -> u16 {
+        u16::try_from(self.gsis.len()).unwrap_or(u16::MAX)
+    }
+
+    fn eventfd(&self, vector: u16) -> Option<&EventFd> {
+        self.eventfds.get(usize::from(vector))
+    }
+
+    fn set_route(&self, vector: u16, address: u64, data: u32) -> std::io::Result<()> {
+        self.router.set_msi(self.gsi(vector)?, address, data)
+    }
+
+    fn set_masked(&self, vector: u16, masked: bool) -> std::io::Result<()> {
+        let gsi = self.gsi(vector)?;
+        let v = usize::from(vector);
+        let mut connected = lock(&self.connected);
+        if connected[v] != masked {
+            return Ok(());
+        }
+        let fd = &self.eventfds[v];
+        if masked {
+            self.router.vm.unregister_irqfd(fd, gsi).map_err(io_err)?;
+        } else {
+            self.router.vm.register_irqfd(fd, gsi).map_err(io_err)?;
+            // KVM injects at registration if the eventfd counted raises meanwhile, but
+            // leaves the count: drain it, so it does not later read as pending. A raise
+            // after the registration is consumed and injected by KVM itself.
+            let _ = fd.read();
+        }
+        connected[v] = !masked;
+        Ok(())
+    }
+
+    fn is_pending(&self, vector: u16) -> bool {
+        let Some(fd) = self.eventfds.get(usize::from(vector)) else {
+            return false;
+        };
+        let mut p = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(fd),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, a zero timeout; the eventfd outlives the call.
+        let n = unsafe { libc::poll(&raw mut p, 1, 0) };
+        n == 1 && p.revents & libc::POLLIN != 0
+    }
+}
+
+impl Drop for KvmExternalVectors {
+    fn drop(&mut self) {
+        if self.router.is_closing() {
+            return;
+        }
+        let connected = lock(&self.connected).clone();
+        for ((fd, &gsi), on) in self.eventfds.iter().zip(&self.gsis).zip(connected) {
+            if on {
+                let _ = self.router.vm.unregister_irqfd(fd, gsi);
+            }
+        }
+        let _ = self.router.remove(&self.gsis);
+    }
+}
+
 /// The IOAPIC's pins: pin n is GSI n (0-23, the GSIs KVM's split irqchip reserves for the
 /// IOAPIC), bound to an irqfd the first time the IOAPIC routes it, so pins a guest never
 /// unmasks cost nothing at start or exit.
@@ -297,6 +412,13 @@ pub struct KvmRouteFactory(pub Arc<GsiRouter>);
 impl devices::interrupt::MsiRouteFactory for KvmRouteFactory {
     fn routes(&self, vectors: u16) -> std::io::Result<Arc<dyn MsiRoutes>> {
         Ok(Arc::new(KvmMsixRoutes::new(self.0.clone(), vectors)?))
+    }
+
+    fn external(
+        &self,
+        vectors: u16,
+    ) -> std::io::Result<Arc<dyn devices::interrupt::ExternalVectors>> {
+        Ok(Arc::new(KvmExternalVectors::new(self.0.clone(), vectors)?))
     }
 }
 
@@ -394,6 +516,38 @@ mod tests {
 
     /// Once the router is closed, dropped routes leave the table alone (the VM's fd takes
     /// them all when it closes).
+    #[test]
+    fn external_vectors_pend_while_masked() {
+        use devices::interrupt::ExternalVectors;
+        let Some(vm) = vm() else { return };
+        let router = Arc::new(GsiRouter::new(vm).unwrap());
+        let ext = KvmExternalVectors::new(router.clone(), 2).unwrap();
+        assert_eq!((ext.vectors(), ext.gsis.clone()), (2, vec![24, 25]));
+        ext.set_route(1, 0xfee0_0000, 0x4041).unwrap();
+        let fd = ext.eventfd(1).unwrap();
+        assert!(!ext.is_pending(1));
+        fd.write(1).unwrap();
+        assert!(ext.is_pending(1), "raised while disconnected: pending");
+        ext.set_masked(1, false).unwrap();
+        assert!(!ext.is_pending(1), "delivered on connection");
+        ext.set_masked(1, false).unwrap();
+        fd.write(1).unwrap();
+        // Connected: KVM consumes the count as it injects.
+        for _ in 0..100 {
+            if !ext.is_pending(1) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(!ext.is_pending(1), "KVM took the raise");
+        ext.set_masked(1, true).unwrap();
+        fd.write(1).unwrap();
+        assert!(ext.is_pending(1));
+        assert!(ext.set_masked(2, false).is_err());
+        drop(ext);
+        assert_eq!(router.allocate(2).unwrap(), vec![24, 25], "GSIs freed");
+    }
+
     #[test]
     fn closed_router_skips_teardown() {
         let Some(vm) = vm() else { return };

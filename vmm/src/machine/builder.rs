@@ -121,15 +121,7 @@ pub fn build_for_boot(
     let vm = Vm::new(config.vcpus)?;
     vm.register_memory(ram.memory())?;
     let monitor = Arc::new(ExitMonitor::new().map_err(|e| VmmError::Runtime("an eventfd", e))?);
-    let devices = DeviceManager::new(
-        &vm,
-        monitor.clone(),
-        console,
-        &plan,
-        ram.memory(),
-        &config.net,
-        config.iommu,
-    )?;
+    let devices = DeviceManager::new(&vm, monitor.clone(), console, &plan, ram.memory(), config)?;
     let parked =
         Arc::new(EventFd::new(EFD_NONBLOCK).map_err(|e| VmmError::Runtime("an eventfd", e))?);
     let state_caps = vm.cpu_state_caps();

@@ -107,7 +107,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         signal_evt,
         done: done.clone(),
     })));
-    em.add_subscriber(Arc::new(Mutex::new(SlotEvents(slots))));
+    em.add_subscriber(Arc::new(Mutex::new(SlotEvents::new(slots))));
     if let Some(path) = &config.api_socket {
         let server = ApiServer::bind(path, VmApi::new(vmm.clone()))?;
         em.add_subscriber(Arc::new(Mutex::new(server)));

@@ -4,7 +4,7 @@
 use devices::GuestMemory;
 use std::ffi::CStr;
 use std::fs::File;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 
 use vm_memory::{FileOffset, GuestAddress};
 
@@ -40,7 +40,12 @@ impl GuestRam {
     pub fn new(size: u64) -> Result<Self, MemoryError> {
         // SAFETY: the name is a valid NUL-terminated string and the flags are valid; the
         // returned descriptor is checked before use.
-        let fd = unsafe { libc::memfd_create(MEMFD_NAME.as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe {
+            libc::memfd_create(
+                MEMFD_NAME.as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
         if fd < 0 {
             return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
         }
@@ -49,6 +54,19 @@ impl GuestRam {
         memfd
             .set_len(size)
             .map_err(|e| MemoryError::Truncate(size, e))?;
+        // Its size is fixed from now on: a process the memfd is shared with (nicd, for a
+        // VF's DMA) can rely on every mapped page staying (no SIGBUS from a shrink).
+        // SAFETY: F_ADD_SEALS with constant seals on a descriptor this function owns.
+        let rc = unsafe {
+            libc::fcntl(
+                memfd.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
+            )
+        };
+        if rc != 0 {
+            return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
+        }
         let mut ranges = Vec::new();
         let mut offset = 0u64;
         for RamRange { start, len } in layout::ram_ranges(size) {

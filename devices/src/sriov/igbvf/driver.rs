@@ -9,7 +9,7 @@
 //! error value: nothing here panics on what the server does.
 
 use std::fs::File;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
@@ -185,7 +185,11 @@ impl VfDriver {
         let irqs = (0..NUM_VECTORS)
             .map(|_| eventfd())
             .collect::<Result<Vec<_>, _>>()?;
-        client.set_irq_eventfds(irq::MSIX, 0, &irqs.iter().collect::<Vec<_>>())?;
+        client.set_irq_eventfds(
+            irq::MSIX,
+            0,
+            &irqs.iter().map(AsFd::as_fd).collect::<Vec<_>>(),
+        )?;
         // COMMAND: memory space and bus master, as vfio-pci's enable and the driver do.
         client.write32(region::CONFIG, 4, 0x6)?;
         Ok(Self {

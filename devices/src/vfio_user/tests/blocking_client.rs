@@ -1,11 +1,12 @@
 //! The blocking [`client::Client`] against the server and the toy device over a real
 //! socketpair, the server in a thread of its own; and against peers that misbehave.
 
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::thread::JoinHandle;
 
-use super::toy::{BAR0_SIZE, MSIX_VECTORS, Toy, memfd};
 use crate::vfio_user::client::{Client, ClientError, default_capabilities};
+use crate::vfio_user::toy::{BAR0_SIZE, MSIX_VECTORS, Toy, memfd};
 use crate::vfio_user::*;
 
 /// A server around the toy with `config`, serving until the client goes; returns it.
@@ -44,10 +45,14 @@ fn bring_up_dma_irqs_and_registers() {
 
     // Three vectors, two fds per message: two SET_IRQS.
     let fds: Vec<std::fs::File> = (0..MSIX_VECTORS)
-        .map(|_| std::fs::File::from(super::toy::eventfd()))
+        .map(|_| std::fs::File::from(crate::vfio_user::toy::eventfd()))
         .collect();
     client
-        .set_irq_eventfds(irq::MSIX, 0, &fds.iter().collect::<Vec<_>>())
+        .set_irq_eventfds(
+            irq::MSIX,
+            0,
+            &fds.iter().map(AsFd::as_fd).collect::<Vec<_>>(),
+        )
         .unwrap();
 
     assert_eq!(client.read32(region::CONFIG, 0).unwrap(), 0x10ca_8086);

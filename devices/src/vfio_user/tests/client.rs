@@ -77,10 +77,10 @@ pub fn errno(r: &Reply) -> i32 {
 }
 
 /// A connected client and server around a toy device, VERSION done.
-pub fn connected() -> (Client, Server<super::toy::Toy>, Socket) {
+pub fn connected() -> (Client, Server<crate::vfio_user::toy::Toy>, Socket) {
     let (c, s) = Socket::pair().unwrap();
     let mut client = Client::new(c);
-    let mut server = Server::new(super::toy::Toy::new());
+    let mut server = Server::new(crate::vfio_user::toy::Toy::new());
     let v = call(
         &mut client,
         &mut server,

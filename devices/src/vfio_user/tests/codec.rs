@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use super::toy::{eventfd, memfd};
+use crate::vfio_user::toy::{eventfd, memfd};
 use crate::vfio_user::*;
 
 /// What the receiving side gets for `enc`: the bytes parsed back into a message, with

@@ -6,7 +6,7 @@ use std::os::fd::AsFd;
 
 use super::client::{Client, call, connected, errno};
 use super::codec::{qemu_dma_map, qemu_region_read, qemu_set_irqs_eventfd};
-use super::toy::{Toy, all_writers_closed, eventfd, memfd, pipe};
+use crate::vfio_user::toy::{Toy, all_writers_closed, eventfd, memfd, pipe};
 use crate::vfio_user::*;
 
 fn hdr(id: u16, command: u16, size: u32, flags: u32) -> Vec<u8> {

@@ -11,4 +11,3 @@ mod codec;
 mod fuzz;
 mod malformed;
 mod session;
-mod toy;

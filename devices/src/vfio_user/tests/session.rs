@@ -11,7 +11,7 @@ use super::codec::{
     qemu_dma_map, qemu_dma_unmap, qemu_region_info, qemu_region_read, qemu_region_write,
     qemu_set_irqs_eventfd, qemu_version_request,
 };
-use super::toy::{BAR0_SIZE, Toy, eventfd, eventfd_count, memfd};
+use crate::vfio_user::toy::{BAR0_SIZE, Toy, eventfd, eventfd_count, memfd};
 use crate::vfio_user::*;
 
 /// Sends QEMU's raw bytes (and fds), lets the server handle them, returns the reply.

@@ -1,5 +1,11 @@
 //! A toy PCI device for the tests: config space in memory, BAR0 backed by a memfd (with a
-//! sparse-mmap area), MSI-X with three vectors, DMA through the client's fd.
+//! sparse-mmap area), MSI-X with three vectors, DMA through the client's fd. A test double
+//! (also for other crates' tests, with the `test-utils` feature).
+#![allow(
+    missing_docs,
+    clippy::missing_panics_doc,
+    clippy::cast_possible_truncation
+)]
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -65,26 +71,65 @@ pub const BAR0_SIZE: u64 = 0x4000;
 pub const CONFIG_SIZE: usize = 256;
 pub const MSIX_VECTORS: u32 = 3;
 
+/// Config offsets of the toy's capabilities: MSI-X (table in BAR0 at 0, PBA at 0x800),
+/// then PCI Express.
+pub const MSIX_CAP: usize = 0x40;
+pub const EXP_CAP: usize = 0x50;
+
+/// The toy's config space at reset.
+fn initial_config() -> [u8; CONFIG_SIZE] {
+    let mut config = [0u8; CONFIG_SIZE];
+    config[0..2].copy_from_slice(&0x8086u16.to_le_bytes());
+    config[2..4].copy_from_slice(&0x10cau16.to_le_bytes());
+    config[6] = 0x10; // capability list
+    config[0x0b] = 0x02; // class: network
+    // BAR0: 64-bit memory, non-prefetchable.
+    config[0x10] = 0x4;
+    config[0x34] = MSIX_CAP as u8;
+    config[MSIX_CAP] = 0x11;
+    config[MSIX_CAP + 1] = EXP_CAP as u8;
+    config[MSIX_CAP + 2..MSIX_CAP + 4].copy_from_slice(&(MSIX_VECTORS as u16 - 1).to_le_bytes());
+    config[MSIX_CAP + 8..MSIX_CAP + 12].copy_from_slice(&0x800u32.to_le_bytes());
+    config[EXP_CAP] = 0x10;
+    config
+}
+
 pub struct Toy {
     pub config: [u8; CONFIG_SIZE],
+    /// The size region info gives BAR0 (a server that lies: not its real size).
+    pub bar0_info_size: u64,
     pub bar0: File,
     pub msix: Vec<Option<OwnedFd>>,
     pub dma: BTreeMap<u64, (u64, u64, File)>,
+    /// Every DMA_MAP (`map IOVA+SIZE @OFFSET`) and DMA_UNMAP (`unmap IOVA+SIZE`), in order.
+    pub dma_log: Vec<String>,
     pub resets: u32,
+}
+
+impl std::fmt::Debug for Toy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Toy")
+            .field("dma_log", &self.dma_log)
+            .field("resets", &self.resets)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Toy {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Toy {
     pub fn new() -> Self {
-        let mut config = [0u8; CONFIG_SIZE];
-        config[0..2].copy_from_slice(&0x8086u16.to_le_bytes());
-        config[2..4].copy_from_slice(&0x10cau16.to_le_bytes());
-        // BAR0: 64-bit memory, non-prefetchable.
-        config[0x10] = 0x4;
         Self {
-            config,
+            config: initial_config(),
+            bar0_info_size: BAR0_SIZE,
             bar0: memfd(BAR0_SIZE),
             msix: (0..MSIX_VECTORS).map(|_| None).collect(),
             dma: BTreeMap::new(),
+            dma_log: Vec::new(),
             resets: 0,
         }
     }
@@ -126,7 +171,7 @@ impl VfioUserDevice for Toy {
                 RegionInfo {
                     index,
                     flags: rw | VFIO_REGION_INFO_FLAG_MMAP,
-                    size: BAR0_SIZE,
+                    size: self.bar0_info_size,
                     offset: 0,
                     // The MSI-X table and PBA live in the first page: not mappable.
                     sparse: vec![SparseArea {
@@ -217,12 +262,17 @@ impl VfioUserDevice for Toy {
     }
 
     fn dma_map(&mut self, map: DmaMapping) -> Result<(), DeviceError> {
+        self.dma_log.push(format!(
+            "map {:#x}+{:#x} @{:#x}",
+            map.iova, map.size, map.offset
+        ));
         self.dma
             .insert(map.iova, (map.size, map.offset, File::from(map.fd)));
         Ok(())
     }
 
-    fn dma_unmap(&mut self, iova: u64, _size: u64) -> Result<(), DeviceError> {
+    fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<(), DeviceError> {
+        self.dma_log.push(format!("unmap {iova:#x}+{size:#x}"));
         self.dma.remove(&iova);
         Ok(())
     }
@@ -268,8 +318,7 @@ impl VfioUserDevice for Toy {
 
     fn reset(&mut self) -> Result<(), DeviceError> {
         self.resets += 1;
-        self.config[4..].fill(0);
-        self.config[0x10] = 0x4;
+        self.config = initial_config();
         Ok(())
     }
 }
