@@ -8,6 +8,7 @@
 
 pub mod cpio;
 pub mod nested;
+pub mod nicd;
 pub mod peer;
 pub mod qemu;
 pub mod vfio_client;

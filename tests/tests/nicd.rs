@@ -3,152 +3,21 @@
 //! sequences (tests/src/vfio_client.rs).
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
-use devices::seqpacket::SeqpacketSocket;
 use devices::sriov::igbvf::driver::VfDriver;
 use devices::sriov::igbvf::regs::{STATUS, STATUS_LU};
 use devices::vfio_user::region;
+use tests::nicd::{Nicd, nic_vmctl as vmctl};
 use tests::vfio_client::{IgbvfDriver, VfioClient, eventfd_take, frame, wait_for};
-use tests::{nicd_binary, temp_path, vmctl_binary};
+use tests::{nicd_binary, temp_path};
 
 const WAIT: Duration = Duration::from_secs(10);
 const PEER: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
 
 fn mac(k: u8) -> [u8; 6] {
-    [0x52, 0x54, 0x00, 0x5a, 0x00, k + 1]
-}
-
-struct Nicd {
-    child: Child,
-    dir: PathBuf,
-    api: PathBuf,
-    uplink: Option<SeqpacketSocket>,
-}
-
-impl Nicd {
-    /// Starts nicd with `vfs` VFs and a seqpacket uplink the test holds.
-    fn start(vfs: u16) -> Self {
-        Self::start_with(vfs, &[], None)
-    }
-
-    /// [`Nicd::start`] with more flags, and a soft open-file limit to start it under.
-    fn start_with(vfs: u16, extra: &[&str], nofile: Option<u64>) -> Self {
-        let dir = temp_path("nicd");
-        std::fs::create_dir_all(&dir).unwrap();
-        let up_path = dir.join("uplink.sock");
-        let listener = SeqpacketSocket::listen(&up_path, 1).unwrap();
-        let api = dir.join("api.sock");
-        let mut cmd = Command::new(nicd_binary());
-        cmd.args(["--vfs", &vfs.to_string(), "--uplink"])
-            .arg(format!("socket={}", up_path.display()))
-            .arg("--socket-dir")
-            .arg(&dir)
-            .arg("--api-socket")
-            .arg(&api)
-            .args(extra)
-            .stderr(Stdio::piped());
-        if let Some(soft) = nofile {
-            let lower = move || {
-                let mut r = libc::rlimit {
-                    rlim_cur: 0,
-                    rlim_max: 0,
-                };
-                // SAFETY: getrlimit writes into a valid rlimit struct.
-                unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut r) };
-                r.rlim_cur = soft;
-                // SAFETY: setrlimit reads a valid rlimit struct.
-                unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const r) };
-                Ok(())
-            };
-            // SAFETY: the closure only calls getrlimit and setrlimit, which are
-            // async-signal-safe, between fork and exec.
-            unsafe { std::os::unix::process::CommandExt::pre_exec(&mut cmd, lower) };
-        }
-        let mut child = cmd.spawn().expect("spawn nicd");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[nicd] {line}");
-                let _ = tx.send(line);
-            }
-        });
-        loop {
-            let line = rx.recv_timeout(WAIT).expect("nicd: ready");
-            if line == "nicd: ready" {
-                break;
-            }
-        }
-        let uplink = listener.accept().unwrap();
-        Self {
-            child,
-            dir,
-            api,
-            uplink: Some(uplink),
-        }
-    }
-
-    fn vf(&self, k: u16) -> PathBuf {
-        self.dir.join(format!("vf{k}.sock"))
-    }
-
-    fn uplink(&self) -> &SeqpacketSocket {
-        self.uplink.as_ref().unwrap()
-    }
-
-    /// The next frame nicd sent out of the uplink.
-    fn uplink_recv(&self) -> Option<Vec<u8>> {
-        let mut buf = vec![0u8; 16384];
-        let mut got = None;
-        wait_for(Duration::from_secs(5), || {
-            match self.uplink().recv(&mut buf) {
-                Ok(n) => {
-                    got = Some(buf[..n].to_vec());
-                    true
-                }
-                Err(_) => false,
-            }
-        });
-        got
-    }
-
-    fn vmctl(&self, args: &[&str]) -> (i32, String, String) {
-        vmctl(&self.api, args)
-    }
-
-    fn stop(mut self) -> i32 {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        let _ = std::fs::remove_dir_all(&self.dir);
-        status.code().unwrap_or(-1)
-    }
-}
-
-impl Drop for Nicd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn vmctl(api: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(vmctl_binary())
-        .arg("--socket")
-        .arg(api)
-        .arg("nic")
-        .args(args)
-        .output()
-        .expect("run vmctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    tests::nicd::vf_mac(k)
 }
 
 #[test]
@@ -503,7 +372,7 @@ fn max_tx_rate_paces_a_burst_and_sends_every_frame() {
 #[test]
 fn nicd_lifts_a_low_open_file_limit_for_its_vfs() {
     let nicd = Nicd::start_with(32, &["--total-vfs", "32"], Some(64));
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", nicd.child.id())).unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", nicd.pid())).unwrap();
     let soft: u64 = limits
         .lines()
         .find(|l| l.starts_with("Max open files"))

@@ -132,3 +132,18 @@ pub fn parse_size(s: &str) -> Option<u64> {
     }
     digits.parse::<u64>().ok()?.checked_mul(1 << shift)
 }
+
+/// Parses a MAC address: six two-digit hex bytes separated by colons, e.g.
+/// `02:00:00:00:00:fe`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}

@@ -86,6 +86,29 @@ const MCFG_ENTRIES: usize = 44;
 /// Size of an MCFG allocation entry.
 const MCFG_ENTRY_LEN: usize = 16;
 
+/// Why a function's BARs could not be placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BarError {
+    /// BAR n is an I/O BAR (root ports here have no I/O window).
+    Io(u8),
+    /// BAR n (of this size) does not fit its window.
+    NoRoom(u8, u64),
+}
+
+impl core::fmt::Display for BarError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BarError::Io(i) => write!(f, "BAR {i} is an I/O BAR"),
+            BarError::NoRoom(i, size) => {
+                write!(
+                    f,
+                    "BAR {i} ({size:#x} bytes) does not fit the bridge's window"
+                )
+            }
+        }
+    }
+}
+
 impl Ecam {
     /// Reads the MCFG entry of segment 0.
     pub fn from_acpi() -> Result<Self, EcamError> {
@@ -211,6 +234,76 @@ impl Ecam {
             io: false,
             is64,
         }
+    }
+
+    /// A bridge's windows: memory, prefetchable (inclusive ends; base > limit when closed).
+    pub fn bridge_windows(&self, f: Bdf) -> ((u64, u64), (u64, u64)) {
+        // Base and limit registers hold bits 31:20 (the limit's lower bits are all ones).
+        let range = |reg: u16| {
+            let v = self.read32(f, reg);
+            let bits = |half: u32| u64::from(half as u16 & regs::MEMORY_RANGE_MASK) << 16;
+            (bits(v), bits(v >> 16) | 0xf_ffff)
+        };
+        let upper = |reg: u16| u64::from(self.read32(f, reg)) << 32;
+        let (mem_base, mem_limit) = range(regs::MEMORY_BASE);
+        let (pref_base, pref_limit) = range(regs::PREF_BASE);
+        let pref_base = pref_base | upper(regs::PREF_BASE_UPPER);
+        let pref_limit = pref_limit | upper(regs::PREF_LIMIT_UPPER);
+        ((mem_base, mem_limit), (pref_base, pref_limit))
+    }
+
+    /// Sizes and places the memory BARs of endpoint `f` behind `bridge`, as Linux's
+    /// resource assignment does for a hot-added function (nothing else assigns them):
+    /// 64-bit prefetchable BARs in the bridge's prefetchable window, the others in its
+    /// memory window, each naturally aligned, decoding off meanwhile. Returns the number
+    /// of BARs placed.
+    pub fn assign_bars(&self, bridge: Bdf, f: Bdf) -> Result<u8, BarError> {
+        let (mem, pref) = self.bridge_windows(bridge);
+        let mut next = [mem.0, pref.0];
+        let cmd = self.read16(f, regs::COMMAND);
+        self.write16(f, regs::COMMAND, cmd & !regs::COMMAND_MEMORY);
+        let mut placed = 0;
+        let mut i = 0u8;
+        while i < 6 {
+            let reg = regs::BAR0 + 4 * u16::from(i);
+            let old = self.read32(f, reg);
+            if old & regs::BAR_SPACE_IO != 0 {
+                return Err(BarError::Io(i));
+            }
+            let is64 = old & regs::BAR_MEM_TYPE_MASK == regs::BAR_MEM_TYPE_64;
+            self.write32(f, reg, u32::MAX);
+            let mut mask = u64::from(self.read32(f, reg) & regs::BAR_MEM_MASK);
+            if is64 {
+                self.write32(f, reg + 4, u32::MAX);
+                mask |= u64::from(self.read32(f, reg + 4)) << 32;
+            } else {
+                mask |= 0xffff_ffff_0000_0000;
+            }
+            let step = if is64 { 2 } else { 1 };
+            if mask == 0xffff_ffff_0000_0000 || mask == 0 {
+                // Not implemented.
+                self.write32(f, reg, old);
+                i += step;
+                continue;
+            }
+            let size = (!mask).wrapping_add(1);
+            let prefetchable = old & (1 << 3) != 0;
+            let w = usize::from(is64 && prefetchable);
+            let window = if w == 1 { pref } else { mem };
+            let base = next[w].next_multiple_of(size);
+            if base.checked_add(size - 1).is_none_or(|end| end > window.1) {
+                return Err(BarError::NoRoom(i, size));
+            }
+            self.write32(f, reg, base as u32);
+            if is64 {
+                self.write32(f, reg + 4, (base >> 32) as u32);
+            }
+            next[w] = base + size;
+            placed += 1;
+            i += step;
+        }
+        self.write16(f, regs::COMMAND, cmd | regs::COMMAND_MEMORY);
+        Ok(placed)
     }
 
     /// Standard capabilities (id, offset), following the list with a loop guard (48

@@ -93,6 +93,7 @@ unsafe extern "C" {
     static tg_trampoline_start: u8;
     static tg_trampoline_end: u8;
     static tg_bsp_stack: u8;
+    static tg_pml4: u8;
     static __image_start: u8;
     static __image_end: u8;
 }
@@ -173,6 +174,11 @@ pub fn reset_ap_state() {
     }
     // The APs' `ltr` must see these stores: they come after the IPIs that start them.
     fence(Ordering::SeqCst);
+}
+
+/// The PML4 every CPU runs on (CR3), for `paging` to extend the identity map.
+pub fn pml4_addr() -> u64 {
+    &raw const tg_pml4 as u64
 }
 
 /// The lowest address of the BSP's user stack.

@@ -126,7 +126,26 @@ impl VmClient {
 
     /// Hot-adds a virtio-net device.
     pub fn add_net(&mut self, net: NetDevice, port: Option<u8>) -> Result<Response, ClientError> {
-        self.request(&Request::DeviceAdd { net, port })
+        self.request(&Request::DeviceAdd {
+            net: Some(net),
+            vf: None,
+            port,
+        })
+    }
+
+    /// Hot-adds the VF served on `socket`.
+    pub fn add_vf(
+        &mut self,
+        socket: &std::path::Path,
+        port: Option<u8>,
+    ) -> Result<Response, ClientError> {
+        self.request(&Request::DeviceAdd {
+            net: None,
+            vf: Some(super::VfDevice {
+                socket: socket.to_path_buf(),
+            }),
+            port,
+        })
     }
 
     /// Removes a device, orderly or by surprise.

@@ -9,5 +9,5 @@ pub mod protocol;
 pub mod server;
 
 pub use client::{Client, ClientError, VmClient};
-pub use protocol::{DeviceInfo, NetDevice, Request, Response, SlotInfo, VmStatus};
+pub use protocol::{DeviceInfo, NetDevice, Request, Response, SlotInfo, VfDevice, VmStatus};
 pub use server::{ApiError, ApiHandler, ApiServer, Reply};

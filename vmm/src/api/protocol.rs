@@ -22,10 +22,15 @@ pub enum Request {
     Vcpus,
     /// The root ports and the devices in their slots.
     DeviceList,
-    /// Hot-add a device in the next free slot (or the one named).
+    /// Hot-add a device in the next free slot (or the one named): exactly one of `net` and
+    /// `vf`.
     DeviceAdd {
         /// A virtio-net device.
-        net: NetDevice,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        net: Option<NetDevice>,
+        /// A VF of nicd's adapter.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        vf: Option<VfDevice>,
         /// The root port (1-based port number) to use.
         #[serde(default)]
         port: Option<u8>,
@@ -56,6 +61,14 @@ pub struct NetDevice {
     pub mac: Option<String>,
 }
 
+/// A VF to assign: the vfio-user socket nicd serves it on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VfDevice {
+    /// The socket.
+    pub socket: PathBuf,
+}
+
 /// A device in a slot.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct DeviceInfo {
@@ -83,6 +96,9 @@ pub struct SlotInfo {
     /// The device in it.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub device: Option<DeviceInfo>,
+    /// The last device it lost by surprise (its server went away), when and why.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lost: Option<String>,
 }
 
 /// The VM's status.

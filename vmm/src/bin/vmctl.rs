@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use vmm::api::{Client, NetDevice, Request, VmClient};
+use vmm::api::{Client, NetDevice, Request, VfDevice, VmClient};
 use vmm::nicd::api::{NicRequest, NicResponse, VfSettings};
 
 /// Talks to a running `vmm` over its API socket and prints the JSON answer.
@@ -131,6 +131,14 @@ enum AddKind {
         #[arg(long)]
         port: Option<u8>,
     },
+    /// A VF of nicd's adapter: `socket=PATH`, the VF's vfio-user socket.
+    Vf {
+        /// The socket.
+        spec: String,
+        /// Root port number to use (default: the first free one).
+        #[arg(long)]
+        port: Option<u8>,
+    },
 }
 
 fn request(command: Command) -> Result<Request, String> {
@@ -145,11 +153,24 @@ fn request(command: Command) -> Result<Request, String> {
         }) => {
             let spec: vmm::config::NetSpec = spec.parse().map_err(|e| format!("{e}"))?;
             Request::DeviceAdd {
-                net: NetDevice {
+                net: Some(NetDevice {
                     socket: spec.socket,
                     tap: spec.tap,
                     mac: spec.mac,
-                },
+                }),
+                vf: None,
+                port,
+            }
+        }
+        Command::Device(DeviceCommand::Add {
+            kind: AddKind::Vf { spec, port },
+        }) => {
+            let spec: vmm::config::VfSpec = spec.parse().map_err(|e| format!("{e}"))?;
+            Request::DeviceAdd {
+                net: None,
+                vf: Some(VfDevice {
+                    socket: spec.socket,
+                }),
                 port,
             }
         }

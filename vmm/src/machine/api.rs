@@ -13,7 +13,7 @@ use super::{VmState, Vmm};
 use crate::api::protocol::VcpuInfo;
 use crate::api::protocol::parse_request;
 use crate::api::{ApiHandler, DeviceInfo, NetDevice, Reply, Request, Response, SlotInfo, VmStatus};
-use crate::config::NetSpec;
+use crate::config::{NetSpec, VfSpec};
 use crate::device_manager::pci::{Slot, SlotDevice};
 
 /// How long vCPUs have to leave KVM_RUN after a pause.
@@ -121,6 +121,7 @@ fn slot_info(s: Slot) -> SlotInfo {
     SlotInfo {
         port: s.port,
         device: s.device.map(device_info),
+        lost: s.lost,
     }
 }
 
@@ -209,14 +210,21 @@ impl VmApi {
                     .map(slot_info)
                     .collect(),
             ),
-            Request::DeviceAdd { net, port } => {
-                let net = net_spec(net)
-                    .check(vmm.devices().next_net_index())
-                    .map_err(|e| e.to_string())?;
-                let device = vmm
-                    .devices_mut()
-                    .add_net(&net, port, false)
-                    .map_err(|e| crate::error_chain(&e))?;
+            Request::DeviceAdd { net, vf, port } => {
+                let device = match (net, vf) {
+                    (Some(net), None) => {
+                        let net = net_spec(net)
+                            .check(vmm.devices().next_net_index())
+                            .map_err(|e| e.to_string())?;
+                        vmm.devices_mut().add_net(&net, port, false)
+                    }
+                    (None, Some(vf)) => {
+                        vmm.devices_mut()
+                            .add_vf(&VfSpec { socket: vf.socket }, port, false)
+                    }
+                    _ => return Err("device-add takes exactly one of `net` and `vf`".into()),
+                }
+                .map_err(|e| crate::error_chain(&e))?;
                 Response::device(device_info(device))
             }
             Request::DeviceRemove { id, surprise } => {

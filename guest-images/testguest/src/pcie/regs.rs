@@ -126,6 +126,8 @@ pub const MSI_DATA_64: u16 = 0x0c;
 
 /// Message control (16 bits).
 pub const MSIX_FLAGS: u16 = 0x02;
+/// Message control: table size minus one.
+pub const MSIX_FLAGS_QSIZE: u16 = 0x07ff;
 /// Message control: function mask.
 pub const MSIX_FLAGS_MASKALL: u16 = 1 << 14;
 /// Message control: MSI-X enable.

@@ -22,12 +22,17 @@ use crate::{virtio, virtio_net};
 /// The ID dword of the card the test plugs in: a virtio-net.
 const CARD_ID: u32 = (virtio_net::DEVICE_ID as u32) << 16 | virtio::VENDOR_ID as u32;
 /// What an empty slot's function 0 reads.
-const NO_CARD: u32 = 0xffff_ffff;
+pub(super) const NO_CARD: u32 = 0xffff_ffff;
 /// Presence and link changes, acknowledged together.
-const PRESENCE_AND_LINK: u16 = EXP_SLTSTA_PDC | EXP_SLTSTA_DLLSC;
+pub(super) const PRESENCE_AND_LINK: u16 = EXP_SLTSTA_PDC | EXP_SLTSTA_DLLSC;
 
 /// Waits for an interrupt beyond `seen` and for `cond`; returns the new count.
-fn wait(slot: &Slot, seen: u64, what: &str, cond: impl Fn(&Slot) -> bool) -> Result<u64, Fail> {
+pub(super) fn wait(
+    slot: &Slot,
+    seen: u64,
+    what: &str,
+    cond: impl Fn(&Slot) -> bool,
+) -> Result<u64, Fail> {
     let count = || ring0::irq_count(BSP_CPU, VECTOR);
     let (ok, _) = time::wait_until(|| count() > seen && cond(slot));
     ensure!(
@@ -39,11 +44,11 @@ fn wait(slot: &Slot, seen: u64, what: &str, cond: impl Fn(&Slot) -> bool) -> Res
     Ok(count())
 }
 
-fn card_in(s: &Slot) -> bool {
+pub(super) fn card_in(s: &Slot) -> bool {
     s.present() && s.link_up()
 }
 
-fn card_out(s: &Slot) -> bool {
+pub(super) fn card_out(s: &Slot) -> bool {
     !s.present() && !s.link_up()
 }
 

@@ -4,8 +4,8 @@
 //!
 //! To add one: write `fn run(ctx: &Ctx) -> Result<(), Fail>` in a new module here, and add
 //! a line to [`SCENARIOS`]. Hardware helpers and drivers belong in their own top-level
-//! modules (serial, acpi, lapic, smp, pcie, virtio_net, pciehp, ...), not in the scenario;
-//! PCI register names come from `pcie::regs`.
+//! modules (serial, acpi, lapic, smp, pcie, virtio_net, igbvf, pciehp, ...), not in the
+//! scenario; PCI register names come from `pcie::regs`.
 
 use core::fmt;
 
@@ -21,6 +21,7 @@ mod lifecycle;
 mod pci_enum;
 mod smp;
 mod timer;
+mod vf;
 mod virtio_net;
 
 /// A scenario: its name on the command line and its body.
@@ -69,6 +70,26 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "net-bench",
         run: virtio_net::bench,
+    },
+    Scenario {
+        name: "vf-net",
+        run: vf::net,
+    },
+    Scenario {
+        name: "vf-reflect",
+        run: vf::reflect,
+    },
+    Scenario {
+        name: "vf-config",
+        run: vf::config,
+    },
+    Scenario {
+        name: "vf-bench",
+        run: vf::bench,
+    },
+    Scenario {
+        name: "vf-hotplug",
+        run: vf::hotplug,
     },
     Scenario {
         name: "hotplug",

@@ -255,22 +255,6 @@ fn check_host_bridge(ctx: &Ctx, ecam: &Ecam, f: &Function) -> Result<(), Fail> {
     Ok(())
 }
 
-/// A bridge's windows: memory, prefetchable (inclusive ends; base > limit when closed).
-fn windows(ecam: &Ecam, f: Bdf) -> ((u64, u64), (u64, u64)) {
-    // Base and limit registers hold bits 31:20 (the limit's lower bits are all ones).
-    let range = |reg: u16| {
-        let v = ecam.read32(f, reg);
-        let bits = |half: u32| u64::from(half as u16 & MEMORY_RANGE_MASK) << 16;
-        (bits(v), bits(v >> 16) | 0xf_ffff)
-    };
-    let upper = |reg: u16| u64::from(ecam.read32(f, reg)) << 32;
-    let (mem_base, mem_limit) = range(MEMORY_BASE);
-    let (pref_base, pref_limit) = range(PREF_BASE);
-    let pref_base = pref_base | upper(PREF_BASE_UPPER);
-    let pref_limit = pref_limit | upper(PREF_LIMIT_UPPER);
-    ((mem_base, mem_limit), (pref_base, pref_limit))
-}
-
 fn check_root_port(
     ctx: &Ctx,
     ecam: &Ecam,
@@ -300,7 +284,7 @@ fn check_root_port(
         buses.primary == 0 && buses.secondary == number && buses.subordinate == number,
         "{b}: buses {buses}, expected 00->{number:02x}..{number:02x}"
     );
-    let ((mem_base, mem_limit), (pref_base, pref_limit)) = windows(ecam, b);
+    let ((mem_base, mem_limit), (pref_base, pref_limit)) = ecam.bridge_windows(b);
     let want_mem = 0xc000_0000 + (u64::from(number) - 1) * (16 << 20);
     ensure!(
         mem_base == want_mem && mem_limit == want_mem + (16 << 20) - 1,
@@ -605,7 +589,7 @@ fn check_child(ctx: &Ctx, ecam: &Ecam, f: &Function, parent: Bdf) -> Result<(), 
     if f.header_type() != 0 {
         return Ok(());
     }
-    let ((mem_base, mem_limit), (pref_base, pref_limit)) = windows(ecam, parent);
+    let ((mem_base, mem_limit), (pref_base, pref_limit)) = ecam.bridge_windows(parent);
     let mut i = 0u8;
     while i < 6 {
         let bar = ecam.bar(b, i);

@@ -74,7 +74,7 @@ fn frame_len(seq: u32) -> usize {
     SIZES[seq as usize % SIZES.len()]
 }
 
-fn param(ctx: &Ctx, key: &'static str, default: u64) -> Result<u64, Fail> {
+pub(super) fn param(ctx: &Ctx, key: &'static str, default: u64) -> Result<u64, Fail> {
     match ctx.cmdline.values(key).last() {
         None => Ok(default),
         Some(v) => crate::cmdline::parse_size(v).ok_or_else(|| fail!("bad {key}={v}")),

@@ -1,0 +1,226 @@
+//! nicd for tests: the real binary with a seqpacket uplink the test holds (or hands to a
+//! reflector), its VF sockets, and `vmctl nic` against its API socket.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use devices::seqpacket::SeqpacketSocket;
+
+use crate::vfio_client::wait_for;
+use crate::{nicd_binary, temp_path, vmctl_binary};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The admin MAC nicd gives VF `k` (52:54:00:5a:00:<k+1>).
+pub fn vf_mac(k: u8) -> [u8; 6] {
+    [0x52, 0x54, 0x00, 0x5a, 0x00, k + 1]
+}
+
+#[derive(Debug)]
+pub struct Nicd {
+    child: Child,
+    /// Where its sockets are.
+    pub dir: PathBuf,
+    /// Its API socket.
+    pub api: PathBuf,
+    uplink: Option<SeqpacketSocket>,
+}
+
+impl Nicd {
+    /// Starts nicd with `vfs` VFs and a seqpacket uplink the test holds.
+    pub fn start(vfs: u16) -> Self {
+        Self::start_with(vfs, &[], None)
+    }
+
+    /// [`Nicd::start`] with more flags, and a soft open-file limit to start it under.
+    pub fn start_with(vfs: u16, extra: &[&str], nofile: Option<u64>) -> Self {
+        let dir = temp_path("nicd");
+        std::fs::create_dir_all(&dir).unwrap();
+        let up_path = dir.join("uplink.sock");
+        let listener = SeqpacketSocket::listen(&up_path, 1).unwrap();
+        let api = dir.join("api.sock");
+        let mut cmd = Command::new(nicd_binary());
+        cmd.args(["--vfs", &vfs.to_string(), "--uplink"])
+            .arg(format!("socket={}", up_path.display()))
+            .arg("--socket-dir")
+            .arg(&dir)
+            .arg("--api-socket")
+            .arg(&api)
+            .args(extra)
+            .stderr(Stdio::piped());
+        if let Some(soft) = nofile {
+            let lower = move || {
+                let mut r = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                // SAFETY: getrlimit writes into a valid rlimit struct.
+                unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut r) };
+                r.rlim_cur = soft;
+                // SAFETY: setrlimit reads a valid rlimit struct.
+                unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const r) };
+                Ok(())
+            };
+            // SAFETY: the closure only calls getrlimit and setrlimit, which are
+            // async-signal-safe, between fork and exec.
+            unsafe { std::os::unix::process::CommandExt::pre_exec(&mut cmd, lower) };
+        }
+        let mut child = cmd.spawn().expect("spawn nicd");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[nicd] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        loop {
+            let line = rx.recv_timeout(WAIT).expect("nicd: ready");
+            if line == "nicd: ready" {
+                break;
+            }
+        }
+        let uplink = listener.accept().unwrap();
+        Self {
+            child,
+            dir,
+            api,
+            uplink: Some(uplink),
+        }
+    }
+
+    /// Its process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills it (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// VF `k`'s vfio-user socket.
+    pub fn vf(&self, k: u16) -> PathBuf {
+        self.dir.join(format!("vf{k}.sock"))
+    }
+
+    pub fn uplink(&self) -> &SeqpacketSocket {
+        self.uplink.as_ref().unwrap()
+    }
+
+    /// The next frame nicd sent out of the uplink (waiting up to 5 s).
+    pub fn uplink_recv(&self) -> Option<Vec<u8>> {
+        self.uplink_recv_within(Duration::from_secs(5))
+    }
+
+    /// A frame nicd sent out of the uplink in the next 200 ms, if any.
+    pub fn uplink_recv_nowait(&self) -> Option<Vec<u8>> {
+        self.uplink_recv_within(Duration::from_millis(200))
+    }
+
+    fn uplink_recv_within(&self, t: Duration) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 16384];
+        let mut got = None;
+        wait_for(t, || match self.uplink().recv(&mut buf) {
+            Ok(n) => {
+                got = Some(buf[..n].to_vec());
+                true
+            }
+            Err(_) => false,
+        });
+        got
+    }
+
+    /// `vmctl nic ARGS` against its API: exit code, stdout, stderr.
+    pub fn vmctl(&self, args: &[&str]) -> (i32, String, String) {
+        nic_vmctl(&self.api, args)
+    }
+
+    pub fn stop(mut self) -> i32 {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        status.code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Nicd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn nic_vmctl(api: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(vmctl_binary())
+        .arg("--socket")
+        .arg(api)
+        .arg("nic")
+        .args(args)
+        .output()
+        .expect("run vmctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// A reflector on nicd's uplink: every frame that comes out is sent back with its source
+/// and destination MACs swapped (the peer of the test guest's `vf-net` scenario).
+#[derive(Debug)]
+pub struct Reflector {
+    stop: Arc<AtomicBool>,
+    /// Frames reflected.
+    pub frames: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Reflector {
+    /// Takes `nicd`'s uplink and reflects what comes out of it.
+    pub fn start(nicd: &mut Nicd) -> Self {
+        let up = nicd.uplink.take().expect("the uplink is still the test's");
+        let stop = Arc::new(AtomicBool::new(false));
+        let frames = Arc::new(AtomicU64::new(0));
+        let (s, f) = (stop.clone(), frames.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while !s.load(Ordering::SeqCst) {
+                let Ok(n) = up.recv(&mut buf) else {
+                    std::thread::sleep(Duration::from_micros(200));
+                    continue;
+                };
+                if n < 14 {
+                    continue;
+                }
+                let frame = &mut buf[..n];
+                let (dst, src) = frame.split_at_mut(6);
+                dst.swap_with_slice(&mut src[..6]);
+                if up.send(frame).is_ok() {
+                    f.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        Self {
+            stop,
+            frames,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Reflector {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
