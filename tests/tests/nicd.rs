@@ -366,6 +366,61 @@ fn max_tx_rate_paces_a_burst_and_sends_every_frame() {
     assert_eq!(nicd.stop(), 0);
 }
 
+/// An uplink peer that stops reading does not make nicd drop a VF's frames: they wait in
+/// nicd's uplink backlog, then in the VF's ring (its TX walk stops, as behind a busy
+/// wire), and every frame arrives, in order, once the peer reads again.
+#[test]
+fn a_slow_uplink_peer_holds_vf_frames_back_instead_of_dropping_them() {
+    let nicd = Nicd::start(1);
+    let mut d = IgbvfDriver(VfDriver::attach(&nicd.vf(0), 256).unwrap());
+    d.up();
+    let total: u32 = 4000;
+    let make = |seq: u32| {
+        let mut f = frame(PEER, mac(0), 1000);
+        f[20..24].copy_from_slice(&seq.to_be_bytes());
+        f
+    };
+    // The peer does not read: push until the VF's ring stops moving.
+    let mut sent = 0u32;
+    let mut stalled_rounds = 0;
+    while sent < total && stalled_rounds < 20 {
+        let before = sent;
+        while sent < total && d.0.queue_tx(&make(sent)).unwrap() {
+            sent += 1;
+        }
+        d.0.kick_tx().unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        d.0.reclaim_tx().unwrap();
+        stalled_rounds = if sent == before {
+            stalled_rounds + 1
+        } else {
+            0
+        };
+    }
+    assert!(
+        sent < total,
+        "the socket and nicd's backlog cannot have taken all {total} frames"
+    );
+    // Now it reads: everything comes, the rest of the burst too.
+    let mut got = 0u32;
+    while got < total {
+        while sent < total && d.0.queue_tx(&make(sent)).unwrap() {
+            sent += 1;
+        }
+        d.0.kick_tx().unwrap();
+        let Some(f) = nicd.uplink_recv() else { break };
+        let seq = u32::from_be_bytes([f[20], f[21], f[22], f[23]]);
+        assert_eq!(seq, got, "in order, none missing");
+        got += 1;
+        d.0.reclaim_tx().unwrap();
+    }
+    assert_eq!(got, total, "every frame arrived");
+    let (_, out, _) = nicd.vmctl(&["show", "-s", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["vfinfo_list"][0]["stats"]["tx"]["dropped"], 0, "{out}");
+    assert_eq!(nicd.stop(), 0);
+}
+
 /// Every VF in use takes descriptors (socket, client, eventfds, DMA maps): nicd lifts a low
 /// soft open-file limit for its TotalVFs by itself, and 32 VFs come up under a soft limit
 /// of 64.

@@ -422,6 +422,24 @@ impl Adapter {
         alive
     }
 
+    /// The uplink's socket takes frames again: its backlog goes out, and VF rings that
+    /// stopped behind it walk on once it is low. Returns false when the uplink failed.
+    pub fn uplink_writable(&mut self) -> bool {
+        let (resume, alive) = lock(&self.fabric).uplink_writable();
+        if resume {
+            for port in &mut self.vfs {
+                port.device().igbvf_mut().process_tx();
+            }
+            self.flush_outbox();
+        }
+        alive
+    }
+
+    /// Whether frames wait for the uplink's socket to take them.
+    pub fn uplink_backlogged(&self) -> bool {
+        lock(&self.fabric).uplink_backlog() > 0
+    }
+
     /// The uplink failed (its peer went away): it is dropped and its carrier is lost, so
     /// VFs whose link follows it (state auto) see their link go down.
     pub fn uplink_gone(&mut self) {

@@ -52,6 +52,8 @@ pub struct Nicd {
     tokens: HashMap<RawFd, Token>,
     /// Clients watched for writability (they owe replies a read), not input.
     writing: HashSet<RawFd>,
+    /// The uplink is watched for writability too (frames wait in its backlog).
+    uplink_out: bool,
 }
 
 /// Sends what `c` is owed, oldest first, without waiting: true when nothing is left.
@@ -95,6 +97,7 @@ impl Nicd {
             done,
             tokens: HashMap::new(),
             writing: HashSet::new(),
+            uplink_out: false,
         })
     }
 
@@ -167,6 +170,51 @@ impl Nicd {
                 self.unwatch(ops, fd);
                 self.watch(ops, fd, token);
             }
+        }
+    }
+
+    /// Sends the frames this event queued for the uplink (and what waited for its socket).
+    fn flush_uplink(&mut self, ops: &mut EventOps) {
+        let fd = {
+            let a = lock(&self.adapter);
+            if !a.uplink_backlogged() {
+                return;
+            }
+            lock(a.fabric()).uplink_fd()
+        };
+        if !lock(&self.adapter).uplink_writable()
+            && let Some(fd) = fd
+        {
+            self.uplink_failed(ops, fd);
+        }
+    }
+
+    /// The uplink failed: it is forgotten (its carrier goes).
+    fn uplink_failed(&mut self, ops: &mut EventOps, fd: RawFd) {
+        self.unwatch(ops, fd);
+        self.uplink_out = false;
+        lock(&self.adapter).uplink_gone();
+    }
+
+    /// Watches the uplink for writability exactly while frames wait in its backlog.
+    fn watch_uplink_output(&mut self, ops: &mut EventOps) {
+        let (fd, want) = {
+            let a = lock(&self.adapter);
+            let fd = lock(a.fabric()).uplink_fd();
+            (fd, a.uplink_backlogged())
+        };
+        let Some(fd) = fd else { return };
+        if want == self.uplink_out || self.tokens.get(&fd) != Some(&Token::Uplink) {
+            return;
+        }
+        let set = if want {
+            EventSet::IN | EventSet::OUT
+        } else {
+            EventSet::IN
+        };
+        match ops.modify(Events::new_raw(fd, set)) {
+            Ok(()) => self.uplink_out = want,
+            Err(e) => devices::error_ratelimited!("nicd: cannot re-watch the uplink: {e:?}"),
         }
     }
 
@@ -318,10 +366,13 @@ impl MutEventSubscriber for Nicd {
                 self.done.store(true, Ordering::SeqCst);
             }
             Some(Token::Uplink) => {
-                if !lock(&self.adapter).uplink_rx() {
-                    self.unwatch(ops, fd);
-                    lock(&self.adapter).uplink_gone();
+                let set = events.event_set();
+                if set.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR)
+                    && !lock(&self.adapter).uplink_rx()
+                {
+                    self.uplink_failed(ops, fd);
                 }
+                // Writability: the backlog goes out below.
             }
             Some(Token::Listener(vf)) => {
                 lock(&self.adapter).accept(vf);
@@ -330,6 +381,8 @@ impl MutEventSubscriber for Nicd {
             Some(Token::Client(vf)) => self.client(ops, vf),
             Some(Token::Busy(vf)) => self.busy(ops, vf, fd),
         }
+        self.flush_uplink(ops);
+        self.watch_uplink_output(ops);
         self.rearm_timer();
     }
 }

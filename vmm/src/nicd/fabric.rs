@@ -23,11 +23,23 @@ pub const MAX_OUTBOX: usize = 4096;
 /// larger ones are dropped by the switch or the VF).
 pub const MAX_UPLINK_FRAME: usize = 65536 + NET_HDR_LEN;
 
+/// Frames for the uplink wait here, in order, until the end of the event that made them
+/// (then they go in batches) or, when its socket is full (its peer reads slower than the
+/// VFs send), until it takes them again; beyond, frames are dropped.
+pub const UPLINK_BACKLOG: usize = 1024;
+/// With this many frames waiting, VFs stop handing over frames (their rings hold them,
+/// as a NIC's TX queues hold frames the wire cannot take yet) ...
+const BACKLOG_HIGH: usize = UPLINK_BACKLOG * 3 / 4;
+/// ... until the backlog is down to this many.
+const BACKLOG_LOW: usize = UPLINK_BACKLOG / 4;
+
 /// The physical port: a TAP (frames carry a zeroed virtio-net header) or a seqpacket socket.
 #[derive(Debug)]
 pub struct Uplink {
     backend: Box<dyn NetBackend>,
     buf: Vec<u8>,
+    /// Frames the socket refused for now (oldest first), with their headers.
+    backlog: VecDeque<Vec<u8>>,
 }
 
 impl Uplink {
@@ -36,6 +48,7 @@ impl Uplink {
         Self {
             backend,
             buf: vec![0u8; MAX_UPLINK_FRAME],
+            backlog: VecDeque::new(),
         }
     }
 
@@ -44,15 +57,41 @@ impl Uplink {
         self.backend.fd()
     }
 
-    fn send(&self, frame: &[u8]) -> io::Result<()> {
-        if self.backend.has_vnet_hdr() {
+    /// Queues `frame` for [`Uplink::flush`] (frames a TX walk or an arbiter round sends go
+    /// out together, one system call per batch); an error when the backlog is full.
+    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        let wire = if self.backend.has_vnet_hdr() {
             // No offload request: the switch hands over complete frames.
             let mut with_hdr = vec![0u8; NET_HDR_LEN + frame.len()];
             with_hdr[NET_HDR_LEN..].copy_from_slice(frame);
-            self.backend.send(&with_hdr)
+            with_hdr
         } else {
-            self.backend.send(frame)
+            frame.to_vec()
+        };
+        if self.backlog.len() >= UPLINK_BACKLOG {
+            return Err(io::ErrorKind::WouldBlock.into());
         }
+        self.backlog.push_back(wire);
+        Ok(())
+    }
+
+    /// Sends what waits in the backlog, in batches, while the socket takes it.
+    fn flush(&mut self) -> io::Result<()> {
+        const BATCH: usize = 64;
+        while !self.backlog.is_empty() {
+            let batch: Vec<&[u8]> = self.backlog.iter().take(BATCH).map(Vec::as_slice).collect();
+            let sent = match self.backend.send_batch(&batch) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let full = sent < batch.len();
+            self.backlog.drain(..sent);
+            if full || sent == 0 {
+                return Ok(());
+            }
+        }
+        Ok(())
     }
 
     /// One frame from the wire; `Ok(None)` when none is waiting; errors end the uplink.
@@ -126,11 +165,13 @@ pub struct Fabric {
     outbox: VecDeque<(u16, Vec<u8>)>,
     held: Vec<Held>,
     stats: FabricStats,
+    /// VFs stopped handing over frames because the uplink's backlog was high.
+    stalled: bool,
 }
 
 /// Where the switch's frames go from here: the uplink at once, VFs through the outbox.
 struct Deliver<'a> {
-    uplink: Option<&'a Uplink>,
+    uplink: Option<&'a mut Uplink>,
     outbox: &'a mut VecDeque<(u16, Vec<u8>)>,
     stats: &'a mut FabricStats,
 }
@@ -138,7 +179,7 @@ struct Deliver<'a> {
 impl FrameSink for Deliver<'_> {
     fn deliver(&mut self, port: PortId, frame: &[u8]) -> Delivery {
         match port {
-            PortId::Uplink => match self.uplink.map(|u| u.send(frame)) {
+            PortId::Uplink => match self.uplink.as_mut().map(|u| u.send(frame)) {
                 Some(Ok(())) => Delivery::Accepted,
                 _ => {
                     self.stats.uplink_send_errors += 1;
@@ -169,6 +210,7 @@ impl Fabric {
             outbox: VecDeque::new(),
             held: Vec::new(),
             stats: FabricStats::default(),
+            stalled: false,
         }
     }
 
@@ -217,7 +259,7 @@ impl Fabric {
     fn vf_send(&mut self, vf: u16, frame: &[u8]) -> TxVerdict {
         let now = self.now();
         let mut sink = Deliver {
-            uplink: self.uplink.as_ref(),
+            uplink: self.uplink.as_mut(),
             outbox: &mut self.outbox,
             stats: &mut self.stats,
         };
@@ -237,6 +279,10 @@ impl Fabric {
     /// Whether VF `vf` may hand over its next frame: no frame is held, or the held one
     /// went now.
     fn vf_ready(&mut self, vf: u16) -> bool {
+        if self.uplink_backlog() >= BACKLOG_HIGH {
+            self.stalled = true;
+            return false;
+        }
         let now = self.now();
         let Some(h) = self.held.get_mut(usize::from(vf)) else {
             return true;
@@ -272,7 +318,7 @@ impl Fabric {
         }
         let now = self.now();
         let mut sink = Deliver {
-            uplink: self.uplink.as_ref(),
+            uplink: self.uplink.as_mut(),
             outbox: &mut self.outbox,
             stats: &mut self.stats,
         };
@@ -323,13 +369,36 @@ impl Fabric {
             self.stats.uplink_rx += 1;
             let now = self.now();
             let mut sink = Deliver {
-                uplink: self.uplink.as_ref(),
+                uplink: self.uplink.as_mut(),
                 outbox: &mut self.outbox,
                 stats: &mut self.stats,
             };
             self.switch.from_uplink(now, &frame, &mut sink);
         }
         true
+    }
+
+    /// Frames waiting for the uplink's socket.
+    pub fn uplink_backlog(&self) -> usize {
+        self.uplink.as_ref().map_or(0, |u| u.backlog.len())
+    }
+
+    /// The uplink's socket takes frames again: sends the backlog. Returns whether VFs that
+    /// stopped for it may go on (the backlog is low again), and false for `alive` when
+    /// the uplink failed.
+    pub fn uplink_writable(&mut self) -> (bool, bool) {
+        let Some(uplink) = self.uplink.as_mut() else {
+            return (std::mem::take(&mut self.stalled), true);
+        };
+        if let Err(e) = uplink.flush() {
+            devices::warn_ratelimited!("nicd: the uplink failed: {e}");
+            return (std::mem::take(&mut self.stalled), false);
+        }
+        let resume = self.stalled && uplink.backlog.len() <= BACKLOG_LOW;
+        if resume {
+            self.stalled = false;
+        }
+        (resume, true)
     }
 
     /// Frames waiting for VF models, oldest first.

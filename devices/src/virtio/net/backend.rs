@@ -12,6 +12,19 @@ use std::path::Path;
 pub trait NetBackend: Send + Sync + std::fmt::Debug {
     /// Sends one frame.
     fn send(&self, frame: &[u8]) -> io::Result<()>;
+    /// Sends `frames` in order, as many as the backend takes without blocking; returns
+    /// how many went (`WouldBlock` only if none did). One system call where the backend
+    /// has one for it.
+    fn send_batch(&self, frames: &[&[u8]]) -> io::Result<usize> {
+        for (i, f) in frames.iter().enumerate() {
+            match self.send(f) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && i > 0 => return Ok(i),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(frames.len())
+    }
     /// Receives one frame into `buf`; `WouldBlock` when none is waiting.
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize>;
     /// The descriptor to poll for readability.
@@ -64,6 +77,10 @@ impl NetBackend for SeqpacketBackend {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "short send"));
         }
         Ok(())
+    }
+
+    fn send_batch(&self, frames: &[&[u8]]) -> io::Result<usize> {
+        self.socket.send_many(frames)
     }
 
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {

@@ -92,6 +92,10 @@ pub static SCENARIOS: &[Scenario] = &[
         run: vf::hotplug,
     },
     Scenario {
+        name: "vf-sink",
+        run: vf::sink,
+    },
+    Scenario {
         name: "hotplug",
         run: hotplug::run,
     },

@@ -16,11 +16,19 @@
 //! [--rss-vfs 8,64,255]` drives nicd's VFs from this process (devices' igbvf driver over
 //! vfio-user; no KVM) and prints its switching rate VF to VF and VF to uplink, its CPU
 //! time per frame, and its RSS with N VFs idle and with a driver up on each.
+//!
+//! `vmm-bench vf [--frames N] [--sizes 64,1500] [--paths vf-uplink,vf-vf,synthetic]
+//! [--scale N] [--scale-frames N]` has the test guest's ring-3 igbvf driver send through
+//! a VF of nicd (to the uplink, or to a second guest's VF) and its virtio-net send through
+//! the vmm (the synthetic path), and prints frames/s, Gbit/s and CPU per frame of the vmm's
+//! vCPU thread, its other threads and nicd; `--scale N` runs N guests with a VF each at
+//! once.
 
 mod boot;
 mod net;
 mod nicd;
 mod trivial_guest;
+mod vf;
 
 use std::path::PathBuf;
 
@@ -54,6 +62,9 @@ enum Bench {
     Boot(boot::Options),
     /// nicd's switching rate (VF to VF, VF to uplink) and RSS at N VFs.
     Nicd(nicd::Options),
+    /// The VF path from test guests in vmm processes against the synthetic path; with
+    /// --scale N, N guests with a VF each sending at once.
+    Vf(vf::Options),
 }
 
 fn sibling(name: &str) -> PathBuf {
@@ -67,6 +78,7 @@ fn main() -> std::process::ExitCode {
     match Cli::parse().bench {
         Bench::Boot(options) => boot::run(&options),
         Bench::Nicd(options) => nicd::run(&options),
+        Bench::Vf(options) => vf::run(&options),
         Bench::Net {
             frames,
             sizes,

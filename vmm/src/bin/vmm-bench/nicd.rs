@@ -75,7 +75,7 @@ pub struct Options {
 const PEER: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
 /// A running nicd, stopped on drop.
-struct Nicd {
+pub(crate) struct Nicd {
     child: Child,
     dir: PathBuf,
     uplink: Option<OwnedFd>,
@@ -84,7 +84,7 @@ struct Nicd {
 impl Nicd {
     /// Starts nicd with `vfs` enabled of `total` and a seqpacket uplink this process
     /// holds; returns once it is ready.
-    fn start(vfs: u16, total: u16) -> Result<Self, String> {
+    pub(crate) fn start(vfs: u16, total: u16) -> Result<Self, String> {
         let dir = std::env::temp_dir().join(format!("vmm-bench-nicd-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -137,16 +137,21 @@ impl Nicd {
         })
     }
 
-    fn vf(&self, k: u16) -> PathBuf {
+    /// Takes the uplink's fd (to sink it elsewhere).
+    pub(crate) fn take_uplink(&mut self) -> Option<OwnedFd> {
+        self.uplink.take()
+    }
+
+    pub(crate) fn vf(&self, k: u16) -> PathBuf {
         self.dir.join(format!("vf{k}.sock"))
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Nanoseconds nicd's thread has run (its schedstat).
-    fn cpu_ns(&self) -> u64 {
+    pub(crate) fn cpu_ns(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/schedstat", self.pid()))
             .ok()
             .and_then(|s| s.split_whitespace().next()?.parse().ok())
@@ -155,7 +160,7 @@ impl Nicd {
 
     /// What nicd counted for VF 0, VF 1 and the uplink's drops (`nic show -s --json`),
     /// compacted: where frames that did not arrive went.
-    fn drop_counts(&self) -> String {
+    pub(crate) fn drop_counts(&self) -> String {
         let Ok(mut c) =
             vmm::api::Client::connect(&self.dir.join("api.sock"), Duration::from_secs(5))
         else {
@@ -176,7 +181,7 @@ impl Nicd {
     }
 
     /// VmRSS in KiB.
-    fn rss_kib(&self) -> u64 {
+    pub(crate) fn rss_kib(&self) -> u64 {
         status_kib(self.pid(), "VmRSS:")
     }
 }
