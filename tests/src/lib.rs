@@ -8,6 +8,7 @@
 
 pub mod cpio;
 pub mod nested;
+pub mod net;
 pub mod nicd;
 pub mod peer;
 pub mod qemu;

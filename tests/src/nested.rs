@@ -597,18 +597,21 @@ pub mod paths {
     pub const VMM: &str = "/payload/bin/vmm";
     /// vmctl.
     pub const VMCTL: &str = "/payload/bin/vmctl";
+    /// nicd.
+    pub const NICD: &str = "/payload/bin/nicd";
     /// The guest images (vmlinux, initramfs.cpio.gz, testguest.elf).
     pub const IMAGES: &str = "/payload/images";
     /// The test binaries.
     pub const TESTS: &str = "/payload/tests";
 }
 
-/// A payload with the vmm and vmctl of this build and the guest images (vmlinux,
+/// A payload with the vmm, vmctl and nicd of this build and the guest images (vmlinux,
 /// initramfs.cpio.gz and testguest.elf), plus `run` as `/payload/run`.
 pub fn base_payload(run: &str) -> Result<Payload, NestedError> {
     let mut p = Payload::new();
     p.binary(paths::VMM, &crate::vmm_binary())?;
     p.binary(paths::VMCTL, &crate::vmctl_binary())?;
+    p.binary(paths::NICD, &crate::nicd_binary())?;
     let out = crate::guest_images_out();
     for name in ["vmlinux", "initramfs.cpio.gz"] {
         let src = out.join(name);
@@ -629,6 +632,7 @@ pub fn base_payload(run: &str) -> Result<Payload, NestedError> {
 /// The environment the tests get inside the nested host: the prebuilt binaries and
 /// images, and strict skips (a Linux-guest test must run there, not skip).
 pub const TEST_ENV: &str = "export VMM_BIN=/payload/bin/vmm VMCTL_BIN=/payload/bin/vmctl \
+NICD_BIN=/payload/bin/nicd \
 VMM_TESTGUEST=/payload/images/testguest.elf VMM_GUEST_IMAGES=/payload/images \
 VMM_TESTS_STRICT=1 RUST_BACKTRACE=1 TMPDIR=/tmp";
 

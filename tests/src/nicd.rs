@@ -43,12 +43,55 @@ impl Nicd {
         std::fs::create_dir_all(&dir).unwrap();
         let up_path = dir.join("uplink.sock");
         let listener = SeqpacketSocket::listen(&up_path, 1).unwrap();
+        let uplink = format!("socket={}", up_path.display());
+        let (child, api) = Self::spawn(&dir, vfs, &uplink, extra, nofile);
+        let uplink = listener.accept().unwrap();
+        Self {
+            child,
+            dir,
+            api,
+            uplink: Some(uplink),
+        }
+    }
+
+    /// Starts nicd with `vfs` VFs and a TAP uplink it creates, `tap`, whose host end gets
+    /// `host_cidr` and goes up (needs CAP_NET_ADMIN).
+    pub fn start_tap(vfs: u16, tap: &str, host_cidr: &str) -> Self {
+        let dir = temp_path("nicd");
+        std::fs::create_dir_all(&dir).unwrap();
+        let (child, api) = Self::spawn(&dir, vfs, &format!("tap={tap}"), &[], None);
+        for args in [
+            vec!["addr", "add", host_cidr, "dev", tap],
+            vec!["link", "set", tap, "up"],
+        ] {
+            let out = Command::new("ip").args(&args).output().expect("run ip");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Self {
+            child,
+            dir,
+            api,
+            uplink: None,
+        }
+    }
+
+    /// Spawns nicd in `dir` and waits for `nicd: ready`.
+    fn spawn(
+        dir: &Path,
+        vfs: u16,
+        uplink: &str,
+        extra: &[&str],
+        nofile: Option<u64>,
+    ) -> (Child, PathBuf) {
         let api = dir.join("api.sock");
         let mut cmd = Command::new(nicd_binary());
-        cmd.args(["--vfs", &vfs.to_string(), "--uplink"])
-            .arg(format!("socket={}", up_path.display()))
+        cmd.args(["--vfs", &vfs.to_string(), "--uplink", uplink])
             .arg("--socket-dir")
-            .arg(&dir)
+            .arg(dir)
             .arg("--api-socket")
             .arg(&api)
             .args(extra)
@@ -85,13 +128,7 @@ impl Nicd {
                 break;
             }
         }
-        let uplink = listener.accept().unwrap();
-        Self {
-            child,
-            dir,
-            api,
-            uplink: Some(uplink),
-        }
+        (child, api)
     }
 
     /// Its process ID.

@@ -31,6 +31,8 @@ pub struct VmProcess {
     api: Option<std::path::PathBuf>,
     /// Reaped: its pid may belong to another process now.
     reaped: bool,
+    /// The guest's console input (the vmm's stdin), for processes spawned with one.
+    console: Option<std::process::ChildStdin>,
 }
 
 impl VmProcess {
@@ -57,9 +59,33 @@ impl VmProcess {
 
     /// Spawns `vmm` with `args`; stdin is empty.
     pub fn spawn<S: AsRef<std::ffi::OsStr>>(vmm: &Path, args: &[S]) -> Self {
+        Self::spawn_inner(vmm, args, false)
+    }
+
+    /// Spawns `vmm` with `args` and a pipe to its stdin, the guest's console input
+    /// ([`VmProcess::send_line`]).
+    pub fn spawn_with_console<S: AsRef<std::ffi::OsStr>>(vmm: &Path, args: &[S]) -> Self {
+        Self::spawn_inner(vmm, args, true)
+    }
+
+    /// Types `line` and a newline on the guest's console; panics if spawned without one.
+    pub fn send_line(&mut self, line: &str) {
+        let console = self
+            .console
+            .as_mut()
+            .expect("spawned without a console (spawn_with_console)");
+        std::io::Write::write_all(console, format!("{line}\n").as_bytes())
+            .unwrap_or_else(|e| panic!("console input: {e}"));
+    }
+
+    fn spawn_inner<S: AsRef<std::ffi::OsStr>>(vmm: &Path, args: &[S], console: bool) -> Self {
         let mut child = Command::new(vmm)
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(if console {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -71,6 +97,7 @@ impl VmProcess {
             Output::Stdout,
         );
         pump(child.stderr.take().expect("stderr"), tx, Output::Stderr);
+        let console = child.stdin.take();
         // Only a `vmm run` answers `vcpus`; nicd's API socket is another protocol.
         let is_vm = args.first().is_some_and(|a| a.as_ref() == "run");
         let api = args
@@ -86,6 +113,7 @@ impl VmProcess {
             open_streams: 2,
             api,
             reaped: false,
+            console,
         }
     }
 
@@ -315,6 +343,15 @@ impl RunArgs {
 
     /// Spawns the `vmm` built with these tests.
     pub fn spawn(&self) -> VmProcess {
+        VmProcess::spawn(&crate::vmm_binary(), &self.args())
+    }
+
+    /// [`RunArgs::spawn`] with a pipe to the guest's console.
+    pub fn spawn_with_console(&self) -> VmProcess {
+        VmProcess::spawn_with_console(&crate::vmm_binary(), &self.args())
+    }
+
+    fn args(&self) -> Vec<std::ffi::OsString> {
         let mut args: Vec<std::ffi::OsString> = vec!["run".into(), "--kernel".into()];
         args.push(self.kernel.clone().into());
         if let Some(initrd) = &self.initrd {
@@ -330,6 +367,6 @@ impl RunArgs {
             args.push(value.into());
         }
         args.extend(self.extra.iter().cloned());
-        VmProcess::spawn(&crate::vmm_binary(), &args)
+        args
     }
 }

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use tests::net::receive_tcp;
+use tests::nicd::{Nicd, vf_mac};
 use tests::{
     RunArgs, SkipKind, VmProcess, guest_images_out, hold_connections, host_is_pvm, require_kvm,
     skip, temp_path, vmctl,
@@ -59,7 +61,7 @@ fn linux(cmdline: &str, extra: &[&std::ffi::OsStr]) -> Option<VmProcess> {
         memory: "512M".into(),
         extra: Vec::new(),
     };
-    Some(args.with(&extra).spawn())
+    Some(args.with(&extra).spawn_with_console())
 }
 
 fn expect_line(vm: &mut VmProcess, budget: Duration, text: &str) {
@@ -231,4 +233,162 @@ fn linux_behind_iommu() {
     let budget = Duration::from_secs(180);
     expect_line(&mut vm, budget, "GUEST READY");
     scenario_passes(&mut vm, budget, "iommu");
+}
+
+/// The host end of nicd's uplink TAP in the VF tests.
+const VF_HOST: &str = "10.0.3.1";
+
+fn mac_text(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The `vf` scenario's bring-up markers, in order: igbvf bound, the admin MAC as the
+/// permanent address, the carrier, a ping of the uplink's host end. Returns the DEVICE
+/// line and the lines up to the ping.
+fn expect_vf_bring_up(vm: &mut VmProcess, budget: Duration, mac: &str) {
+    let dev = vm.wait_for_stdout(budget, |l| l.contains("GUEST VF DEVICE "));
+    let dev = dev.unwrap_or_else(|| panic!("no VF device\n{}", vm.transcript()));
+    assert!(dev.ends_with("driver=igbvf"), "{dev}\n{}", vm.transcript());
+    expect_line(vm, budget, &format!("GUEST VF MAC {mac} assign_type=0"));
+    expect_line(vm, budget, "GUEST VF CARRIER UP");
+    expect_line(vm, budget, &format!("GUEST VF PING {VF_HOST} OK"));
+}
+
+/// Linux tier for VF assignment: Linux's igbvf drives a VF of nicd in a root-port slot of
+/// the vmm: it binds, its permanent address is nicd's admin MAC, it pings the host end of
+/// nicd's uplink TAP and sends 4 MiB over TCP (checksum and TSO offloads on nicd's side,
+/// the SHA-256 checked here); nicd counts the bytes; nicd's link-state disable and auto are
+/// seen as carrier loss and return; a second guest's VF answers a ping through nicd's
+/// switch.
+#[test]
+fn linux_igbvf_on_a_nicd_vf() {
+    if !user_space_runs() || !tests::require_net_admin() {
+        return;
+    }
+    const BYTES: usize = 4 << 20;
+    let tap = format!("nicdl{}", std::process::id() % 100_000);
+    let nicd = Nicd::start_tap(2, &tap, &format!("{VF_HOST}/24"));
+    let listener = std::net::TcpListener::bind(format!("{VF_HOST}:0")).expect("bind");
+    let port = listener.local_addr().expect("local_addr").port();
+    let received = receive_tcp(listener, BYTES);
+    let vf = |k: u16| format!("socket={}", nicd.vf(k).display());
+    let (mac0, mac1) = (mac_text(vf_mac(0)), mac_text(vf_mac(1)));
+    let budget = Duration::from_secs(240);
+    let vf0 = vf(0);
+    let Some(mut a) = linux(
+        &format!(
+            "guest.scenario=vf guest.vf_mac={mac0} guest.vf_ip=10.0.3.2/24 \
+             guest.peer_ip={VF_HOST} guest.tcp_port={port} guest.tcp_bytes={BYTES} \
+             guest.vf_hold=1"
+        ),
+        &["--vf".as_ref(), vf0.as_ref()],
+    ) else {
+        return;
+    };
+    expect_vf_bring_up(&mut a, budget, &mac0);
+    let sending = a
+        .wait_for_stdout(budget, |l| l.contains("GUEST VF TCP SENDING "))
+        .unwrap_or_else(|| panic!("no TCP transfer\n{}", a.transcript()));
+    expect_line(&mut a, budget, "GUEST VF TCP SENT ");
+    let (n, sum) = received
+        .recv_timeout(Duration::from_secs(120))
+        .unwrap_or_else(|_| panic!("the listener got no connection\n{}", a.transcript()));
+    let want = sending
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("sha256="))
+        .unwrap_or_default();
+    assert_eq!((n, sum.as_str()), (BYTES, want), "{}", a.transcript());
+    expect_line(&mut a, budget, "GUEST VF HOLD");
+    let (code, out, err) = nicd.vmctl(&["show", "-s", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let tx_bytes = v["vfinfo_list"][0]["stats"]["tx"]["tx_bytes"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        tx_bytes >= BYTES as u64,
+        "nicd counted {tx_bytes} bytes from VF 0, the guest sent {BYTES}: {out}"
+    );
+
+    // Link state, as the guest sees it.
+    for (state, carrier) in [("disable", "down"), ("auto", "up")] {
+        let (code, _, err) = nicd.vmctl(&["vf", "0", "set", "state", state]);
+        assert_eq!(code, 0, "{err}");
+        a.send_line(&format!("carrier {carrier}"));
+        expect_line(
+            &mut a,
+            budget,
+            &format!("GUEST VF CARRIER {}", carrier.to_uppercase()),
+        );
+    }
+
+    // VF to VF through nicd's switch.
+    let vf1 = vf(1);
+    let Some(mut b) = linux(
+        &format!(
+            "guest.scenario=vf guest.vf_mac={mac1} guest.vf_ip=10.0.3.3/24 \
+             guest.peer_ip={VF_HOST} guest.vf_hold=1"
+        ),
+        &["--vf".as_ref(), vf1.as_ref()],
+    ) else {
+        return;
+    };
+    expect_vf_bring_up(&mut b, budget, &mac1);
+    expect_line(&mut b, budget, "GUEST VF HOLD");
+    a.send_line("ping 10.0.3.3");
+    expect_line(&mut a, budget, "GUEST VF PING 10.0.3.3 OK");
+    for vm in [&mut a, &mut b] {
+        vm.send_line("done");
+        scenario_passes(vm, budget, "vf");
+    }
+    drop(nicd);
+}
+
+/// Linux tier for a VF behind the virtual IOMMU, hot-plugged: the guest boots with
+/// virtio-iommu and no VF; a VF of nicd is hot-added through the API; pciehp and igbvf
+/// bring it up in its own IOMMU group, where every DMA buffer igbvf maps reaches nicd as a
+/// DMA_MAP at its IOVA; it pings the uplink; then an orderly removal through the
+/// attention button detaches it.
+#[test]
+fn linux_igbvf_hot_plugged_behind_the_iommu() {
+    if !user_space_runs() || !tests::require_net_admin() {
+        return;
+    }
+    let tap = format!("nicdi{}", std::process::id() % 100_000);
+    let nicd = Nicd::start_tap(1, &tap, &format!("{VF_HOST}/24"));
+    let mac0 = mac_text(vf_mac(0));
+    let api = temp_path("vf-iommu-api.sock");
+    let budget = Duration::from_secs(240);
+    let Some(mut vm) = linux(
+        &format!(
+            "guest.scenario=vf guest.vf_mac={mac0} guest.vf_ip=10.0.3.2/24 \
+             guest.peer_ip={VF_HOST} guest.vf_wait=240 guest.vf_hold=1"
+        ),
+        &["--iommu".as_ref(), "--api-socket".as_ref(), api.as_os_str()],
+    ) else {
+        return;
+    };
+    expect_line(&mut vm, budget, "GUEST READY");
+    let sock = format!("socket={}", nicd.vf(0).display());
+    let (code, r) = vmctl(&api, &["device", "add", "vf", &sock]);
+    assert_eq!(code, 0, "{r:?}\n{}", vm.transcript());
+    let id = r.device.expect("the added device").id;
+    let group = vm.wait_for_stdout(budget, |l| l.contains("GUEST VF IOMMU GROUP "));
+    let group = group.unwrap_or_else(|| panic!("the VF has no IOMMU group\n{}", vm.transcript()));
+    let members = group.split("devices=").nth(1).unwrap_or_default();
+    assert_eq!(
+        members.split_whitespace().count(),
+        1,
+        "the VF is alone in its group: {group}"
+    );
+    expect_vf_bring_up(&mut vm, budget, &mac0);
+    expect_line(&mut vm, budget, "GUEST VF HOLD");
+    // Answered once pciehp has powered the slot off and the vmm let go of the VF.
+    let (code, r) = vmctl(&api, &["device", "remove", &id]);
+    assert_eq!(code, 0, "{r:?}\n{}", vm.transcript());
+    vm.send_line("done");
+    scenario_passes(&mut vm, budget, "vf");
 }

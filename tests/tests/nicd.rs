@@ -10,7 +10,7 @@ use devices::sriov::igbvf::driver::VfDriver;
 use devices::sriov::igbvf::regs::{STATUS, STATUS_LU};
 use devices::vfio_user::region;
 use tests::nicd::{Nicd, nic_vmctl as vmctl};
-use tests::vfio_client::{IgbvfDriver, VfioClient, eventfd_take, frame, wait_for};
+use tests::vfio_client::{IgbvfDriver, VfioClient, eventfd_take, frame, memfd, wait_for};
 use tests::{nicd_binary, temp_path};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -363,6 +363,42 @@ fn max_tx_rate_paces_a_burst_and_sends_every_frame() {
     assert!(span >= Duration::from_millis(150), "paced: {span:?}");
     let (_, out, _) = nicd.vmctl(&["show", "-s"]);
     assert!(out.contains("max_tx_rate 1Mbps"), "{out}");
+    assert_eq!(nicd.stop(), 0);
+}
+
+/// A client that maps guest memory page by page (Linux behind an IOMMU maps each buffer)
+/// sends the same memfd with every DMA_MAP: nicd keeps one descriptor for the file, not one
+/// per mapping, and closes it when the last mapping goes.
+#[test]
+fn page_by_page_dma_maps_share_one_descriptor() {
+    let nicd = Nicd::start(1);
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", nicd.pid()))
+            .unwrap()
+            .count()
+    };
+    let mut c = VfioClient::connect(&nicd.vf(0)).unwrap();
+    c.bring_up();
+    let ram = memfd(4 << 20).unwrap();
+    let before = fds();
+    let pages = 512u64;
+    for p in 0..pages {
+        c.0.dma_map(&ram, p * 4096, 0x1000_0000 + p * 8192, 4096)
+            .unwrap_or_else(|e| panic!("DMA_MAP {p}: {}", vmm::error_chain(&e)));
+    }
+    let mapped = fds();
+    assert!(
+        mapped <= before + 2,
+        "{pages} mappings of one file took {} descriptors",
+        mapped - before
+    );
+    for p in 0..pages {
+        c.0.dma_unmap(0x1000_0000 + p * 8192, 4096).unwrap();
+    }
+    assert!(
+        fds() <= before,
+        "the file's descriptor is closed with its last mapping"
+    );
     assert_eq!(nicd.stop(), 0);
 }
 

@@ -15,12 +15,11 @@
 //! linux), or no CAP_NET_ADMIN. The first test needs no nicd: it boots the scenario with no VF attached, which proves the image,
 //! the harness and the markers.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::sync::mpsc::channel;
 use std::time::Duration;
 
 use tests::qemu::{GuestError, GuestSpec, LinuxImage, QemuGuest, Why, retry_emulator_failure};
@@ -268,39 +267,6 @@ fn vf_scenario_without_a_vf_reports_no_igbvf_device() {
     );
 }
 
-/// Receives one TCP connection on `listener`: at most `bytes` bytes, then closes. Returns
-/// the count and the SHA-256 (by coreutils' sha256sum) of what came.
-fn receive(listener: TcpListener, bytes: usize) -> std::sync::mpsc::Receiver<(usize, String)> {
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        let Ok((mut conn, _)) = listener.accept() else {
-            return;
-        };
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(120)));
-        let mut data = Vec::with_capacity(bytes);
-        let _ = (&mut conn).take(bytes as u64).read_to_end(&mut data);
-        drop(conn);
-        let mut sum = Command::new("sha256sum")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("run sha256sum");
-        sum.stdin
-            .take()
-            .expect("stdin")
-            .write_all(&data)
-            .expect("feed sha256sum");
-        let out = sum.wait_with_output().expect("sha256sum");
-        let hex = String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        let _ = tx.send((data.len(), hex));
-    });
-    rx
-}
-
 /// A TCP listener at `addr` (port 0: any) inside namespace `ns`; the socket stays there.
 fn listen_in(ns: &Netns, addr: &str) -> TcpListener {
     let addr = addr.to_string();
@@ -321,7 +287,7 @@ fn igbvf_on_a_nicd_vf_pings_the_uplink_and_sends_tcp() {
         let nicd = Nicd::start(&nicd_bin, &ns, 2);
         let listener = listen_in(&ns, &format!("{HOST_IP}:0"));
         let port = listener.local_addr().expect("local_addr").port();
-        let received = receive(listener, BYTES);
+        let received = tests::net::receive_tcp(listener, BYTES);
         let spec = vf_guest(&nicd, 0)
             .param("tcp_port", port)
             .param("tcp_bytes", BYTES);
@@ -619,7 +585,7 @@ fn namespace_listener_receives_and_hashes() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "the listener is reachable from the host's namespace"
     );
-    let received = receive(listener, 3);
+    let received = tests::net::receive_tcp(listener, 3);
     in_netns(&ns, move || {
         let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
         c.write_all(b"abcdef").expect("send");

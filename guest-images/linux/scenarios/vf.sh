@@ -70,6 +70,10 @@ if [ -z "$dev" ]; then
 fi
 drv=$(basename "$(readlink "$dev/driver" 2>/dev/null)" 2>/dev/null)
 echo "GUEST VF DEVICE $(basename "$dev") driver=${drv:--}"
+if [ -e "$dev/iommu_group" ]; then
+  group=$(readlink "$dev/iommu_group")
+  echo "GUEST VF IOMMU GROUP ${group##*/} devices=$(ls "$dev/iommu_group/devices" | tr '\n' ' ')"
+fi
 [ "$drv" = "igbvf" ] || fail "8086:10ca at $(basename "$dev") is not bound to igbvf (driver: ${drv:-none})"
 [ -n "$net" ] || fail "igbvf bound $(basename "$dev") but registered no netdev within $vf_wait s"
 echo "GUEST VF NETDEV $net"

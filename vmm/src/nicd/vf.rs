@@ -10,7 +10,7 @@
 //! The config space itself lives in the PF card ([`SriovPf`]); FLR and Bus Master reach
 //! the VF model through a [`VfShim`] that the card calls and this device drains.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -217,6 +217,10 @@ pub struct VfDevice {
     ctl: CtlQueue,
     irq: Arc<MsixIrq>,
     dma: BTreeMap<u64, DmaRegion>,
+    /// The files behind the DMA mappings, one descriptor per file (by device and inode):
+    /// a client that maps page by page (Linux behind an IOMMU) sends the same memfd with
+    /// each mapping, and keeping each of those descriptors would run nicd out of them.
+    dma_files: HashMap<(u64, u64), Arc<File>>,
     bars: [u8; BAR_BYTES],
     /// COMMAND.Memory Space as the client last wrote it: a VF has no such bit (it reads
     /// 0), so vfio-pci virtualizes it, and so do we.
@@ -253,6 +257,7 @@ impl VfDevice {
             ctl,
             irq,
             dma: BTreeMap::new(),
+            dma_files: HashMap::new(),
             bars: [0; BAR_BYTES],
             memory_enable: false,
         }
@@ -405,6 +410,11 @@ impl VfDevice {
         Ok(())
     }
 
+    /// Closes the descriptors of files no mapping uses any more.
+    fn forget_unused_files(&mut self) {
+        self.dma_files.retain(|_, f| Arc::strong_count(f) > 1);
+    }
+
     /// Rebuilds the VF's DMA space from the writable mappings. Read-only mappings (a
     /// client's ROMs) stay out of it: the VF model writes descriptors back, and a write to
     /// a read-only mapping would fault the process.
@@ -428,10 +438,15 @@ impl VfDevice {
 
 /// Maps `len` bytes of `file` at `offset`, checked against the file's size (a mapping
 /// past the end would fault the process on first touch).
-fn map_fd(map: DmaMapping) -> Result<DmaRegion, DeviceError> {
+fn map_fd(
+    map: DmaMapping,
+    files: &mut HashMap<(u64, u64), Arc<File>>,
+) -> Result<DmaRegion, DeviceError> {
+    use std::os::unix::fs::MetadataExt;
     let size = usize::try_from(map.size).map_err(|_| DeviceError::Invalid("DMA map size"))?;
     let file = File::from(map.fd);
-    let len = file.metadata().map_err(DeviceError::Io)?.len();
+    let meta = file.metadata().map_err(DeviceError::Io)?;
+    let len = meta.len();
     if map.offset.checked_add(map.size).is_none_or(|end| end > len) {
         return Err(DeviceError::Invalid("DMA map beyond the end of its file"));
     }
@@ -454,8 +469,14 @@ fn map_fd(map: DmaMapping) -> Result<DmaRegion, DeviceError> {
             "DMA map neither readable nor writable",
         ));
     }
+    // The descriptor of an earlier mapping of the same file stands for this one (the new
+    // one closes here).
+    let file = files
+        .entry((meta.dev(), meta.ino()))
+        .or_insert_with(|| Arc::new(file))
+        .clone();
     let mapping = MmapRegion::build(
-        Some(FileOffset::new(file, map.offset)),
+        Some(FileOffset::from_arc(file, map.offset)),
         size,
         prot,
         libc::MAP_SHARED | libc::MAP_NORESERVE,
@@ -554,7 +575,7 @@ impl VfioUserDevice for VfDevice {
 
     fn dma_map(&mut self, map: DmaMapping) -> Result<(), DeviceError> {
         let iova = map.iova;
-        let region = map_fd(map)?;
+        let region = map_fd(map, &mut self.dma_files)?;
         self.dma.insert(iova, region);
         if let Err(e) = self.rebuild_memory() {
             self.dma.remove(&iova);
@@ -569,12 +590,15 @@ impl VfioUserDevice for VfDevice {
         let gone = self.dma.remove(&iova);
         let r = self.rebuild_memory();
         drop(gone);
+        self.forget_unused_files();
         r
     }
 
     fn dma_unmap_all(&mut self) -> Result<(), DeviceError> {
         self.dma.clear();
-        self.rebuild_memory()
+        let r = self.rebuild_memory();
+        self.forget_unused_files();
+        r
     }
 
     fn set_irqs(&mut self, set: IrqSet) -> Result<(), DeviceError> {
