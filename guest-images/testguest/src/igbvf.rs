@@ -199,6 +199,8 @@ const RXD_STAT_EOP: u32 = 0x02;
 /// RX write-back errors that spoil the frame (CE, SE, SEQ, CXE, RXE; not the checksum
 /// ones), igbvf's `E1000_RXDEXT_ERR_FRAME_ERR_MASK`.
 const RXD_ERR_FRAME: u32 = 0x9700_0000;
+/// RX write-back: the frame could not be received (its buffer was unreachable).
+pub const RXD_ERR_RXE: u32 = 0x8000_0000;
 /// Ethernet header.
 const ETH_HLEN: usize = 14;
 
@@ -384,6 +386,13 @@ pub fn find(topo: &Topology, nth: usize) -> Result<Bdf, IgbvfError> {
         .ok_or(IgbvfError::NotFound(nth))
 }
 
+/// Where [`Igbvf::open`] puts the RX buffers of rings of `ring` descriptors in a scratch
+/// area starting at `base`: (start, length), page aligned.
+pub fn rx_buffer_area(base: u64, ring: u16) -> (u64, u64) {
+    let (layout, _) = Layout::place(base, u32::from(ring));
+    (layout.rx_bufs, BUF_LEN * u64::from(ring))
+}
+
 /// Where the rings and buffers lie in the scratch area.
 #[derive(Debug, Clone, Copy)]
 struct Layout {
@@ -394,15 +403,9 @@ struct Layout {
 }
 
 impl Layout {
-    /// Rings of `count` descriptors and their buffers in `[base, base + len)`, which must
-    /// be RAM. The rings are zeroed.
-    fn new(boot: &BootParams, (base, len): (u64, u64), count: u32) -> Result<Self, IgbvfError> {
-        let bad = IgbvfError::Scratch(base, len);
-        if !matches!(boot.e820_entry_containing(base, len), Some(e) if e.kind == E820_RAM)
-            || !phys::is_mapped(base, len)
-        {
-            return Err(bad);
-        }
+    /// Where rings of `count` descriptors and their buffers go from `base` on, and the
+    /// bytes of the rings.
+    fn place(base: u64, count: u32) -> (Self, u64) {
         let ring = (16 * u64::from(count)).next_multiple_of(4096);
         let bufs = BUF_LEN * u64::from(count);
         let tx_ring = base.next_multiple_of(4096);
@@ -412,7 +415,21 @@ impl Layout {
             tx_bufs: tx_ring + 2 * ring,
             rx_bufs: tx_ring + 2 * ring + bufs,
         };
-        if layout.rx_bufs + bufs > base + len {
+        (layout, ring)
+    }
+
+    /// Rings of `count` descriptors and their buffers in `[base, base + len)`, which must
+    /// be RAM. The rings are zeroed.
+    fn new(boot: &BootParams, (base, len): (u64, u64), count: u32) -> Result<Self, IgbvfError> {
+        let bad = IgbvfError::Scratch(base, len);
+        if !matches!(boot.e820_entry_containing(base, len), Some(e) if e.kind == E820_RAM)
+            || !phys::is_mapped(base, len)
+        {
+            return Err(bad);
+        }
+        let (layout, ring) = Self::place(base, count);
+        let tx_ring = layout.tx_ring;
+        if layout.rx_bufs + BUF_LEN * u64::from(count) > base + len {
             return Err(bad);
         }
         for q in (tx_ring..tx_ring + 2 * ring).step_by(8) {
@@ -437,6 +454,8 @@ pub struct Igbvf {
     /// Descriptors per ring.
     count: u32,
     layout: Layout,
+    /// Added to every guest-physical address the device is given (an IOMMU's IOVAs).
+    dma_offset: u64,
     /// Read-to-clear V2PMAILBOX bits seen and not yet consumed.
     v2p_soft: u32,
     /// Next TX descriptor to fill.
@@ -461,6 +480,20 @@ impl Igbvf {
         boot: &BootParams,
         scratch: (u64, u64),
         ring: u16,
+    ) -> Result<Self, IgbvfError> {
+        Self::open_translated(ecam, bdf, boot, scratch, ring, 0)
+    }
+
+    /// [`Igbvf::open`] for a VF behind an IOMMU that maps the scratch area at its
+    /// guest-physical address plus `dma_offset`: every address the device is given (ring
+    /// bases, buffers) is the IOVA; the driver itself reads and writes guest-physical.
+    pub fn open_translated(
+        ecam: &Ecam,
+        bdf: Bdf,
+        boot: &BootParams,
+        scratch: (u64, u64),
+        ring: u16,
+        dma_offset: u64,
     ) -> Result<Self, IgbvfError> {
         let count = u32::from(ring);
         if !(8..=4096).contains(&count) || !count.is_multiple_of(8) {
@@ -513,6 +546,7 @@ impl Igbvf {
             msix_pba,
             count,
             layout,
+            dma_offset,
             v2p_soft: 0,
             tx_tail: 0,
             tx_clean: 0,
@@ -538,6 +572,21 @@ impl Igbvf {
         vf.write(EIAM, VECTOR_BITS);
         vf.write(EIMS, VECTOR_BITS);
         Ok(vf)
+    }
+
+    /// The address the device uses for guest-physical `gpa`.
+    fn dma(&self, gpa: u64) -> u64 {
+        gpa.wrapping_add(self.dma_offset)
+    }
+
+    /// The guest-physical address of RX buffer `i`.
+    pub fn rx_buf(&self, i: u32) -> u64 {
+        self.layout.rx_bufs + BUF_LEN * u64::from(i)
+    }
+
+    /// The RX descriptor the device fills next (the driver's view: the next one it takes).
+    pub fn rx_next(&self) -> u32 {
+        self.rx_next
     }
 
     /// Reads register `reg` of BAR0.
@@ -818,8 +867,9 @@ impl Igbvf {
         let txdctl = self.read(TXDCTL);
         self.write(TXDCTL, txdctl & !DCTL_ENABLE);
         self.write(TDLEN, self.count * 16);
-        self.write(TDBAL, self.layout.tx_ring as u32);
-        self.write(TDBAH, (self.layout.tx_ring >> 32) as u32);
+        let ring = self.dma(self.layout.tx_ring);
+        self.write(TDBAL, ring as u32);
+        self.write(TDBAH, (ring >> 32) as u32);
         self.write(TDH, 0);
         self.write(TDT, 0);
         self.write(TXDCTL, txdctl | DCTL_ENABLE);
@@ -852,7 +902,7 @@ impl Igbvf {
         let cmd = TXD_DTYP_DATA | TXD_DEXT | TXD_IFCS | TXD_EOP | TXD_RS | len;
         let olinfo = len << TXD_PAYLEN_SHIFT;
         let desc = self.layout.tx_ring + 16 * u64::from(i);
-        phys::write_u64(desc, buf);
+        phys::write_u64(desc, self.dma(buf));
         phys::write_u64(desc + 8, u64::from(cmd) | (u64::from(olinfo) << 32));
         self.tx_tail = (i + 1) % self.count;
         Ok(true)
@@ -908,8 +958,9 @@ impl Igbvf {
             SRRCTL,
             SRRCTL_DROP_EN | SRRCTL_DESCTYPE_ADV_ONEBUF | SRRCTL_BSIZEPKT_KIB,
         );
-        self.write(RDBAL, self.layout.rx_ring as u32);
-        self.write(RDBAH, (self.layout.rx_ring >> 32) as u32);
+        let ring = self.dma(self.layout.rx_ring);
+        self.write(RDBAL, ring as u32);
+        self.write(RDBAH, (ring >> 32) as u32);
         self.write(RDLEN, self.count * 16);
         self.write(RDH, 0);
         self.write(RDT, 0);
@@ -929,7 +980,7 @@ impl Igbvf {
     /// Gives RX descriptor `i` its buffer again, in the read format (status clear).
     fn post_rx(&self, i: u32) {
         let desc = self.layout.rx_ring + 16 * u64::from(i);
-        phys::write_u64(desc, self.layout.rx_bufs + BUF_LEN * u64::from(i));
+        phys::write_u64(desc, self.dma(self.rx_buf(i)));
         phys::write_u64(desc + 8, 0);
     }
 
@@ -955,7 +1006,7 @@ impl Igbvf {
             && (ETH_HLEN..=MAX_FRAME).contains(&len);
         if good {
             let n = len.min(out.len());
-            phys::read_bytes(self.layout.rx_bufs + BUF_LEN * u64::from(i), &mut out[..n]);
+            phys::read_bytes(self.rx_buf(i), &mut out[..n]);
         }
         self.post_rx(i);
         self.rx_next = (i + 1) % self.count;

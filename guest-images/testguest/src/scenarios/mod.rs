@@ -96,6 +96,10 @@ pub static SCENARIOS: &[Scenario] = &[
         run: vf::sink,
     },
     Scenario {
+        name: "vf-iommu",
+        run: vf::iommu,
+    },
+    Scenario {
         name: "hotplug",
         run: hotplug::run,
     },

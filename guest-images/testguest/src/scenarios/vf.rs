@@ -382,6 +382,110 @@ pub fn bench(ctx: &Ctx) -> Result<(), Fail> {
     Ok(())
 }
 
+/// `vf-iommu`: VF 0 behind the virtio-iommu (run the vmm with `--iommu`). Its endpoint is
+/// attached to a domain that maps only the VF's scratch area, at 256 GiB above its
+/// guest-physical address; the driver gives the device those IOVAs. Frames go to the
+/// reflector and come back through translated DMA (as `vf-net`). Then the page of the RX
+/// buffer the device fills next is unmapped and filled with a canary, and one frame is
+/// sent: its reflection must not land (no descriptor done, the canary intact; nicd drops
+/// and counts it). With the page mapped again, frames flow on.
+pub fn iommu(ctx: &Ctx) -> Result<(), Fail> {
+    use crate::virtio_iommu::{S_OK, VirtioIommu, attach, map, unmap};
+    const OFFSET: u64 = 0x40_0000_0000;
+    const DOMAIN: u32 = 7;
+    /// The IOMMU driver's queues, away from the VF's scratch area.
+    const IOMMU_SCRATCH: (u64, u64) = (100 << 20, 1 << 20);
+    const PAGE: u64 = 4096;
+    let frames = frames(ctx)?;
+    let peer = peer(ctx)?;
+    let ecam = Ecam::from_acpi()?;
+    let topo = ecam.walk()?;
+    let mut d = VirtioIommu::open(&ecam, &topo, &ctx.boot_params, IOMMU_SCRATCH)?;
+    let bdf = igbvf::find(&topo, 0)?;
+    let ep = u32::from(bdf.rid());
+    ensure!(
+        d.status(&attach(DOMAIN, ep))? == S_OK,
+        "attach of the VF {bdf} (endpoint {ep:#x}) failed"
+    );
+    // The rings and TX buffers in one mapping, each RX buffer page in one of its own (an
+    // UNMAP takes whole mappings).
+    let (base, len) = SCRATCH;
+    let (rx, rx_len) = igbvf::rx_buffer_area(base, RING);
+    let mut ranges = [(base, rx - base), (rx + rx_len, base + len - rx - rx_len)]
+        .into_iter()
+        .chain((rx..rx + rx_len).step_by(PAGE as usize).map(|p| (p, PAGE)));
+    ensure!(
+        ranges.all(|(at, n)| {
+            n == 0
+                || matches!(
+                    d.status(&map(DOMAIN, at + OFFSET, at + OFFSET + n - 1, at)),
+                    Ok(S_OK)
+                )
+        }),
+        "map of the VF's scratch area failed"
+    );
+    let mut vf = Igbvf::open_translated(&ecam, bdf, &ctx.boot_params, SCRATCH, RING, OFFSET)?;
+    ensure!(
+        vf.wait_link(time::BUDGET)?,
+        "the link of the VF at {bdf} did not come up"
+    );
+    info!(
+        ctx,
+        "VF at {bdf} mac {} behind the IOMMU: rings and buffers at IOVA = GPA + {OFFSET:#x}",
+        Mac(vf.mac)
+    );
+    exchange(ctx, &mut vf, frames, peer)?;
+
+    // Take the next RX buffer's page back from the device.
+    let page = vf.rx_buf(vf.rx_next()) & !(PAGE - 1);
+    ensure!(
+        d.status(&unmap(DOMAIN, page + OFFSET, page + OFFSET + PAGE - 1))? == S_OK,
+        "unmap of {page:#x}'s IOVA failed"
+    );
+    let canary = [0xa5u8; PAGE as usize];
+    crate::phys::write_bytes(page, &canary);
+    let mut frame = [0u8; MAX_FRAME];
+    fill_frame(&mut frame[..128], peer, vf.mac, 0xdead);
+    ensure!(vf.queue_tx(&frame[..128])?, "no room to send");
+    vf.kick_tx();
+    vf.wait_tx_done(time::BUDGET)?;
+    // Its reflection would be back within this (the round trip takes microseconds).
+    time::delay_us(300_000);
+    // The device either leaves the descriptor alone or writes it back with RXE (the
+    // 82576 model does: the frame is dropped, the descriptor consumed); never a frame.
+    let mut got = [0u8; MAX_FRAME];
+    let outcome = match vf.recv(&mut got) {
+        Ok(None) => "its descriptor left alone",
+        Err(IgbvfError::RxDescriptor { status, .. }) if status & igbvf::RXD_ERR_RXE != 0 => {
+            "its descriptor written back with RXE"
+        }
+        Ok(Some(n)) => {
+            return Err(fail!(
+                "a {n}-byte frame landed in a buffer whose page the guest unmapped"
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut now = [0u8; PAGE as usize];
+    crate::phys::read_bytes(page, &mut now);
+    ensure!(
+        now == canary,
+        "the unmapped page at {page:#x} was written (first change at byte {})",
+        (0..now.len()).find(|&i| now[i] != canary[i]).unwrap_or(0)
+    );
+    info!(
+        ctx,
+        "the reflected frame did not land: page {page:#x} unmapped, its canary intact, {outcome}"
+    );
+    ensure!(
+        d.status(&map(DOMAIN, page + OFFSET, page + OFFSET + PAGE - 1, page))? == S_OK,
+        "re-map of {page:#x} failed"
+    );
+    exchange(ctx, &mut vf, 8, peer)?;
+    info!(ctx, "mapped again: frames flow on");
+    Ok(())
+}
+
 /// `vf-sink`: brings VF 0 up, says `ready mac <mac>`, then takes every frame it receives
 /// and gives the buffers back, until `testguest.net_frames` frames came or none came for
 /// a thirtieth of the budget (a few hundred ms) after the first; prints how many (for
