@@ -1,12 +1,13 @@
 //! nicd for tests: the real binary with a seqpacket uplink the test holds (or hands to a
 //! reflector), its VF sockets, and `vmctl nic` against its API socket.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use devices::seqpacket::SeqpacketSocket;
@@ -210,6 +211,9 @@ pub fn nic_vmctl(api: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Frames counted by (source MAC, VLAN ID).
+type SeenFrames = HashMap<([u8; 6], u16), u64>;
+
 /// A reflector on nicd's uplink: every frame that comes out is sent back with its source
 /// and destination MACs swapped (the peer of the test guest's `vf-net` scenario).
 #[derive(Debug)]
@@ -217,6 +221,8 @@ pub struct Reflector {
     stop: Arc<AtomicBool>,
     /// Frames reflected.
     pub frames: Arc<AtomicU64>,
+    /// What came out of the uplink, by source MAC and 802.1Q VLAN ID (0: untagged).
+    seen: Arc<Mutex<SeenFrames>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -226,7 +232,8 @@ impl Reflector {
         let up = nicd.uplink.take().expect("the uplink is still the test's");
         let stop = Arc::new(AtomicBool::new(false));
         let frames = Arc::new(AtomicU64::new(0));
-        let (s, f) = (stop.clone(), frames.clone());
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let (s, f, log) = (stop.clone(), frames.clone(), seen.clone());
         let thread = std::thread::spawn(move || {
             let mut buf = vec![0u8; 65536];
             while !s.load(Ordering::SeqCst) {
@@ -238,6 +245,17 @@ impl Reflector {
                     continue;
                 }
                 let frame = &mut buf[..n];
+                let mut src_mac = [0u8; 6];
+                src_mac.copy_from_slice(&frame[6..12]);
+                let vid = if frame[12..14] == [0x81, 0x00] && n >= 18 {
+                    u16::from_be_bytes([frame[14], frame[15]]) & 0xfff
+                } else {
+                    0
+                };
+                *log.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry((src_mac, vid))
+                    .or_insert(0) += 1;
                 let (dst, src) = frame.split_at_mut(6);
                 dst.swap_with_slice(&mut src[..6]);
                 if up.send(frame).is_ok() {
@@ -248,8 +266,30 @@ impl Reflector {
         Self {
             stop,
             frames,
+            seen,
             thread: Some(thread),
         }
+    }
+
+    /// Frames seen from `src` with VLAN ID `vid` (0: untagged).
+    pub fn seen(&self, src: [u8; 6], vid: u16) -> u64 {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&(src, vid))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Frames seen from `src`, tagged or not.
+    pub fn seen_from(&self, src: [u8; 6]) -> u64 {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|((s, _), _)| *s == src)
+            .map(|(_, n)| n)
+            .sum()
     }
 }
 

@@ -98,6 +98,70 @@ fn vf_dma_goes_through_the_iommu_and_stops_at_an_unmapped_page() {
     );
 }
 
+/// nicd's per-VF policy as the guest and the wire see it: a port VLAN tags the guest's
+/// frames on the uplink (and is taken off on the way back: the guest's frames come back
+/// intact), max_tx_rate paces them, the spoof check drops frames from a MAC that is not
+/// the VF's (counted), and link-state disable and auto take the guest's link down and up.
+#[test]
+fn vf_admin_settings_take_effect_as_the_guest_and_the_wire_see_them() {
+    if !require_kvm() {
+        return;
+    }
+    const SPOOFED: [u8; 6] = [0x02, 0x5b, 0x00, 0x00, 0x00, 0x01];
+    let mut nicd = Nicd::start(1);
+    for setting in [["vlan", "100"], ["max_tx_rate", "2"]] {
+        let (code, _, err) = nicd.vmctl(&["vf", "0", "set", setting[0], setting[1]]);
+        assert_eq!(code, 0, "{setting:?}: {err}");
+    }
+    let reflector = Reflector::start(&mut nicd);
+    let frames = 64;
+    let mut vm = guest(
+        "vf-admin",
+        &format!(" testguest.vf_frames={frames}"),
+        &nicd.vf(0),
+        &[],
+    );
+    let at = |vm: &mut VmProcess, text: &str| {
+        let seen = vm.wait_for_stdout(DEADLINE, |l| l.contains(text));
+        assert!(seen.is_some(), "no `{text}`\n{}", vm.transcript());
+        std::time::Instant::now()
+    };
+    let t0 = at(&mut vm, "vf-admin: exchange begins");
+    let t1 = at(&mut vm, "sent and back intact");
+    // About 51 kB at 2 Mbit/s, less the bucket's burst of about 19 kB: 0.13 s at least.
+    let took = t1.duration_since(t0);
+    assert!(
+        took >= Duration::from_millis(100),
+        "max_tx_rate 2 Mbit/s did not pace {frames} frames: {took:?}"
+    );
+    let guest_mac = vf_mac(0);
+    assert!(
+        reflector.seen(guest_mac, 100) >= frames && reflector.seen(guest_mac, 0) == 0,
+        "every frame of the guest carries VLAN 100 on the uplink: {} tagged, {} untagged",
+        reflector.seen(guest_mac, 100),
+        reflector.seen(guest_mac, 0)
+    );
+    at(&mut vm, "waiting for the link to go down");
+    assert_eq!(
+        reflector.seen_from(SPOOFED),
+        0,
+        "spoofed frames reached the wire"
+    );
+    let (code, out, _) = nicd.vmctl(&["show", "-s", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let dropped = v["vfinfo_list"][0]["stats"]["tx"]["dropped"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(dropped >= 3, "nicd counted {dropped} TX drops: {out}");
+    let (code, _, err) = nicd.vmctl(&["vf", "0", "set", "state", "disable"]);
+    assert_eq!(code, 0, "{err}");
+    at(&mut vm, "vf-admin: link down");
+    let (code, _, err) = nicd.vmctl(&["vf", "0", "set", "state", "auto"]);
+    assert_eq!(code, 0, "{err}");
+    vm.expect_pass(&["vf-admin"], DEADLINE);
+}
+
 #[test]
 fn vf_to_vf_between_two_vmms_through_the_switch() {
     if !require_kvm() {

@@ -100,6 +100,10 @@ pub static SCENARIOS: &[Scenario] = &[
         run: vf::iommu,
     },
     Scenario {
+        name: "vf-admin",
+        run: vf::admin,
+    },
+    Scenario {
         name: "hotplug",
         run: hotplug::run,
     },

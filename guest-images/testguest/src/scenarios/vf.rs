@@ -486,6 +486,43 @@ pub fn iommu(ctx: &Ctx) -> Result<(), Fail> {
     Ok(())
 }
 
+/// `vf-admin`: what nicd's per-VF policy does as the guest sees it, driven by the test
+/// through nicd's API: frames to the reflector and back (`exchange begins` first, so the
+/// test can time a max_tx_rate and check a port VLAN on the wire), then three frames
+/// from a MAC that is not the VF's (the spoof check must drop them), then the link: the
+/// guest waits for STATUS.LU to drop (the test sets `state disable`) and to return
+/// (`state auto`).
+pub fn admin(ctx: &Ctx) -> Result<(), Fail> {
+    /// A source MAC the VF does not own.
+    const SPOOFED: [u8; 6] = [0x02, 0x5b, 0x00, 0x00, 0x00, 0x01];
+    let frames = frames(ctx)?;
+    let peer = peer(ctx)?;
+    let mut vf = bring_up(ctx, 0)?;
+    info!(ctx, "exchange begins");
+    exchange(ctx, &mut vf, frames, peer)?;
+    let mut frame = [0u8; MAX_FRAME];
+    for seq in 0..3 {
+        fill_frame(&mut frame[..100], peer, SPOOFED, 0x5000 + seq);
+        ensure!(vf.queue_tx(&frame[..100])?, "no room to send");
+    }
+    vf.kick_tx();
+    vf.wait_tx_done(time::BUDGET)?;
+    info!(ctx, "sent 3 frames from {}", Mac(SPOOFED));
+    info!(ctx, "waiting for the link to go down");
+    let deadline = Deadline::after(time::BUDGET * 3);
+    while vf.link_up()? {
+        ensure!(!deadline.expired(), "the link stayed up");
+        time::delay_us(1000);
+    }
+    info!(ctx, "link down (STATUS {:#x})", vf.read(igbvf::reg::STATUS));
+    ensure!(
+        vf.wait_link(time::BUDGET * 3)?,
+        "the link did not come back"
+    );
+    info!(ctx, "link up again");
+    Ok(())
+}
+
 /// `vf-sink`: brings VF 0 up, says `ready mac <mac>`, then takes every frame it receives
 /// and gives the buffers back, until `testguest.net_frames` frames came or none came for
 /// a thirtieth of the budget (a few hundred ms) after the first; prints how many (for
