@@ -45,6 +45,11 @@ fn user_space_runs() -> bool {
 /// The kernel and initramfs, with `cmdline` and `extra` flags, 2 vCPUs, 512 MiB, and an
 /// API socket (the transcript of a guest that stopped shows its vCPUs' registers).
 fn linux(cmdline: &str, extra: &[&std::ffi::OsStr]) -> Option<VmProcess> {
+    linux_with(cmdline, extra, 2)
+}
+
+/// [`linux`] with `vcpus` vCPUs.
+fn linux_with(cmdline: &str, extra: &[&std::ffi::OsStr], vcpus: u32) -> Option<VmProcess> {
     let (Some(kernel), Some(initrd)) = (image("vmlinux"), image("initramfs.cpio.gz")) else {
         return None;
     };
@@ -57,7 +62,7 @@ fn linux(cmdline: &str, extra: &[&std::ffi::OsStr]) -> Option<VmProcess> {
         kernel,
         initrd: Some(initrd),
         cmdline: format!("console=ttyS0 panic=-1 {cmdline}"),
-        vcpus: 2,
+        vcpus,
         memory: "512M".into(),
         extra: Vec::new(),
     };
@@ -325,14 +330,16 @@ fn linux_igbvf_on_a_nicd_vf() {
         );
     }
 
-    // VF to VF through nicd's switch.
+    // VF to VF through nicd's switch (a second guest with one vCPU: the nested host
+    // emulates every vCPU it runs).
     let vf1 = vf(1);
-    let Some(mut b) = linux(
+    let Some(mut b) = linux_with(
         &format!(
             "guest.scenario=vf guest.vf_mac={mac1} guest.vf_ip=10.0.3.3/24 \
              guest.peer_ip={VF_HOST} guest.vf_hold=1"
         ),
         &["--vf".as_ref(), vf1.as_ref()],
+        1,
     ) else {
         return;
     };

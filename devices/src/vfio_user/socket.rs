@@ -339,13 +339,25 @@ impl Socket {
     /// (on a non-blocking socket in an event loop, use a [`MessageReader`] instead).
     pub fn recv_message(&self, limits: &Limits) -> Result<Message, SocketError> {
         let timeout = self.stream.read_timeout().map_err(SocketError::Io)?;
+        // The whole message within the timeout: a blocking read already waited for it.
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
         let mut reader = MessageReader::new();
         loop {
             if let Some(m) = reader.poll(self, limits)? {
                 return Ok(m);
             }
             // No input yet (non-blocking, or SO_RCVTIMEO passed): wait rather than spin.
-            if !self.wait(libc::POLLIN, timeout)? {
+            let left = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return Err(SocketError::RecvTimeout(timeout.unwrap_or_default()));
+                    }
+                    Some(left)
+                }
+                None => None,
+            };
+            if !self.wait(libc::POLLIN, left)? {
                 return Err(SocketError::RecvTimeout(timeout.unwrap_or_default()));
             }
         }
