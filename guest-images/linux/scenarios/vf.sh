@@ -18,6 +18,9 @@
 #                             carrier up|down  ->  GUEST VF CARRIER UP|DOWN (within 30 s)
 #                             spoof MAC        ->  GUEST VF SPOOF SENT MAC (3 raw frames
 #                                                  from MAC, with ethsend)
+#                             stats            ->  GUEST VF STATS rx_packets=N rx_bytes=N
+#                                                  tx_packets=N tx_bytes=N (the netdev's
+#                                                  counters, as ip -s link shows them)
 #                             done             ->  GUEST SCENARIO vf PASS
 fail() {
   echo "--- igbvf's kernel messages"
@@ -157,6 +160,9 @@ if [ "$hold" = "1" ]; then
             echo "GUEST VF CARRIER DOWN" ;;
           *) fail "bad command: carrier $a1" ;;
         esac ;;
+      stats)
+        st=/sys/class/net/$net/statistics
+        echo "GUEST VF STATS rx_packets=$(cat $st/rx_packets) rx_bytes=$(cat $st/rx_bytes) tx_packets=$(cat $st/tx_packets) tx_bytes=$(cat $st/tx_bytes)" ;;
       spoof)
         # Frames from a MAC that is not the VF's, as a bridge or macvlan would send.
         ethsend "$net" ff:ff:ff:ff:ff:ff "$a1" 3 || fail "ethsend from $a1 failed"

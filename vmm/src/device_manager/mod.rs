@@ -255,12 +255,14 @@ impl DeviceManager {
         port: Option<u8>,
         cold: bool,
     ) -> Result<SlotDevice, DeviceError> {
-        let mut slots = lock(&self.slots);
-        let (index, port, bus) = slots.choose_port(port)?;
-        let rid = RequesterId::from_routing_id(0, u16::from(bus) << 8);
+        // Connected before the registry is locked: a server that is slow to answer holds
+        // up this request only, not the slot events.
         let id = format!("vf{}", self.next_vf);
         let card = vf::connect(&id, &vf.socket, &KvmRouteFactory(self.router.clone()))?;
         let watch = card.socket().try_clone().map_err(DeviceError::Routing)?;
+        let mut slots = lock(&self.slots);
+        let (index, port, bus) = slots.choose_port(port)?;
+        let rid = RequesterId::from_routing_id(0, u16::from(bus) << 8);
         let card = Arc::new(Mutex::new(card));
         let dma = Arc::new(
             VfDma::new(Arc::downgrade(&card), rid, &self.mem)
