@@ -247,10 +247,15 @@ impl Switch {
         }
     }
 
+    /// When frames that found the TX FIFO full should be offered again: once it has
+    /// drained to half (not as soon as one frame's room is free), so a busy wire is
+    /// refilled in bursts of up to half the FIFO per wakeup rather than one
+    /// frame per wakeup (1500-byte frames at 1 Gbit/s cost nicd a timer wakeup each, 10 us
+    /// of CPU per frame, before).
     fn wire_ready_at(&self, now_ns: u64) -> u64 {
         self.wire
             .free_at()
-            .saturating_sub(Self::WIRE_FIFO_NS)
+            .saturating_sub(Self::WIRE_FIFO_NS / 2)
             .max(now_ns.saturating_add(1))
     }
 

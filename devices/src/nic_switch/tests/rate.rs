@@ -136,10 +136,11 @@ fn a_busy_uplink_pushes_back_on_vfs_and_drops_pushed_frames() {
     let mut sw = switch_with(1, SwitchConfig::default());
     let mut sink = Sink::default();
     let f = eth(HOST, vf_mac(0), None, FRAME, 0);
-    // 1500 B at 1 Gbps is 12 us; the wire FIFO takes 100 us ahead: 9 frames go at t=0.
+    // 1500 B at 1 Gbps is 12 us; the wire FIFO takes 100 us ahead: 9 frames go at t=0
+    // (108 us of wire time). The rest waits until the FIFO has drained to half: 58 us.
     let (sent, retry) = send_until_wait(&mut sw, &mut sink, &f);
     assert_eq!(sent, 9);
-    assert_eq!(retry, Duration::from_micros(8));
+    assert_eq!(retry, Duration::from_micros(58));
     // The PF pushes: queued up to 2 ms of wire time, then dropped as rate.
     sw.add_pf_mac(mac(0x77)).unwrap();
     let pf = eth(HOST, mac(0x77), None, FRAME, 0);
