@@ -461,6 +461,12 @@ impl VfioUserCard {
         }
     }
 
+    /// The BAR (with memory decoding on) that holds `[addr, addr + len)`, and the offset.
+    fn bar_at(&self, addr: u64, len: usize) -> Option<(usize, u64)> {
+        let end = addr.checked_add(len as u64)?;
+        decode_bar(&self.cfg, addr, end)
+    }
+
     /// The MSI-X structure an access at `off` of BAR `bar` falls in, if any.
     fn msix_part(&self, bar: usize, off: u64, len: usize) -> Option<(bool, u64)> {
         let end = off + len as u64;
@@ -495,10 +501,7 @@ impl PciCard for VfioUserCard {
     }
 
     fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> bool {
-        let Some((bar, off)) = addr
-            .checked_add(data.len() as u64)
-            .and_then(|end| decode_bar(&self.cfg, addr, end))
-        else {
+        let Some((bar, off)) = self.bar_at(addr, data.len()) else {
             return false;
         };
         match self.msix_part(bar, off, data.len()) {
@@ -517,10 +520,7 @@ impl PciCard for VfioUserCard {
     }
 
     fn mmio_write(&mut self, addr: u64, data: &[u8]) -> bool {
-        let Some((bar, off)) = addr
-            .checked_add(data.len() as u64)
-            .and_then(|end| decode_bar(&self.cfg, addr, end))
-        else {
+        let Some((bar, off)) = self.bar_at(addr, data.len()) else {
             return false;
         };
         match self.msix_part(bar, off, data.len()) {

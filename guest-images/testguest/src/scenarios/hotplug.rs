@@ -52,7 +52,9 @@ pub(super) fn card_out(s: &Slot) -> bool {
     !s.present() && !s.link_up()
 }
 
-pub fn run(ctx: &Ctx) -> Result<(), Fail> {
+/// The slot numbered `testguest.hotplug_port` (default 1), empty, with its events enabled
+/// and reported ready; the ECAM, the slot, and the hotplug interrupts counted so far.
+pub(super) fn ready_slot(ctx: &Ctx) -> Result<(Ecam, Slot, u64), Fail> {
     let number: u32 = match ctx.cmdline.values("testguest.hotplug_port").last() {
         Some(v) => v
             .parse()
@@ -63,8 +65,13 @@ pub fn run(ctx: &Ctx) -> Result<(), Fail> {
     let slot = Slot::find(&ecam, &ecam.walk()?, number)?;
     slot.enable_events()?;
     ensure!(!slot.present(), "slot {number} is not empty to begin with");
-    let mut seen = ring0::irq_count(BSP_CPU, VECTOR);
+    let seen = ring0::irq_count(BSP_CPU, VECTOR);
     info!(ctx, "ready: slot {number} empty, events enabled");
+    Ok((ecam, slot, seen))
+}
+
+pub fn run(ctx: &Ctx) -> Result<(), Fail> {
+    let (_, slot, mut seen) = ready_slot(ctx)?;
 
     // 1. Hot-add.
     seen = wait(&slot, seen, "hot-add", card_in)?;

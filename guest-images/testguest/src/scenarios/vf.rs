@@ -345,12 +345,7 @@ pub fn config(ctx: &Ctx) -> Result<(), Fail> {
 
 /// `vf-bench`: see the module documentation.
 pub fn bench(ctx: &Ctx) -> Result<(), Fail> {
-    let frames = param(ctx, "testguest.net_frames", 100_000)?;
-    let size = param(ctx, "testguest.net_size", 64)? as usize;
-    ensure!(
-        (60..=1514).contains(&size),
-        "testguest.net_size must be 60..1514"
-    );
+    let (frames, size) = super::virtio_net::bench_params(ctx)?;
     let peer = peer(ctx)?;
     let mut vf = bring_up(ctx, 0)?;
     let mut frame = [0u8; MAX_FRAME];
@@ -560,25 +555,13 @@ pub fn sink(ctx: &Ctx) -> Result<(), Fail> {
 /// 4. a VF is hot-added again and brought up; then it is lost by surprise (the test kills
 ///    nicd): presence and link drop with an interrupt, and the function reads all ones.
 pub fn hotplug(ctx: &Ctx) -> Result<(), Fail> {
-    use super::hotplug::{NO_CARD, PRESENCE_AND_LINK, card_in, card_out, wait};
+    use super::hotplug::{NO_CARD, PRESENCE_AND_LINK, card_in, card_out, ready_slot, wait};
     use crate::pcie::regs::{EXP_SLTCTL_PWR_IND_BLINK, EXP_SLTCTL_PWR_IND_ON, EXP_SLTSTA_ABP};
-    use crate::pciehp::Slot;
     const VF_ID: u32 = (igbvf::DEVICE_ID as u32) << 16 | igbvf::VENDOR_ID as u32;
 
     let frames = frames(ctx)?;
     let peer = peer(ctx)?;
-    let number: u32 = match ctx.cmdline.values("testguest.hotplug_port").last() {
-        Some(v) => v
-            .parse()
-            .map_err(|_| fail!("bad testguest.hotplug_port={v}"))?,
-        None => 1,
-    };
-    let ecam = Ecam::from_acpi()?;
-    let slot = Slot::find(&ecam, &ecam.walk()?, number)?;
-    slot.enable_events()?;
-    ensure!(!slot.present(), "slot {number} is not empty to begin with");
-    let mut seen = ring0::irq_count(BSP_CPU, crate::pciehp::VECTOR);
-    info!(ctx, "ready: slot {number} empty, events enabled");
+    let (ecam, slot, mut seen) = ready_slot(ctx)?;
 
     let vf_bdf = crate::pcie::Bdf::new(slot.bus, 0, 0);
     let added = |ctx: &Ctx, seen: u64, what: &str| -> Result<(u64, Igbvf), Fail> {

@@ -186,14 +186,21 @@ pub fn msix(ctx: &Ctx) -> Result<(), Fail> {
     Ok(())
 }
 
-/// `net-bench`: see the module documentation.
-pub fn bench(ctx: &Ctx) -> Result<(), Fail> {
+/// A benchmark's `testguest.net_frames` (default 100,000) and `testguest.net_size` (60 to
+/// 1514, default 64).
+pub(super) fn bench_params(ctx: &Ctx) -> Result<(u64, usize), Fail> {
     let frames = param(ctx, "testguest.net_frames", 100_000)?;
     let size = param(ctx, "testguest.net_size", 64)? as usize;
     ensure!(
         (60..=1514).contains(&size),
         "testguest.net_size must be 60..1514"
     );
+    Ok((frames, size))
+}
+
+/// `net-bench`: see the module documentation.
+pub fn bench(ctx: &Ctx) -> Result<(), Fail> {
+    let (frames, size) = bench_params(ctx)?;
     // testguest.net_iommu=1: behind the virtio-iommu, with translated DMA.
     let mut setup = Setup::new(SCRATCH, 256);
     if param(ctx, "testguest.net_iommu", 0)? != 0 {

@@ -210,7 +210,7 @@ fn status_kib(pid: u32, key: &str) -> u64 {
 }
 
 /// Frames waiting on the uplink socket, taken without blocking.
-fn drain_uplink(fd: &OwnedFd, buf: &mut [u8]) -> u64 {
+pub(crate) fn drain_uplink(fd: &OwnedFd, buf: &mut [u8]) -> u64 {
     let mut n = 0;
     loop {
         // SAFETY: `buf` is valid for writes of its length; MSG_DONTWAIT never blocks.

@@ -177,21 +177,7 @@ fn count_frames(fd: OwnedFd, stop: Arc<AtomicBool>, nice: Option<i32>) -> Arc<At
             if unsafe { libc::poll(&raw mut pfd, 1, 100) } <= 0 {
                 continue;
             }
-            loop {
-                // SAFETY: `buf` is valid for writes of its length; MSG_DONTWAIT.
-                let r = unsafe {
-                    libc::recv(
-                        fd.as_raw_fd(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                        libc::MSG_DONTWAIT,
-                    )
-                };
-                if r <= 0 {
-                    break;
-                }
-                count.fetch_add(1, Ordering::Relaxed);
-            }
+            count.fetch_add(super::nicd::drain_uplink(&fd, &mut buf), Ordering::Relaxed);
         }
     });
     n
