@@ -181,9 +181,15 @@ pub struct NetSpec {
     /// A TAP device to open.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub tap: Option<String>,
+    /// nicd's synthetic socket: a synthetic port on the adapter's default VPort.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub nicd: Option<PathBuf>,
     /// The MAC address, `xx:xx:xx:xx:xx:xx`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub mac: Option<String>,
+    /// Offer VIRTIO_NET_F_STANDBY: the failover standby of the guest's VF (same MAC).
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub standby: bool,
 }
 
 impl FromStr for NetSpec {
@@ -193,6 +199,10 @@ impl FromStr for NetSpec {
         let mut spec = NetSpec::default();
         for part in s.split(',') {
             let bad = || ConfigError::Net(format!("`{part}` in `{s}`"));
+            if part == "standby" {
+                spec.standby = true;
+                continue;
+            }
             let (key, value) = part.split_once('=').ok_or_else(bad)?;
             if value.is_empty() {
                 return Err(bad());
@@ -200,6 +210,7 @@ impl FromStr for NetSpec {
             match key {
                 "socket" => spec.socket = Some(PathBuf::from(value)),
                 "tap" => spec.tap = Some(value.to_string()),
+                "nicd" => spec.nicd = Some(PathBuf::from(value)),
                 "mac" => spec.mac = Some(value.to_string()),
                 _ => return Err(bad()),
             }
@@ -267,6 +278,8 @@ pub enum NetBackendConfig {
     Socket(PathBuf),
     /// A TAP device.
     Tap(String),
+    /// A synthetic port of nicd (its synthetic socket).
+    Nicd(PathBuf),
 }
 
 /// A checked virtio-net device.
@@ -276,18 +289,23 @@ pub struct NetConfig {
     pub backend: NetBackendConfig,
     /// The MAC address.
     pub mac: Mac,
+    /// Offers VIRTIO_NET_F_STANDBY.
+    pub standby: bool,
 }
 
 impl NetSpec {
     /// Checks the spec; `index` numbers the default MAC.
     pub fn check(self, index: usize) -> Result<NetConfig, ConfigError> {
-        let backend = match (self.socket, self.tap) {
-            (Some(p), None) => NetBackendConfig::Socket(p),
-            (None, Some(t)) if !t.is_empty() && t.len() < 16 => NetBackendConfig::Tap(t),
-            (None, Some(t)) => return Err(ConfigError::Net(format!("bad TAP name `{t}`"))),
+        let backend = match (self.socket, self.tap, self.nicd) {
+            (Some(p), None, None) => NetBackendConfig::Socket(p),
+            (None, Some(t), None) if !t.is_empty() && t.len() < 16 => NetBackendConfig::Tap(t),
+            (None, Some(t), None) => {
+                return Err(ConfigError::Net(format!("bad TAP name `{t}`")));
+            }
+            (None, None, Some(p)) => NetBackendConfig::Nicd(p),
             _ => {
                 return Err(ConfigError::Net(
-                    "give exactly one of socket=PATH or tap=NAME".into(),
+                    "give exactly one of socket=PATH, tap=NAME or nicd=PATH".into(),
                 ));
             }
         };
@@ -295,7 +313,11 @@ impl NetSpec {
             Some(m) => parse_mac(&m)?,
             None => default_mac(index),
         };
-        Ok(NetConfig { backend, mac })
+        Ok(NetConfig {
+            backend,
+            mac,
+            standby: self.standby,
+        })
     }
 }
 

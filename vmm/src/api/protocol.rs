@@ -56,9 +56,15 @@ pub struct NetDevice {
     /// A TAP device to open.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub tap: Option<String>,
+    /// nicd's synthetic socket.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub nicd: Option<PathBuf>,
     /// The MAC address, `xx:xx:xx:xx:xx:xx`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub mac: Option<String>,
+    /// Offer VIRTIO_NET_F_STANDBY (the failover standby of the guest's VF).
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub standby: bool,
 }
 
 /// A VF to assign: the vfio-user socket nicd serves it on.

@@ -123,7 +123,9 @@ enum DeviceCommand {
 
 #[derive(Debug, Subcommand)]
 enum AddKind {
-    /// A virtio-net device: `socket=PATH[,mac=MAC]` or `tap=NAME[,mac=MAC]`.
+    /// A virtio-net device: `socket=PATH[,mac=MAC]`, `tap=NAME[,mac=MAC]` or
+    /// `nicd=PATH[,mac=MAC][,standby]` (a synthetic port of nicd; `standby`: the failover
+    /// standby of the guest's VF).
     Net {
         /// The backend and MAC.
         spec: String,
@@ -156,7 +158,9 @@ fn request(command: Command) -> Result<Request, String> {
                 net: Some(NetDevice {
                     socket: spec.socket,
                     tap: spec.tap,
+                    nicd: spec.nicd,
                     mac: spec.mac,
+                    standby: spec.standby,
                 }),
                 vf: None,
                 port,

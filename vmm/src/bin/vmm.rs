@@ -63,8 +63,10 @@ struct RunArgs {
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
     /// A virtio-net device in the next free root port: `socket=PATH[,mac=MAC]` (connect to
-    /// a unix seqpacket socket, one frame per message) or `tap=NAME[,mac=MAC]` (a TAP
-    /// device). Repeatable.
+    /// a unix seqpacket socket, one frame per message), `tap=NAME[,mac=MAC]` (a TAP
+    /// device) or `nicd=PATH[,mac=MAC][,standby]` (a synthetic port of nicd on its
+    /// synthetic socket, DIR/synthetic.sock; `standby` offers VIRTIO_NET_F_STANDBY, the
+    /// failover standby of the guest's VF of the same MAC). Repeatable.
     #[arg(long, value_name = "SPEC", value_parser = parse_net)]
     net: Vec<NetSpec>,
     /// A Virtual Function of nicd's SR-IOV adapter in the next free root port (after the

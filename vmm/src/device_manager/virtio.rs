@@ -48,6 +48,45 @@ pub struct IommuCard {
     pub context: IommuContext,
 }
 
+/// How long nicd may take to answer a synthetic port's hello.
+const HELLO_TIMEOUT_MS: i32 = 5000;
+
+/// Connects a synthetic port of nicd at `path` for a guest with `mac`: the hello, nicd's
+/// answer, then a frame per message (`vmm::nicd::synthetic`).
+fn synthetic_port(path: &std::path::Path, mac: [u8; 6]) -> std::io::Result<SeqpacketBackend> {
+    use crate::nicd::synthetic::{Hello, HelloReply};
+    use std::os::fd::AsRawFd;
+    let sock = devices::seqpacket::SeqpacketSocket::connect(path, false)?;
+    let hello = Hello {
+        mac: devices::nic_switch::MacAddr(mac).to_string(),
+        vlan: 0,
+    };
+    sock.send(&serde_json::to_vec(&hello).map_err(std::io::Error::other)?)?;
+    let mut p = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; the socket outlives the call.
+    if unsafe { libc::poll(&raw mut p, 1, HELLO_TIMEOUT_MS) } != 1 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "nicd did not answer the synthetic port's hello",
+        ));
+    }
+    let mut buf = [0u8; 1024];
+    let n = sock.recv(&mut buf)?;
+    let reply: HelloReply = serde_json::from_slice(buf.get(..n).unwrap_or_default())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    if !reply.ok {
+        return Err(std::io::Error::other(
+            reply.error.unwrap_or_else(|| "refused".into()),
+        ));
+    }
+    sock.set_nonblocking(true)?;
+    Ok(SeqpacketBackend::from_socket(sock))
+}
+
 /// Builds virtio devices for one VM.
 pub struct VirtioFactory {
     mem: GuestMemory,
@@ -134,9 +173,18 @@ impl VirtioFactory {
                 let b = TapBackend::open(tap).map_err(|e| VirtioError::Backend(name.clone(), e))?;
                 (Arc::new(b), name)
             }
+            NetBackendConfig::Nicd(path) => {
+                let name = format!("nicd:{}", path.display());
+                let b = synthetic_port(path, net.mac)
+                    .map_err(|e| VirtioError::Backend(name.clone(), e))?;
+                (Arc::new(b), name)
+            }
         };
-        let device =
+        let mut device =
             VirtioNet::new(net.mac, backend).map_err(|e| VirtioError::Device("virtio-net", e))?;
+        if net.standby {
+            device = device.with_standby();
+        }
         let routes = self
             .routes
             .routes(VirtioPciDevice::vectors_for(&device))

@@ -46,7 +46,9 @@ fn net_spec(n: NetDevice) -> NetSpec {
     NetSpec {
         socket: n.socket,
         tap: n.tap,
+        nicd: n.nicd,
         mac: n.mac,
+        standby: n.standby,
     }
 }
 

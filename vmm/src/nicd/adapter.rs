@@ -22,6 +22,7 @@ use devices::sync::lock;
 use devices::vfio_user::{MessageReader, Outgoing, Server, Socket};
 
 use super::fabric::Fabric;
+use super::synthetic::SyntheticPorts;
 use super::vf::{CtlQueue, VfDevice};
 
 /// Clients waiting to be told their VF is busy, per VF; more are closed at once.
@@ -154,6 +155,8 @@ pub struct Adapter {
     pub vfs: Vec<VfPort>,
     /// Ports torn down whose descriptors the event loop must unregister before they close.
     pub retired: Vec<VfPort>,
+    /// The guests' synthetic ports (none until [`Adapter::listen_synthetic`]).
+    pub synthetics: Option<SyntheticPorts>,
 }
 
 impl Adapter {
@@ -171,7 +174,29 @@ impl Adapter {
             socket_dir,
             vfs: Vec::new(),
             retired: Vec::new(),
+            synthetics: None,
         }
+    }
+
+    /// Opens the synthetic socket in the socket directory.
+    pub fn listen_synthetic(&mut self) -> std::io::Result<()> {
+        self.synthetics = Some(SyntheticPorts::bind(&self.socket_dir)?);
+        Ok(())
+    }
+
+    /// Accepts guests on the synthetic socket.
+    pub fn synthetic_accept(&mut self) {
+        if let Some(s) = &mut self.synthetics {
+            s.accept();
+        }
+    }
+
+    /// Serves the synthetic connection on `fd`, and delivers what it made.
+    pub fn synthetic_serve(&mut self, fd: std::os::fd::RawFd) {
+        if let Some(s) = &mut self.synthetics {
+            s.serve(fd, &self.fabric);
+        }
+        self.flush_outbox();
     }
 
     /// The data path.
@@ -387,6 +412,9 @@ impl Adapter {
 
     /// Hands the frames the switch left for VFs to their models.
     pub fn flush_outbox(&mut self) {
+        if let Some(s) = &mut self.synthetics {
+            s.deliver(&self.fabric);
+        }
         // Receiving makes no new frames, so one round empties it; the bound is a guard.
         for _ in 0..4 {
             let out = lock(&self.fabric).take_outbox();

@@ -39,6 +39,8 @@ enum Token {
     Listener(u16),
     Client(u16),
     Busy(u16),
+    SyntheticListener,
+    Synthetic,
 }
 
 /// The subscriber that serves the whole adapter.
@@ -147,6 +149,15 @@ impl Nicd {
         }
         drop(retired);
         let mut want = Vec::new();
+        if let Some(s) = &mut a.synthetics {
+            let gone = std::mem::take(&mut s.retired);
+            for c in &gone {
+                self.unwatch(ops, c.sock.as_raw_fd());
+            }
+            drop(gone);
+            want.push((s.listener_fd(), Token::SyntheticListener));
+            want.extend(s.conn_fds().into_iter().map(|fd| (fd, Token::Synthetic)));
+        }
         if let Some(fd) = lock(a.fabric()).uplink_fd() {
             want.push((fd, Token::Uplink));
         }
@@ -379,6 +390,14 @@ impl MutEventSubscriber for Nicd {
                 self.reconcile(ops);
             }
             Some(Token::Client(vf)) => self.client(ops, vf),
+            Some(Token::SyntheticListener) => {
+                lock(&self.adapter).synthetic_accept();
+                self.reconcile(ops);
+            }
+            Some(Token::Synthetic) => {
+                lock(&self.adapter).synthetic_serve(fd);
+                self.reconcile(ops);
+            }
             Some(Token::Busy(vf)) => self.busy(ops, vf, fd),
         }
         self.flush_uplink(ops);

@@ -11,7 +11,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use devices::nic_switch::{Delivery, FrameSink, PortId, Switch, TxRings, TxVerdict};
+use devices::nic_switch::{Delivery, FrameSink, PortId, Switch, SyntheticId, TxRings, TxVerdict};
 use devices::sriov::igbvf::TxSink;
 use devices::sync::lock;
 use devices::virtio::net::{NET_HDR_LEN, NetBackend};
@@ -163,16 +163,20 @@ pub struct Fabric {
     start: Instant,
     uplink: Option<Uplink>,
     outbox: VecDeque<(u16, Vec<u8>)>,
+    /// Frames waiting for guests' synthetic ports.
+    synthetic_out: VecDeque<(SyntheticId, Vec<u8>)>,
     held: Vec<Held>,
     stats: FabricStats,
     /// VFs stopped handing over frames because the uplink's backlog was high.
     stalled: bool,
 }
 
-/// Where the switch's frames go from here: the uplink at once, VFs through the outbox.
+/// Where the switch's frames go from here: the uplink at once, VFs and synthetic ports
+/// through their outboxes.
 struct Deliver<'a> {
     uplink: Option<&'a mut Uplink>,
     outbox: &'a mut VecDeque<(u16, Vec<u8>)>,
+    synthetic_out: &'a mut VecDeque<(SyntheticId, Vec<u8>)>,
     stats: &'a mut FabricStats,
 }
 
@@ -194,8 +198,16 @@ impl FrameSink for Deliver<'_> {
                 self.stats.outbox_full += 1;
                 Delivery::NoBuffer
             }
-            // nicd's PF has no network interface and synthetic ports are not wired yet.
-            PortId::Default | PortId::Synthetic(_) => Delivery::NoBuffer,
+            PortId::Synthetic(id) if self.synthetic_out.len() < MAX_OUTBOX => {
+                self.synthetic_out.push_back((id, frame.to_vec()));
+                Delivery::Accepted
+            }
+            PortId::Synthetic(_) => {
+                self.stats.outbox_full += 1;
+                Delivery::NoBuffer
+            }
+            // nicd's PF has no network interface.
+            PortId::Default => Delivery::NoBuffer,
         }
     }
 }
@@ -208,6 +220,7 @@ impl Fabric {
             start: Instant::now(),
             uplink,
             outbox: VecDeque::new(),
+            synthetic_out: VecDeque::new(),
             held: Vec::new(),
             stats: FabricStats::default(),
             stalled: false,
@@ -261,6 +274,7 @@ impl Fabric {
         let mut sink = Deliver {
             uplink: self.uplink.as_mut(),
             outbox: &mut self.outbox,
+            synthetic_out: &mut self.synthetic_out,
             stats: &mut self.stats,
         };
         self.switch.vf_send(now, vf, frame, &mut sink)
@@ -320,6 +334,7 @@ impl Fabric {
         let mut sink = Deliver {
             uplink: self.uplink.as_mut(),
             outbox: &mut self.outbox,
+            synthetic_out: &mut self.synthetic_out,
             stats: &mut self.stats,
         };
         let report = self
@@ -371,6 +386,7 @@ impl Fabric {
             let mut sink = Deliver {
                 uplink: self.uplink.as_mut(),
                 outbox: &mut self.outbox,
+                synthetic_out: &mut self.synthetic_out,
                 stats: &mut self.stats,
             };
             self.switch.from_uplink(now, &frame, &mut sink);
@@ -399,6 +415,31 @@ impl Fabric {
             self.stalled = false;
         }
         (resume, true)
+    }
+
+    /// A frame a guest sent on synthetic port `id`: through the switch as from the
+    /// default VPort.
+    pub fn synthetic_frame(&mut self, id: SyntheticId, frame: &[u8]) {
+        let now = self.now();
+        let mut sink = Deliver {
+            uplink: self.uplink.as_mut(),
+            outbox: &mut self.outbox,
+            synthetic_out: &mut self.synthetic_out,
+            stats: &mut self.stats,
+        };
+        if let Err(e) = self.switch.from_synthetic(now, id, frame, &mut sink) {
+            devices::debug_ratelimited!("nicd: synthetic port {}: {e}", id.0);
+        }
+    }
+
+    /// Frames waiting for synthetic ports, oldest first.
+    pub fn take_synthetic_out(&mut self) -> VecDeque<(SyntheticId, Vec<u8>)> {
+        std::mem::take(&mut self.synthetic_out)
+    }
+
+    /// Forgets the frames queued for synthetic port `id` (its guest left).
+    pub fn clear_synthetic(&mut self, id: SyntheticId) {
+        self.synthetic_out.retain(|(s, _)| *s != id);
     }
 
     /// Frames waiting for VF models, oldest first.

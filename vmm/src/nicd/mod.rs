@@ -15,6 +15,7 @@ pub mod adapter;
 pub mod api;
 pub mod event_loop;
 pub mod fabric;
+pub mod synthetic;
 pub mod vf;
 
 use std::path::PathBuf;
@@ -100,6 +101,9 @@ pub enum NicdError {
     /// The event loop or its descriptors.
     #[error("event loop")]
     EventLoop(#[source] std::io::Error),
+    /// The synthetic socket.
+    #[error("cannot listen on the synthetic socket")]
+    Synthetic(#[source] std::io::Error),
 }
 
 fn open_uplink(spec: &UplinkSpec) -> Result<Option<Uplink>, NicdError> {
@@ -162,6 +166,9 @@ pub fn build(cfg: &NicdConfig) -> Result<Arc<Mutex<Adapter>>, NicdError> {
     lock(&adapter)
         .set_num_vfs(cfg.vfs)
         .map_err(|e| NicdError::Vfs(cfg.vfs, e))?;
+    lock(&adapter)
+        .listen_synthetic()
+        .map_err(NicdError::Synthetic)?;
     Ok(adapter)
 }
 

@@ -32,6 +32,9 @@ pub const F_MAC: u64 = 1 << 5;
 pub const F_MRG_RXBUF: u64 = 1 << 15;
 /// Link status in config.
 pub const F_STATUS: u64 = 1 << 16;
+/// The device is a failover standby for a primary device with the same MAC (a VF):
+/// Linux's net_failover pairs the two (VIRTIO_NET_F_STANDBY).
+pub const F_STANDBY: u64 = 1 << 62;
 /// The link is up.
 const LINK_UP: u16 = 1;
 /// The receive and transmit queues.
@@ -47,6 +50,8 @@ pub const MAX_FRAME: usize = 65_562;
 /// A virtio-net device.
 pub struct VirtioNet {
     mac: [u8; 6],
+    /// Offers VIRTIO_NET_F_STANDBY.
+    standby: bool,
     backend: Option<Arc<dyn NetBackend>>,
     kicks: [Arc<EventFd>; 2],
     stop: Arc<EventFd>,
@@ -69,12 +74,20 @@ impl VirtioNet {
         let evt = || EventFd::new(EFD_NONBLOCK).map(Arc::new);
         Ok(Self {
             mac,
+            standby: false,
             backend: Some(backend),
             kicks: [evt()?, evt()?],
             stop: evt()?,
             pause: Arc::new(PauseGate::new()?),
             worker: None,
         })
+    }
+
+    /// Offers VIRTIO_NET_F_STANDBY: the guest pairs this device, as the standby, with a
+    /// primary (its VF) of the same MAC.
+    pub fn with_standby(mut self) -> Self {
+        self.standby = true;
+        self
     }
 
     fn config_bytes(&self) -> [u8; 10] {
@@ -110,7 +123,8 @@ impl VirtioDevice for VirtioNet {
     }
 
     fn features(&self) -> u64 {
-        F_CSUM | F_GUEST_CSUM | F_MAC | F_STATUS | F_MRG_RXBUF
+        let standby = if self.standby { F_STANDBY } else { 0 };
+        F_CSUM | F_GUEST_CSUM | F_MAC | F_STATUS | F_MRG_RXBUF | standby
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {

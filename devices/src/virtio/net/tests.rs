@@ -112,6 +112,14 @@ fn config_space() {
         net.features() & (F_MAC | F_STATUS | F_MRG_RXBUF),
         F_MAC | F_STATUS | F_MRG_RXBUF
     );
+    assert_eq!(net.features() & F_STANDBY, 0, "not a standby unless asked");
+    let (backend, _peer) = seqpacket_backend();
+    let standby = VirtioNet::new(MAC, backend).unwrap().with_standby();
+    assert_eq!(
+        standby.features() & F_STANDBY,
+        1 << 62,
+        "VIRTIO_NET_F_STANDBY"
+    );
 }
 
 #[test]

@@ -18,7 +18,7 @@
 //!   `testguest.vf_peer` as fast as the ring allows, and prints the time as `net-bench`
 //!   does (`sent N frames of S bytes in C TSC cycles`), for a benchmark on the host.
 
-use super::virtio_net::param;
+use super::virtio_net::{fill_frame, param};
 use super::{Ctx, Fail, ensure, fail, info};
 use crate::cmdline;
 use crate::igbvf::{
@@ -80,18 +80,6 @@ fn bring_up(ctx: &Ctx, nth: usize) -> Result<Igbvf, Fail> {
         Mac(vf.mac)
     );
     Ok(vf)
-}
-
-/// Test frame `seq`: to `dst` from `src`, EtherType 0x88B5, the sequence number and a
-/// pattern derived from it.
-fn fill_frame(f: &mut [u8], dst: [u8; 6], src: [u8; 6], seq: u32) {
-    f[..6].copy_from_slice(&dst);
-    f[6..12].copy_from_slice(&src);
-    f[12..14].copy_from_slice(&ETHERTYPE);
-    f[14..18].copy_from_slice(&seq.to_be_bytes());
-    for (i, b) in f.iter_mut().enumerate().skip(18) {
-        *b = (seq as usize).wrapping_mul(31).wrapping_add(i) as u8;
-    }
 }
 
 /// Length of test frame `seq`: both extremes, and spread in between.

@@ -43,25 +43,35 @@ pub(super) fn bring_up(ctx: &Ctx, nth: usize, setup: Setup) -> Result<VirtioNet,
     Ok(net)
 }
 
-/// Queues test frame `seq` of `len` bytes in transmit slot `slot` (without notifying).
-fn queue_frame(net: &mut VirtioNet, slot: u16, seq: u32, len: usize) {
+/// The broadcast address: where test frames go unless a peer is named.
+const BROADCAST: [u8; 6] = [0xff; 6];
+
+/// Queues test frame `seq` of `len` bytes to `dst` in transmit slot `slot` (without
+/// notifying).
+fn queue_frame(net: &mut VirtioNet, slot: u16, seq: u32, len: usize, dst: [u8; 6]) {
     let mut frame = [0u8; MAX_FRAME];
-    fill_frame(&mut frame[..len], net.mac, seq);
+    fill_frame(&mut frame[..len], dst, net.mac, seq);
     net.queue_tx(slot, &frame[..len]);
 }
 
-/// Queues test frame `seq` of `len` bytes in the slot its number picks, and notifies.
+/// Queues broadcast test frame `seq` of `len` bytes in the slot its number picks, and
+/// notifies.
 pub(super) fn send_one(net: &mut VirtioNet, seq: u32, len: usize) {
+    send_one_to(net, seq, len, BROADCAST);
+}
+
+/// [`send_one`] to `dst`.
+fn send_one_to(net: &mut VirtioNet, seq: u32, len: usize, dst: [u8; 6]) {
     let slot = (seq % u32::from(net.tx.size)) as u16;
-    queue_frame(net, slot, seq, len);
+    queue_frame(net, slot, seq, len, dst);
     net.tx.notify();
 }
 
-/// An Ethernet frame: broadcast destination, our source, EtherType 0x88B5 (local
-/// experimental), the sequence number and a pattern derived from it.
-fn fill_frame(f: &mut [u8], mac: [u8; 6], seq: u32) {
-    f[..6].fill(0xff);
-    f[6..12].copy_from_slice(&mac);
+/// An Ethernet frame: to `dst` from `src`, EtherType 0x88B5 (local experimental), the
+/// sequence number and a pattern derived from it.
+pub(super) fn fill_frame(f: &mut [u8], dst: [u8; 6], src: [u8; 6], seq: u32) {
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
     f[12..14].copy_from_slice(&[0x88, 0xb5]);
     f[14..18].copy_from_slice(&seq.to_be_bytes());
     for (i, b) in f.iter_mut().enumerate().skip(18) {
@@ -88,8 +98,20 @@ pub fn run(ctx: &Ctx) -> Result<(), Fail> {
     echo(ctx, &mut net, frames)
 }
 
-/// Sends `frames` frames and checks each comes back intact (the peer echoes them).
+/// Sends `frames` frames and checks each comes back intact: broadcast, echoed as they are
+/// by the test's peer, or, with `testguest.net_peer=MAC`, sent to that MAC and expected
+/// back with source and destination swapped (a reflector beyond nicd's uplink).
 pub(super) fn echo(ctx: &Ctx, net: &mut VirtioNet, frames: u32) -> Result<(), Fail> {
+    let peer = match ctx.cmdline.values("testguest.net_peer").last() {
+        None => None,
+        Some(v) => {
+            Some(crate::cmdline::parse_mac(v).ok_or_else(|| fail!("bad testguest.net_peer={v}"))?)
+        }
+    };
+    let (dst, want_dst, want_src) = match peer {
+        Some(p) => (p, net.mac, p),
+        None => (BROADCAST, BROADCAST, net.mac),
+    };
     let (rx_irqs, tx_irqs) = (
         ring0::irq_count(BSP_CPU, RX_VECTOR),
         ring0::irq_count(BSP_CPU, TX_VECTOR),
@@ -105,7 +127,7 @@ pub(super) fn echo(ctx: &Ctx, net: &mut VirtioNet, frames: u32) -> Result<(), Fa
         );
         // Keep a few frames in flight.
         while sent < frames && net.tx.in_flight() < net.tx.size && sent < received + 16 {
-            send_one(net, sent, frame_len(sent));
+            send_one_to(net, sent, frame_len(sent), dst);
             sent += 1;
         }
         while net.tx.pop_used().is_some() {}
@@ -119,7 +141,7 @@ pub(super) fn echo(ctx: &Ctx, net: &mut VirtioNet, frames: u32) -> Result<(), Fa
             let mut got = [0u8; MAX_FRAME];
             net.read_rx(id as u16, &mut got[..want_len]);
             let mut want = [0u8; MAX_FRAME];
-            fill_frame(&mut want[..want_len], net.mac, received);
+            fill_frame(&mut want[..want_len], want_dst, want_src, received);
             if got[..want_len] != want[..want_len] {
                 let at = (0..want_len).find(|i| got[*i] != want[*i]).unwrap_or(0);
                 return Err(fail!(
@@ -209,7 +231,7 @@ pub fn bench(ctx: &Ctx) -> Result<(), Fail> {
     let mut net = bring_up(ctx, 0, setup)?;
     // Every slot holds the same frame; only the descriptors cycle.
     for slot in 0..net.tx.size {
-        queue_frame(&mut net, slot, 0, size);
+        queue_frame(&mut net, slot, 0, size, BROADCAST);
     }
     // The first pass offered every slot already.
     let mut offered = u64::from(net.tx.size);
