@@ -115,3 +115,93 @@ fn a_taken_mac_or_a_missing_nicd_is_exit_2() {
     assert_eq!(status.code(), Some(2), "{}", third.transcript());
     drop(nicd);
 }
+
+/// The failover step "move the filters", through nicd's API: a guest has a standby on a
+/// synthetic port and a VF, both with the VF's admin MAC. While the guest's filters are on
+/// the default VPort, frames for its MAC go to the synthetic path and the VF sees none;
+/// moved to the VF's VPort, the VF gets them (it reflects them onto the uplink); moved
+/// back, it gets none again. A claim finds no free VF while the guest holds the only one.
+#[test]
+fn guest_filters_move_between_the_default_vport_and_the_vf() {
+    if !require_kvm() {
+        return;
+    }
+    const PEER: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
+    let nicd = Nicd::start(1);
+    let mac = vf_mac(0);
+    let frames = 8;
+    let mut args = RunArgs::testguest("vf-reflect", 1, "256M");
+    args.cmdline
+        .push_str(&format!(" testguest.vf_frames={}", 2 * frames));
+    let net = format!(
+        "nicd={},mac={},standby",
+        nicd.dir.join("synthetic.sock").display(),
+        mac_text(mac)
+    );
+    let vf = format!("socket={}", nicd.vf(0).display());
+    let mut vm = args
+        .with(&["--net".as_ref(), net.as_ref(), "--vf".as_ref(), vf.as_ref()])
+        .spawn();
+    let ready = vm.wait_for_stdout(DEADLINE, |l| l.contains("vf-reflect: ready"));
+    assert!(ready.is_some(), "{}", vm.transcript());
+    let (code, out, err) = nicd.vmctl(&["vf-status", "0", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        status,
+        serde_json::json!({"client": true, "vport": true, "rx_ready": true}),
+        "the guest's igbvf is up"
+    );
+    let (code, _, err) = nicd.vmctl(&["vf-claim", &mac_text(mac)]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no free VF"), "{err}");
+    let send = |n: u8| {
+        for i in 0..n {
+            let mut f = tests::vfio_client::frame(mac, PEER, 100);
+            f[12..14].copy_from_slice(&[0x88, 0xb5]);
+            f[20] = i;
+            nicd.uplink().send(&f).unwrap();
+        }
+    };
+    let reflected = |nicd: &Nicd| {
+        let mut n = 0;
+        while let Some(f) = nicd.uplink_recv_nowait() {
+            if f[6..12] == mac {
+                n += 1;
+            }
+        }
+        n
+    };
+    // On the default VPort (the synthetic path): the VF sees nothing.
+    send(frames);
+    assert_eq!(reflected(&nicd), 0, "frames reached the VF before the move");
+    let to = |vport: &str| {
+        let (code, _, err) = nicd.vmctl(&["guest-filters", &mac_text(mac), vport]);
+        assert_eq!(code, 0, "{err}");
+    };
+    to("vf0");
+    send(frames);
+    assert_eq!(
+        reflected(&nicd),
+        u32::from(frames),
+        "the VF got the guest's frames"
+    );
+    to("default");
+    send(frames);
+    assert_eq!(
+        reflected(&nicd),
+        0,
+        "frames reached the VF after the move back"
+    );
+    to("vf0");
+    send(frames);
+    vm.expect_pass(&["vf-reflect"], DEADLINE);
+    assert_eq!(
+        reflected(&nicd),
+        u32::from(frames),
+        "and again after the second move"
+    );
+    let (code, _, err) = nicd.vmctl(&["guest-filters", "52:54:00:00:00:77", "default"]);
+    assert_ne!(code, 0, "a MAC without a synthetic port");
+    assert!(err.contains("no synthetic port"), "{err}");
+}

@@ -75,6 +75,32 @@ enum NicCommand {
     },
     /// The PF and its VFs with their routing IDs, as `lspci -tv` draws them.
     Lspci,
+    /// Failover: move the filters of the guest whose synthetic port has MAC to `default`
+    /// (the synthetic path) or `vfN` (the guest's VF), in one step.
+    GuestFilters {
+        /// The guest's MAC.
+        mac: String,
+        /// default or vfN.
+        to: String,
+    },
+    /// Failover: claim a free VF for the guest of MAC (its admin MAC set to MAC); prints
+    /// its number and socket (`--json`: as JSON).
+    VfClaim {
+        /// The guest's MAC.
+        mac: String,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Failover: whether VF N has a client, a VPort (its driver's RESET) and RX
+    /// descriptors (`--json`: as JSON).
+    VfStatus {
+        /// The VF.
+        vf: u16,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -282,6 +308,9 @@ fn nic_request(command: NicCommand) -> Result<(NicRequest, bool), String> {
             }
         }
         NicCommand::Lspci => (NicRequest::Lspci, false),
+        NicCommand::GuestFilters { mac, to } => (NicRequest::GuestFilters { mac, to }, false),
+        NicCommand::VfClaim { mac, json } => (NicRequest::VfClaim { mac }, json),
+        NicCommand::VfStatus { vf, json } => (NicRequest::VfStatus { vf }, json),
     })
 }
 

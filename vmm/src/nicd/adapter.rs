@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use devices::nic_switch::{
-    DropReason, LinkState, MacAddr, NicSwitchError, Switch, VfRequest, XcastMode,
+    DropReason, LinkState, MacAddr, NicSwitchError, Switch, VPortId, VfRequest, XcastMode,
 };
 use devices::sriov::igbvf::{Clock, MonotonicClock, PfEvent, PfPolicy, RxDrop, RxOutcome};
 use devices::sriov::pf::{NumVfsError, SriovPf};
@@ -157,6 +157,8 @@ pub struct Adapter {
     pub retired: Vec<VfPort>,
     /// The guests' synthetic ports (none until [`Adapter::listen_synthetic`]).
     pub synthetics: Option<SyntheticPorts>,
+    /// VFs handed out by [`Adapter::claim_vf`] whose client has not connected yet.
+    claimed: std::collections::HashSet<u16>,
 }
 
 impl Adapter {
@@ -175,7 +177,58 @@ impl Adapter {
             vfs: Vec::new(),
             retired: Vec::new(),
             synthetics: None,
+            claimed: std::collections::HashSet::new(),
         }
+    }
+
+    /// Failover, attach: a free VF (no client, not claimed, no VPort) for the guest of
+    /// `mac`, its admin MAC set to `mac` (igbvf takes it as its permanent address, which
+    /// net_failover pairs with the standby's). Returns the VF and its socket.
+    pub fn claim_vf(&mut self, mac: MacAddr) -> Result<(u16, PathBuf), Refusal> {
+        let free = {
+            let f = lock(&self.fabric);
+            self.vfs
+                .iter()
+                .find(|p| {
+                    p.conn.is_none()
+                        && !self.claimed.contains(&p.index)
+                        && !f.switch.vf_has_vport(p.index)
+                })
+                .map(|p| (p.index, p.path.clone()))
+        };
+        let (vf, path) = free.ok_or_else(|| Refusal::new(libc::ENOSPC, "no free VF"))?;
+        lock(&self.fabric).switch.set_vf_mac(vf, mac)?;
+        self.sync_policy(vf);
+        self.claimed.insert(vf);
+        Ok((vf, path))
+    }
+
+    /// Failover: VF `vf`'s state: whether a client holds it, whether its driver made its
+    /// VPort (the mailbox RESET), whether its receiver has descriptors (RX enabled).
+    pub fn vf_status(&mut self, vf: u16) -> Result<(bool, bool, bool), Refusal> {
+        let vport = lock(&self.fabric).switch.vf_has_vport(vf);
+        let port = self
+            .vfs
+            .get_mut(usize::from(vf))
+            .ok_or_else(|| Refusal::new(libc::ENOENT, format!("no VF {vf}")))?;
+        let client = port.conn.is_some();
+        let rx_ready = port.device().igbvf().rx_descriptors_available() > 0;
+        Ok((client, vport, rx_ready))
+    }
+
+    /// Failover: moves the filters of the guest whose synthetic port has `mac` to `to`
+    /// (the default VPort or a VF's), in one step.
+    pub fn move_guest_filters(&mut self, mac: MacAddr, to: VPortId) -> Result<(), Refusal> {
+        let mut f = lock(&self.fabric);
+        let id = self
+            .synthetics
+            .iter()
+            .flat_map(|s| s.conns.iter())
+            .filter_map(|c| c.id)
+            .find(|id| f.switch.synthetic(*id).is_some_and(|(m, _)| m == mac))
+            .ok_or_else(|| Refusal::new(libc::ENOENT, format!("no synthetic port for {mac}")))?;
+        f.switch.move_guest_filters(id, to)?;
+        Ok(())
     }
 
     /// Opens the synthetic socket in the socket directory.
@@ -319,6 +372,7 @@ impl Adapter {
             };
             if port.conn.is_none() {
                 port.conn = Some(conn);
+                self.claimed.remove(&vf);
                 accepted.push(true);
             } else if port.busy.len() < MAX_BUSY_CLIENTS {
                 devices::info_ratelimited!("nicd: VF {vf} has a client: refusing another");

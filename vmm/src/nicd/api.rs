@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use devices::nic_switch::{LinkState, MacAddr, PortId, VlanProto, vf_json, vf_text};
+use devices::nic_switch::{LinkState, MacAddr, PortId, VPortId, VlanProto, vf_json, vf_text};
 use devices::sriov::pf::PF_DEVFN;
 use devices::sync::lock;
 
@@ -52,6 +52,26 @@ pub enum NicRequest {
     },
     /// The PF and the VFs with their RIDs, like `lspci -tv`.
     Lspci,
+    /// Failover: the filters of the guest whose synthetic port has `mac` move to `to`
+    /// (`default`, or `vfN`) in one step.
+    GuestFilters {
+        /// The guest's MAC.
+        mac: String,
+        /// `default` or `vfN`.
+        to: String,
+    },
+    /// Failover, attach: a free VF for the guest of `mac`, its admin MAC set to it;
+    /// answers `{"vf": N, "socket": PATH}` in `json`.
+    VfClaim {
+        /// The guest's MAC.
+        mac: String,
+    },
+    /// Failover: VF `vf`'s state, `{"client": bool, "vport": bool, "rx_ready": bool}`
+    /// in `json` (its driver is up once it has its VPort and RX descriptors).
+    VfStatus {
+        /// The VF.
+        vf: u16,
+    },
 }
 
 /// What `ip link set PF vf N` can set; absent fields stay as they are.
@@ -161,6 +181,25 @@ impl ApiHandler for NicdApi {
             NicRequest::PcapStart { port, file } => pcap_start(&a, &port, file),
             NicRequest::PcapStop { port } => pcap_stop(&a, &port),
             NicRequest::Lspci => Ok(NicResponse::text(lspci(&a))),
+            NicRequest::GuestFilters { mac, to } => guest_filters(&mut a, &mac, &to),
+            NicRequest::VfClaim { mac } => parse_mac(&mac).and_then(|mac| {
+                let (vf, socket) = a.claim_vf(mac)?;
+                Ok(NicResponse {
+                    json: Some(serde_json::json!({ "vf": vf, "socket": socket })),
+                    ..NicResponse::text(format!("vf {vf} for {mac}: {}", socket.display()))
+                })
+            }),
+            NicRequest::VfStatus { vf } => {
+                a.vf_status(vf)
+                    .map(|(client, vport, rx_ready)| NicResponse {
+                        json: Some(serde_json::json!({
+                            "client": client, "vport": vport, "rx_ready": rx_ready
+                        })),
+                        ..NicResponse::text(format!(
+                            "vf {vf}: client {client}, vport {vport}, rx_ready {rx_ready}"
+                        ))
+                    })
+            }
         };
         Reply::Now(r.unwrap_or_else(|e| NicResponse::refused(&e)))
     }
@@ -168,6 +207,28 @@ impl ApiHandler for NicdApi {
 
 fn invalid(detail: String) -> Refusal {
     Refusal::new(libc::EINVAL, detail)
+}
+
+fn parse_mac(mac: &str) -> Result<MacAddr, Refusal> {
+    mac.parse()
+        .map_err(|_| invalid(format!("\"{mac}\" is not a MAC address")))
+}
+
+fn guest_filters(a: &mut Adapter, mac: &str, to: &str) -> Result<NicResponse, Refusal> {
+    let mac = parse_mac(mac)?;
+    let vport = match parse_port(to) {
+        Some(PortId::Default) => VPortId::Default,
+        Some(PortId::Vf(n)) => VPortId::Vf(n),
+        _ => {
+            return Err(invalid(format!(
+                "\"{to}\" is not a VPort (default, vf0, ...)"
+            )));
+        }
+    };
+    a.move_guest_filters(mac, vport)?;
+    Ok(NicResponse::text(format!(
+        "the filters of {mac} are on {to}"
+    )))
 }
 
 /// Parses `auto|enable|disable`.
