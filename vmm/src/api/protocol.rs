@@ -35,6 +35,18 @@ pub enum Request {
         #[serde(default)]
         port: Option<u8>,
     },
+    /// Failover (the VM has a standby on a synthetic port of nicd): `detach` moves the
+    /// guest's filters to nicd's default VPort, removes the VF (orderly; by surprise after
+    /// `timeout_ms`) and waits for nicd to free it; `attach` claims a free VF with the
+    /// guest's MAC, hot-adds it, waits for the guest's driver and moves the filters to
+    /// its VPort. Answered when done, with each step's time.
+    Failover {
+        /// `detach` or `attach`.
+        op: String,
+        /// How long the guest has to release its VF, or to bring a new one up (ms).
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
     /// Remove a device: orderly (attention button, the guest powers the slot off) or by
     /// surprise. Answered once the device is gone.
     DeviceRemove {
@@ -73,6 +85,22 @@ pub struct NetDevice {
 pub struct VfDevice {
     /// The socket.
     pub socket: PathBuf,
+}
+
+/// What a failover sequence did: each step and when it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct FailoverReport {
+    /// `detach` or `attach`.
+    pub op: String,
+    /// The steps, in order: what, and its end in microseconds since the sequence began.
+    pub steps_us: Vec<(String, u64)>,
+    /// The VF (nicd's number).
+    pub vf: u16,
+    /// Its device ID in the VM.
+    pub device: String,
+    /// Whether the guest did not release the VF in time and it was surprise-removed.
+    #[serde(default)]
+    pub surprise: bool,
 }
 
 /// A device in a slot.
@@ -188,6 +216,9 @@ pub struct Response {
     /// The vCPUs' registers, for `vcpus`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub vcpus: Option<Vec<VcpuInfo>>,
+    /// What a failover did, for `failover`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub failover: Option<FailoverReport>,
     /// What went wrong.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
@@ -202,6 +233,7 @@ impl Response {
             slots: None,
             device: None,
             vcpus: None,
+            failover: None,
             error: None,
         }
     }

@@ -32,6 +32,19 @@ enum Command {
     /// PCI devices in root-port slots.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Fail the guest over between its VF and its standby (the VM needs
+    /// `--net nicd=PATH,mac=MAC,standby`): `detach` moves its traffic to the synthetic
+    /// path and gives the VF back to nicd; `attach` takes a free VF from nicd and moves the
+    /// traffic onto it. Answered when done, with each step's time.
+    Failover {
+        /// detach or attach.
+        #[arg(value_parser = ["detach", "attach"])]
+        op: String,
+        /// How long the guest has to release its VF (then it is surprise-removed), or to
+        /// bring a new one up, in ms [default: 10000].
+        #[arg(long, value_name = "MS")]
+        timeout_ms: Option<u64>,
+    },
     /// Manage a nicd adapter (--socket is nicd's --api-socket), in iproute2's words.
     #[command(subcommand)]
     Nic(NicCommand),
@@ -207,6 +220,7 @@ fn request(command: Command) -> Result<Request, String> {
         Command::Device(DeviceCommand::Remove { id, surprise }) => {
             Request::DeviceRemove { id, surprise }
         }
+        Command::Failover { op, timeout_ms } => Request::Failover { op, timeout_ms },
         Command::Nic(_) => return Err("nic commands go to nicd".into()),
     })
 }

@@ -122,6 +122,19 @@ pub struct DeviceManager {
     next_net: usize,
     /// VFs are numbered by this.
     next_vf: usize,
+    /// The failover standby (a virtio-net with STANDBY on a synthetic port of nicd).
+    standby: Option<Standby>,
+}
+
+/// The guest's failover standby: what the failover sequences need to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standby {
+    /// Its device ID.
+    pub id: String,
+    /// Its MAC (and the VF's).
+    pub mac: [u8; 6],
+    /// nicd's API socket.
+    pub nicd_api: std::path::PathBuf,
 }
 
 /// A virtio-net device as the VMM names it: `net0`, `net1`, ...
@@ -204,6 +217,7 @@ impl DeviceManager {
             mem: mem.clone(),
             next_net: 0,
             next_vf: 0,
+            standby: None,
         };
         for n in &config.net {
             dm.add_net(n, None, true)?;
@@ -232,6 +246,16 @@ impl DeviceManager {
         // Function 0 of the slot's bus.
         let rid = RequesterId::from_routing_id(0, u16::from(bus) << 8);
         let made = self.virtio.net(net, rid)?;
+        if net.standby
+            && self.standby.is_none()
+            && let Some(api) = made.nicd_api.clone()
+        {
+            self.standby = Some(Standby {
+                id: net_id(self.next_net),
+                mac: net.mac,
+                nicd_api: api,
+            });
+        }
         let device = SlotDevice {
             id: net_id(self.next_net),
             kind: "virtio-net".into(),
@@ -289,6 +313,11 @@ impl DeviceManager {
             vf.socket.display()
         );
         Ok(device)
+    }
+
+    /// The failover standby, if the VM has one.
+    pub fn standby(&self) -> Option<&Standby> {
+        self.standby.as_ref()
     }
 
     /// Asks every card to stop touching guest memory (returns at once).

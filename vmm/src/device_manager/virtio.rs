@@ -35,8 +35,10 @@ pub enum VirtioError {
 pub struct NetCard {
     /// The card.
     pub card: SharedCard,
-    /// The backend, as `socket:PATH` or `tap:NAME`.
+    /// The backend, as `socket:PATH`, `tap:NAME` or `nicd:PATH`.
     pub backend: String,
+    /// For a synthetic port of nicd: nicd's API socket, as its hello's answer named it.
+    pub nicd_api: Option<std::path::PathBuf>,
 }
 
 /// The virtio-iommu and what devices behind it need.
@@ -53,7 +55,10 @@ const HELLO_TIMEOUT_MS: i32 = 5000;
 
 /// Connects a synthetic port of nicd at `path` for a guest with `mac`: the hello, nicd's
 /// answer, then a frame per message (`vmm::nicd::synthetic`).
-fn synthetic_port(path: &std::path::Path, mac: [u8; 6]) -> std::io::Result<SeqpacketBackend> {
+fn synthetic_port(
+    path: &std::path::Path,
+    mac: [u8; 6],
+) -> std::io::Result<(SeqpacketBackend, Option<std::path::PathBuf>)> {
     use crate::nicd::synthetic::{Hello, HelloReply};
     use std::os::fd::AsRawFd;
     let sock = devices::seqpacket::SeqpacketSocket::connect(path, false)?;
@@ -84,7 +89,7 @@ fn synthetic_port(path: &std::path::Path, mac: [u8; 6]) -> std::io::Result<Seqpa
         ));
     }
     sock.set_nonblocking(true)?;
-    Ok(SeqpacketBackend::from_socket(sock))
+    Ok((SeqpacketBackend::from_socket(sock), reply.api))
 }
 
 /// Builds virtio devices for one VM.
@@ -161,6 +166,7 @@ impl VirtioFactory {
 
     /// A virtio-net card whose function will be `rid` (its requester ID behind the IOMMU).
     pub fn net(&self, net: &NetConfig, rid: RequesterId) -> Result<NetCard, VirtioError> {
+        let mut nicd_api = None;
         let (backend, name): (Arc<dyn NetBackend>, String) = match &net.backend {
             NetBackendConfig::Socket(path) => {
                 let name = format!("socket:{}", path.display());
@@ -175,8 +181,9 @@ impl VirtioFactory {
             }
             NetBackendConfig::Nicd(path) => {
                 let name = format!("nicd:{}", path.display());
-                let b = synthetic_port(path, net.mac)
+                let (b, api) = synthetic_port(path, net.mac)
                     .map_err(|e| VirtioError::Backend(name.clone(), e))?;
+                nicd_api = api;
                 (Arc::new(b), name)
             }
         };
@@ -201,6 +208,7 @@ impl VirtioFactory {
         Ok(NetCard {
             card: FunctionCard::single(Box::new(pci_dev)).shared(),
             backend: name,
+            nicd_api,
         })
     }
 }

@@ -135,6 +135,8 @@ pub struct VmApi {
     next_ticket: u64,
     /// Pauses waiting for every vCPU to park, with their deadlines.
     pauses: Vec<(u64, Instant)>,
+    /// Failover sequences done, waiting to be answered.
+    failovers: super::failover::Done,
 }
 
 impl std::fmt::Debug for VmApi {
@@ -157,6 +159,7 @@ impl VmApi {
             wakeup,
             next_ticket: 0,
             pauses: Vec::new(),
+            failovers: super::failover::Done::default(),
         }
     }
 
@@ -229,6 +232,27 @@ impl VmApi {
                 .map_err(|e| crate::error_chain(&e))?;
                 Response::device(device_info(device))
             }
+            Request::Failover { op, timeout_ms } => {
+                let standby = vmm
+                    .devices()
+                    .standby()
+                    .cloned()
+                    .ok_or("failover needs a standby: --net nicd=PATH,mac=MAC,standby")?;
+                drop(vmm);
+                let ticket = self.ticket();
+                super::failover::Job {
+                    vmm: self.vmm.clone(),
+                    standby,
+                    op,
+                    timeout: timeout_ms
+                        .map_or(super::failover::DEFAULT_TIMEOUT, Duration::from_millis),
+                    ticket,
+                    done: self.failovers.clone(),
+                    wakeup: self.wakeup.clone(),
+                }
+                .spawn();
+                return Ok(Reply::Later(ticket));
+            }
             Request::DeviceRemove { id, surprise } => {
                 drop(vmm);
                 let ticket = self.ticket();
@@ -273,6 +297,8 @@ impl ApiHandler for VmApi {
         let mut done: Vec<(u64, Response)> = lock(&vmm.devices().slots)
             .take_finished()
             .into_iter()
+            // Ticket 0: a removal a failover sequence made and waits for itself.
+            .filter(|(ticket, _)| *ticket != 0)
             .map(|(ticket, r)| {
                 let response = match r {
                     Ok(device) => Response::device(device_info(device)),
@@ -281,6 +307,7 @@ impl ApiHandler for VmApi {
                 (ticket, response)
             })
             .collect();
+        done.append(&mut lock(&self.failovers));
         let now = Instant::now();
         let parked = vmm.all_parked();
         let paused = vmm.state() == VmState::Paused;

@@ -6,6 +6,7 @@
 mod api;
 mod builder;
 mod exit;
+mod failover;
 mod run;
 
 use std::sync::Arc;

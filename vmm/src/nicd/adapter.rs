@@ -231,9 +231,10 @@ impl Adapter {
         Ok(())
     }
 
-    /// Opens the synthetic socket in the socket directory.
-    pub fn listen_synthetic(&mut self) -> std::io::Result<()> {
-        self.synthetics = Some(SyntheticPorts::bind(&self.socket_dir)?);
+    /// Opens the synthetic socket in the socket directory; `api` is nicd's API socket
+    /// (told to the guests' vmms).
+    pub fn listen_synthetic(&mut self, api: &std::path::Path) -> std::io::Result<()> {
+        self.synthetics = Some(SyntheticPorts::bind(&self.socket_dir, api)?);
         Ok(())
     }
 

@@ -167,7 +167,7 @@ pub fn build(cfg: &NicdConfig) -> Result<Arc<Mutex<Adapter>>, NicdError> {
         .set_num_vfs(cfg.vfs)
         .map_err(|e| NicdError::Vfs(cfg.vfs, e))?;
     lock(&adapter)
-        .listen_synthetic()
+        .listen_synthetic(&cfg.api_socket)
         .map_err(NicdError::Synthetic)?;
     Ok(adapter)
 }

@@ -49,6 +49,9 @@ pub struct HelloReply {
     /// Why not.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
+    /// nicd's management API socket (the vmm drives failover through it).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub api: Option<std::path::PathBuf>,
 }
 
 /// One guest's connection.
@@ -66,6 +69,8 @@ pub struct Conn {
 #[derive(Debug)]
 pub struct SyntheticPorts {
     listener: SeqpacketSocket,
+    /// nicd's API socket, told to each guest's vmm in the hello's answer.
+    api: std::path::PathBuf,
     /// Connected guests.
     pub conns: Vec<Conn>,
     /// Connections closed, whose descriptors the event loop must unregister before they
@@ -74,12 +79,13 @@ pub struct SyntheticPorts {
 }
 
 impl SyntheticPorts {
-    /// Listens at `dir/synthetic.sock`.
-    pub fn bind(dir: &Path) -> std::io::Result<Self> {
+    /// Listens at `dir/synthetic.sock`; `api` is nicd's API socket.
+    pub fn bind(dir: &Path, api: &Path) -> std::io::Result<Self> {
         let listener = SeqpacketSocket::listen(&dir.join(SOCKET_NAME), 64)?;
         listener.set_nonblocking(true)?;
         Ok(Self {
             listener,
+            api: std::path::absolute(api)?,
             conns: Vec::new(),
             retired: Vec::new(),
         })
@@ -128,11 +134,12 @@ impl SyntheticPorts {
             match c.id {
                 Some(id) => lock(fabric).synthetic_frame(id, &buf[..n]),
                 None => {
-                    if let Err(why) = Self::hello(c, &buf[..n], fabric) {
+                    if let Err(why) = Self::hello(c, &buf[..n], fabric, &self.api) {
                         let reply = HelloReply {
                             ok: false,
                             port: None,
                             error: Some(why.clone()),
+                            api: None,
                         };
                         let _ = c.sock.send(&serde_json::to_vec(&reply).unwrap_or_default());
                         return self.retire(i, fabric, &why);
@@ -142,7 +149,7 @@ impl SyntheticPorts {
         }
     }
 
-    fn hello(c: &mut Conn, msg: &[u8], fabric: &Mutex<Fabric>) -> Result<(), String> {
+    fn hello(c: &mut Conn, msg: &[u8], fabric: &Mutex<Fabric>, api: &Path) -> Result<(), String> {
         let hello: Hello = serde_json::from_slice(msg).map_err(|e| format!("bad hello: {e}"))?;
         let mac: MacAddr = hello
             .mac
@@ -157,6 +164,7 @@ impl SyntheticPorts {
             ok: true,
             port: Some(id.0),
             error: None,
+            api: Some(api.to_path_buf()),
         };
         let sent = c.sock.send(&serde_json::to_vec(&reply).unwrap_or_default());
         if let Err(e) = sent {

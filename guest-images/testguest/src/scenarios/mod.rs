@@ -14,6 +14,7 @@ use crate::cmdline::Cmdline;
 
 mod acpi;
 mod boot;
+mod failover;
 mod hotplug;
 mod ioapic;
 mod iommu;
@@ -102,6 +103,10 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "vf-admin",
         run: vf::admin,
+    },
+    Scenario {
+        name: "failover",
+        run: failover::run,
     },
     Scenario {
         name: "hotplug",

@@ -1,0 +1,96 @@
+//! Tier 2: failover between a guest's VF and its synthetic standby, driven through the
+//! vmm's API (`vmctl failover attach|detach`), which drives nicd's: the test guest plays
+//! net_failover (scenario `failover`: a stream out of the VF while it is there, else the
+//! standby; reflections taken from both) while the VF is attached and detached twice.
+
+use std::time::Duration;
+
+use tests::nicd::{Nicd, Reflector, vf_mac};
+use tests::{RunArgs, VmProcess, require_kvm, temp_path, vmctl};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn mac_text(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn marker(vm: &mut VmProcess, text: &str) {
+    let seen = vm.wait_for_stdout(DEADLINE, |l| l.contains(text));
+    assert!(seen.is_some(), "no `{text}`\n{}", vm.transcript());
+}
+
+#[test]
+fn traffic_moves_between_the_vf_and_the_standby_across_detach_and_attach() {
+    if !require_kvm() {
+        return;
+    }
+    let mut nicd = Nicd::start(1);
+    let reflector = Reflector::start(&mut nicd);
+    let api = temp_path("failover-api.sock");
+    let mut args = RunArgs::testguest("failover", 1, "256M");
+    args.cmdline.push_str(
+        " testguest.hotplug_port=2 testguest.failover_frames=50 testguest.failover_cycles=2",
+    );
+    let net = format!(
+        "nicd={},mac={},standby",
+        nicd.dir.join("synthetic.sock").display(),
+        mac_text(vf_mac(0))
+    );
+    let mut vm = args
+        .with(&[
+            "--net".as_ref(),
+            net.as_ref(),
+            "--api-socket".as_ref(),
+            api.as_os_str(),
+        ])
+        .spawn();
+    // Without a VF, a detach has nothing to do.
+    marker(&mut vm, "cycle 0: waiting for a VF");
+    let (code, r) = vmctl(&api, &["failover", "detach"]);
+    assert_ne!(code, 0);
+    assert!(r.error.unwrap_or_default().contains("no VF"));
+    for c in 0..2 {
+        if c > 0 {
+            marker(&mut vm, &format!("cycle {c}: waiting for a VF"));
+        }
+        let (code, r) = vmctl(&api, &["failover", "attach"]);
+        assert_eq!(code, 0, "{r:?}\n{}", vm.transcript());
+        let report = r.failover.expect("a report");
+        eprintln!("attach {c}: {:?}", report.steps_us);
+        assert_eq!(report.vf, 0);
+        marker(
+            &mut vm,
+            &format!("cycle {c}: waiting for the attention button"),
+        );
+        let (code, r) = vmctl(&api, &["failover", "detach"]);
+        assert_eq!(code, 0, "{r:?}\n{}", vm.transcript());
+        let report = r.failover.expect("a report");
+        eprintln!("detach {c}: {:?}", report.steps_us);
+        assert!(!report.surprise, "the guest released its VF in time");
+        marker(&mut vm, &format!("cycle {c}: VF released"));
+    }
+    vm.expect_pass(&["failover"], DEADLINE);
+    // The stream has one frame in flight at a time: a switch may cost that one, no more.
+    let mut lost = 0;
+    for l in vm.stdout.iter().filter(|l| l.contains("frames back")) {
+        eprintln!("{l}");
+        lost += l
+            .split(", ")
+            .last()
+            .and_then(|w| w.strip_suffix(" lost"))
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0);
+    }
+    assert!(
+        lost <= 4,
+        "{lost} frames lost in 4 switches\n{}",
+        vm.transcript()
+    );
+    assert!(
+        reflector.seen_from(vf_mac(0)) > 0,
+        "the stream went out through nicd's uplink"
+    );
+}
