@@ -94,3 +94,53 @@ fn traffic_moves_between_the_vf_and_the_standby_across_detach_and_attach() {
         "the stream went out through nicd's uplink"
     );
 }
+
+/// A guest that never releases its VF on the attention button: the detach surprise-removes
+/// it after the timeout, the traffic has moved to the standby anyway, and nicd frees the
+/// VF, which an attach then gives back.
+#[test]
+fn a_guest_that_holds_on_to_its_vf_loses_it_by_surprise() {
+    if !require_kvm() {
+        return;
+    }
+    let nicd = Nicd::start(1);
+    let api = temp_path("failover-hold-api.sock");
+    // vf-reflect ignores the slot's attention button (and waits for frames that do not
+    // come).
+    let mut args = RunArgs::testguest("vf-reflect", 1, "256M");
+    args.cmdline.push_str(" testguest.vf_frames=1");
+    let net = format!(
+        "nicd={},mac={},standby",
+        nicd.dir.join("synthetic.sock").display(),
+        mac_text(vf_mac(0))
+    );
+    let vf = format!("socket={}", nicd.vf(0).display());
+    let mut vm = args
+        .with(&[
+            "--net".as_ref(),
+            net.as_ref(),
+            "--vf".as_ref(),
+            vf.as_ref(),
+            "--api-socket".as_ref(),
+            api.as_os_str(),
+        ])
+        .spawn();
+    marker(&mut vm, "vf-reflect: ready");
+    let (code, r) = vmctl(&api, &["failover", "detach", "--timeout-ms", "300"]);
+    assert_eq!(code, 0, "{r:?}\n{}", vm.transcript());
+    let report = r.failover.expect("a report");
+    assert!(report.surprise, "{report:?}");
+    let (code, out, _) = nicd.vmctl(&["vf-status", "0", "--json"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"client\":false"), "nicd freed the VF: {out}");
+    let (code, r) = vmctl(&api, &["device", "list"]);
+    assert_eq!(code, 0);
+    let lost = r
+        .slots
+        .expect("slots")
+        .into_iter()
+        .find_map(|s| s.lost)
+        .unwrap_or_default();
+    assert!(lost.contains("did not release"), "{lost}");
+    vm.kill();
+}
