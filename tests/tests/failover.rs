@@ -55,6 +55,10 @@ fn traffic_moves_between_the_vf_and_the_standby_across_detach_and_attach() {
     for c in 0..2 {
         if c > 0 {
             marker(&mut vm, &format!("cycle {c}: waiting for a VF"));
+            // The vmm lets a slot the guest just powered off rest before it takes a new
+            // card there (pciehp ignores presence changes for a second after a power-off),
+            // and this guest watches one slot: wait for it to be the free one again.
+            std::thread::sleep(Duration::from_millis(2100));
         }
         let (code, r) = vmctl(&api, &["failover", "attach"]);
         assert_eq!(code, 0, "{r:?}\n{}", vm.transcript());

@@ -423,3 +423,83 @@ fn linux_igbvf_hot_plugged_behind_the_iommu() {
     vm.send_line("done");
     scenario_passes(&mut vm, budget, "vf");
 }
+
+/// Linux tier for failover: Linux's net_failover pairs the virtio-net STANDBY (a
+/// synthetic port of nicd) with the igbvf VF of the same MAC that `vmctl failover attach`
+/// hot-adds; a TCP stream from the failover master to the host end of nicd's uplink TAP
+/// goes on while the VF is attached and detached twice (`vmctl failover`), and arrives
+/// whole.
+#[test]
+fn linux_net_failover_keeps_tcp_across_vf_detach_and_attach() {
+    if !user_space_runs() || !tests::require_net_admin() {
+        return;
+    }
+    const HOST: &str = "10.0.4.1";
+    /// 64 KiB each, 0.1 s apart at least (their making is slow in the nested host).
+    const CHUNKS: usize = 100;
+    let tap = format!("nicdf{}", std::process::id() % 100_000);
+    let nicd = Nicd::start_tap(1, &tap, &format!("{HOST}/24"));
+    let listener = std::net::TcpListener::bind(format!("{HOST}:0")).expect("bind");
+    let port = listener.local_addr().expect("local_addr").port();
+    let received = receive_tcp(listener, CHUNKS * 65536);
+    let mac = mac_text(vf_mac(0));
+    let api = temp_path("failover-linux-api.sock");
+    let net = format!(
+        "nicd={},mac={mac},standby",
+        nicd.dir.join("synthetic.sock").display()
+    );
+    let budget = Duration::from_secs(120);
+    let Some(mut vm) = linux(
+        &format!(
+            "guest.scenario=failover guest.ip=10.0.4.2/24 guest.peer_ip={HOST} \
+             guest.tcp_port={port} guest.tcp_chunks={CHUNKS}"
+        ),
+        &[
+            "--net".as_ref(),
+            net.as_ref(),
+            "--api-socket".as_ref(),
+            api.as_os_str(),
+        ],
+    ) else {
+        return;
+    };
+    expect_line(&mut vm, budget, "GUEST FAILOVER MASTER");
+    expect_line(&mut vm, budget, &format!("GUEST FAILOVER PING {HOST} OK"));
+    expect_line(&mut vm, budget, "GUEST FAILOVER TCP STARTED");
+    expect_line(&mut vm, budget, "GUEST FAILOVER HOLD");
+    let failover = |vm: &mut VmProcess, op: &str| {
+        let (code, r) = vmctl(&api, &["failover", op, "--timeout-ms", "60000"]);
+        assert_eq!(code, 0, "failover {op}: {r:?}\n{}", vm.transcript());
+        eprintln!("failover {op}: {:?}", r.failover.map(|f| f.steps_us));
+    };
+    for cycle in 0..2 {
+        failover(&mut vm, "attach");
+        vm.send_line("primary present");
+        expect_line(&mut vm, budget, "GUEST FAILOVER PRIMARY PRESENT");
+        vm.send_line(&format!("ping {HOST}"));
+        expect_line(&mut vm, budget, &format!("GUEST FAILOVER PING {HOST} OK"));
+        eprintln!("cycle {cycle}: the VF is the primary");
+        failover(&mut vm, "detach");
+        vm.send_line("primary absent");
+        expect_line(&mut vm, budget, "GUEST FAILOVER PRIMARY ABSENT");
+    }
+    vm.send_line("tcp wait");
+    let sent = vm
+        .wait_for_stdout(budget, |l| l.contains("GUEST FAILOVER TCP SENT "))
+        .unwrap_or_else(|| panic!("the stream did not end\n{}", vm.transcript()));
+    let (n, sum) = received
+        .recv_timeout(Duration::from_secs(120))
+        .unwrap_or_else(|_| panic!("the listener got no connection\n{}", vm.transcript()));
+    let want = sent
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("sha256="))
+        .unwrap_or_default();
+    assert_eq!(
+        (n, sum.as_str()),
+        (CHUNKS * 65536, want),
+        "the TCP stream arrived whole across the failovers\n{}",
+        vm.transcript()
+    );
+    vm.send_line("done");
+    scenario_passes(&mut vm, budget, "failover");
+}

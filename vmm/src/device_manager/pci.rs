@@ -23,6 +23,12 @@ use vmm_sys_util::timerfd::TimerFd;
 /// for a second press, then removes the driver).
 pub const EJECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a slot the guest powered off rests before a new card goes into it when another
+/// slot is free: Linux's pciehp waits a second after its power-off and then discards the
+/// presence and link changes that came meanwhile, so a card plugged within that second
+/// would go unnoticed.
+pub const SLOT_SETTLE: Duration = Duration::from_secs(2);
+
 /// Identifies a long operation until it finishes.
 pub type Ticket = u64;
 
@@ -122,6 +128,8 @@ pub struct PciSlots {
     lost: Vec<(usize, String)>,
     /// When the registry was made (times in `lost` are relative to it).
     born: Instant,
+    /// When the guest last powered each port (by index) off.
+    powered_off: Vec<(usize, Instant)>,
 }
 
 impl std::fmt::Debug for PciSlots {
@@ -156,6 +164,7 @@ impl PciSlots {
             retired: Vec::new(),
             lost: Vec::new(),
             born: Instant::now(),
+            powered_off: Vec::new(),
         })
     }
 
@@ -215,9 +224,24 @@ impl PciSlots {
                     }
                     i
                 }
-                None => (0..rc.ports().len())
-                    .find(|&i| !rc.ports()[i].occupied() && !pending(i))
-                    .ok_or(SlotError::NoFreePort)?,
+                None => {
+                    // A free slot, preferring one the guest has not just powered off.
+                    let resting = |i: usize| {
+                        self.powered_off
+                            .iter()
+                            .find(|(p, _)| *p == i)
+                            .map(|(_, at)| at.elapsed() < SLOT_SETTLE)
+                            .unwrap_or(false)
+                    };
+                    let free: Vec<usize> = (0..rc.ports().len())
+                        .filter(|&i| !rc.ports()[i].occupied() && !pending(i))
+                        .collect();
+                    free.iter()
+                        .copied()
+                        .find(|&i| !resting(i))
+                        .or_else(|| free.first().copied())
+                        .ok_or(SlotError::NoFreePort)?
+                }
             };
             let cfg = rc.ports()[index].port_config();
             Ok((index, cfg.port_number, cfg.bus))
@@ -364,6 +388,10 @@ impl PciSlots {
                 })
                 .collect()
         });
+        for &i in &ejected {
+            self.powered_off.retain(|(p, _)| *p != i);
+            self.powered_off.push((i, now));
+        }
         // A slot the guest powered off on its own (sysfs `power`): its device is gone.
         let gone: Vec<String> = self
             .devices

@@ -173,6 +173,8 @@ pub fn run(ctx: &Ctx) -> Result<(), Fail> {
         info!(ctx, "cycle {c}: waiting for a VF");
         seen = wait(&slot, seen, "hot-add", card_in)?;
         slot.ack(PRESENCE_AND_LINK);
+        // As pciehp: the slot stays off after a removal until a card is present.
+        slot.power_on()?;
         slot.set_power_indicator(EXP_SLTCTL_PWR_IND_ON)?;
         ecam.assign_bars(slot.port, vf_bdf)
             .map_err(|e| fail!("{vf_bdf}: {e}"))?;
@@ -222,7 +224,6 @@ pub fn run(ctx: &Ctx) -> Result<(), Fail> {
             slot.function_id() == NO_CARD,
             "the removed VF still answers"
         );
-        slot.power_on()?;
         info!(ctx, "cycle {c}: VF released");
     }
     let p = paths.stream(frames)?;
