@@ -17,6 +17,14 @@ use crate::{nicd_binary, temp_path, vmctl_binary};
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// `xx:xx:xx:xx:xx:xx`.
+pub fn mac_text(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// The admin MAC nicd gives VF `k` (52:54:00:5a:00:<k+1>).
 pub fn vf_mac(k: u8) -> [u8; 6] {
     [0x52, 0x54, 0x00, 0x5a, 0x00, k + 1]

@@ -140,6 +140,13 @@ impl VmProcess {
         self.wait_for_line(false, timeout, pred)
     }
 
+    /// Waits (at most `deadline`) for a line on stdout that contains `text`, and returns
+    /// it; panics with the transcript when none comes (a test's marker).
+    pub fn expect_stdout(&mut self, deadline: Duration, text: &str) -> String {
+        let seen = self.wait_for_stdout(deadline, |l| l.contains(text));
+        seen.unwrap_or_else(|| panic!("no `{text}`\n{}", self.transcript()))
+    }
+
     /// Waits until a line on the process's stderr satisfies `pred` (e.g. a daemon's
     /// ready line); returns it, or None when the deadline passes or the output ends.
     pub fn wait_for_stderr(

@@ -5,21 +5,13 @@
 
 use std::time::Duration;
 
-use tests::nicd::{Nicd, Reflector, vf_mac};
+use tests::nicd::{Nicd, Reflector, mac_text, vf_mac};
 use tests::{RunArgs, VmProcess, require_kvm, temp_path, vmctl};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
-fn mac_text(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 fn marker(vm: &mut VmProcess, text: &str) {
-    let seen = vm.wait_for_stdout(DEADLINE, |l| l.contains(text));
-    assert!(seen.is_some(), "no `{text}`\n{}", vm.transcript());
+    vm.expect_stdout(DEADLINE, text);
 }
 
 #[test]

@@ -9,8 +9,7 @@ use tests::{RunArgs, VmProcess, hold_connections, require_kvm, temp_path, vmctl}
 const DEADLINE: Duration = Duration::from_secs(120);
 
 fn marker(vm: &mut VmProcess, text: &str) {
-    let seen = vm.wait_for_stdout(DEADLINE, |l| l.contains(text));
-    assert!(seen.is_some(), "no `{text}`\n{}", vm.transcript());
+    vm.expect_stdout(DEADLINE, text);
 }
 
 #[test]

@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tests::net::receive_tcp;
-use tests::nicd::{Nicd, vf_mac};
+use tests::nicd::{Nicd, mac_text, vf_mac};
 use tests::{
     RunArgs, SkipKind, VmProcess, guest_images_out, hold_connections, host_is_pvm, require_kvm,
     skip, temp_path, vmctl,
@@ -242,13 +242,6 @@ fn linux_behind_iommu() {
 
 /// The host end of nicd's uplink TAP in the VF tests.
 const VF_HOST: &str = "10.0.3.1";
-
-fn mac_text(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
 
 /// The `vf` scenario's bring-up markers, in order: igbvf bound, the admin MAC as the
 /// permanent address, the carrier, a ping of the uplink's host end. Returns the DEVICE

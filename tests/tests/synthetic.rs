@@ -4,19 +4,12 @@
 
 use std::time::Duration;
 
-use tests::nicd::{Nicd, Reflector, vf_mac};
+use tests::nicd::{Nicd, Reflector, mac_text, vf_mac};
 use tests::{RunArgs, VmProcess, require_kvm};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 /// The synthetic guest's MAC.
 const GUEST: [u8; 6] = [0x52, 0x54, 0x00, 0xaa, 0x00, 0x01];
-
-fn mac_text(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
 
 fn synthetic_guest(nicd: &Nicd, scenario: &str, cmdline: &str, spec_extra: &str) -> VmProcess {
     let mut args = RunArgs::testguest(scenario, 1, "256M");

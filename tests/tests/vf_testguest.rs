@@ -7,17 +7,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tests::nicd::{Nicd, Reflector, vf_mac};
+use tests::nicd::{Nicd, Reflector, mac_text, vf_mac};
 use tests::{RunArgs, VmProcess, require_kvm, temp_path, vmctl};
 
 const DEADLINE: Duration = Duration::from_secs(120);
-
-fn mac_text(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
 
 /// A test guest with `scenarios` and VF `socket`, plus `extra` flags.
 fn guest(scenarios: &str, cmdline: &str, socket: &Path, extra: &[&str]) -> VmProcess {
@@ -325,8 +318,7 @@ fn vf_hot_add_and_remove_through_the_api() {
 }
 
 fn marker(vm: &mut VmProcess, text: &str) {
-    let seen = vm.wait_for_stdout(DEADLINE, |l| l.contains(text));
-    assert!(seen.is_some(), "no `{text}`\n{}", vm.transcript());
+    vm.expect_stdout(DEADLINE, text);
 }
 
 /// The guest sees a VF come and go: hot-add, igbvf up, frames; orderly removal through the
