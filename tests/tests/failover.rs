@@ -140,3 +140,68 @@ fn a_guest_that_holds_on_to_its_vf_loses_it_by_surprise() {
     assert!(lost.contains("did not release"), "{lost}");
     vm.kill();
 }
+
+/// `vmctl failover move --to B`: the one VF goes from guest A to guest B (more guests
+/// than VFs: the other stays on its synthetic path); both guests' streams go on, each on
+/// its standby while it has no VF.
+#[test]
+fn the_vf_moves_from_one_guest_to_another() {
+    if !require_kvm() {
+        return;
+    }
+    let mut nicd = Nicd::start(1);
+    let _reflector = Reflector::start(&mut nicd);
+    let guest = |name: &str, mac: [u8; 6]| {
+        let api = temp_path(&format!("move-{name}.sock"));
+        let mut args = RunArgs::testguest("failover", 1, "256M");
+        args.cmdline.push_str(
+            " testguest.hotplug_port=2 testguest.failover_frames=30 testguest.failover_cycles=1",
+        );
+        let net = format!(
+            "nicd={},mac={},standby",
+            nicd.dir.join("synthetic.sock").display(),
+            mac_text(mac)
+        );
+        let vm = args
+            .with(&[
+                "--net".as_ref(),
+                net.as_ref(),
+                "--api-socket".as_ref(),
+                api.as_os_str(),
+            ])
+            .spawn();
+        (vm, api)
+    };
+    let (mut a, api_a) = guest("a", [0x52, 0x54, 0x00, 0xaa, 0x00, 0x0a]);
+    let (mut b, api_b) = guest("b", [0x52, 0x54, 0x00, 0xaa, 0x00, 0x0b]);
+    marker(&mut a, "cycle 0: waiting for a VF");
+    marker(&mut b, "cycle 0: waiting for a VF");
+    let (code, r) = vmctl(&api_a, &["failover", "attach"]);
+    assert_eq!(code, 0, "{r:?}\n{}", a.transcript());
+    marker(&mut a, "cycle 0: waiting for the attention button");
+    let b_socket = api_b.display().to_string();
+    let out = std::process::Command::new(tests::vmctl_binary())
+        .arg("--socket")
+        .arg(&api_a)
+        .args(["failover", "move", "--to", &b_socket])
+        .output()
+        .expect("run vmctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<vmm::api::Response> = serde_json::from_str(&text).expect("two answers");
+    let ops: Vec<String> = answers
+        .iter()
+        .map(|r| r.failover.as_ref().expect("a report").op.clone())
+        .collect();
+    assert_eq!(ops, ["detach", "attach"]);
+    marker(&mut a, "cycle 0: VF released");
+    marker(&mut b, "cycle 0: waiting for the attention button");
+    let (code, r) = vmctl(&api_b, &["failover", "detach"]);
+    assert_eq!(code, 0, "{r:?}");
+    a.expect_pass(&["failover"], DEADLINE);
+    b.expect_pass(&["failover"], DEADLINE);
+}

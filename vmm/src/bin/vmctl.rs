@@ -35,11 +35,16 @@ enum Command {
     /// Fail the guest over between its VF and its standby (the VM needs
     /// `--net nicd=PATH,mac=MAC,standby`): `detach` moves its traffic to the synthetic
     /// path and gives the VF back to nicd; `attach` takes a free VF from nicd and moves the
-    /// traffic onto it. Answered when done, with each step's time.
+    /// traffic onto it; `move --to OTHER` detaches here and attaches in the VM whose API
+    /// socket is OTHER (the VF goes from one guest to the other). Answered when done, with
+    /// each step's time.
     Failover {
-        /// detach or attach.
-        #[arg(value_parser = ["detach", "attach"])]
+        /// detach, attach or move.
+        #[arg(value_parser = ["detach", "attach", "move"])]
         op: String,
+        /// For move: the API socket of the VM that gets the VF.
+        #[arg(long, value_name = "PATH")]
+        to: Option<PathBuf>,
         /// How long the guest has to release its VF (then it is surprise-removed), or to
         /// bring a new one up, in ms [default: 10000].
         #[arg(long, value_name = "MS")]
@@ -220,7 +225,7 @@ fn request(command: Command) -> Result<Request, String> {
         Command::Device(DeviceCommand::Remove { id, surprise }) => {
             Request::DeviceRemove { id, surprise }
         }
-        Command::Failover { op, timeout_ms } => Request::Failover { op, timeout_ms },
+        Command::Failover { op, timeout_ms, .. } => Request::Failover { op, timeout_ms },
         Command::Nic(_) => return Err("nic commands go to nicd".into()),
     })
 }
@@ -364,10 +369,60 @@ fn nic(socket: &std::path::Path, command: NicCommand) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `vmctl failover move --to OTHER`: a detach here, then an attach there; prints both
+/// answers as a JSON array.
+fn failover_move(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    timeout_ms: Option<u64>,
+) -> ExitCode {
+    let call = |socket: &std::path::Path, op: &str| {
+        VmClient::connect(socket).and_then(|mut c| {
+            c.request(&Request::Failover {
+                op: op.to_string(),
+                timeout_ms,
+            })
+        })
+    };
+    let mut answers = Vec::new();
+    for (socket, op) in [(from, "detach"), (to, "attach")] {
+        match call(socket, op) {
+            Ok(a) => {
+                let ok = a.ok;
+                answers.push(a);
+                if !ok {
+                    break;
+                }
+            }
+            Err(e) => {
+                eprintln!("vmctl: {}: {}", socket.display(), vmm::error_chain(&e));
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let printed = serde_json::to_string_pretty(&answers)
+        .unwrap_or_else(|e| format!("(cannot print the answers: {e})"));
+    println!("{printed}");
+    if answers.len() == 2 && answers.iter().all(|a| a.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = match cli.command {
         Command::Nic(n) => return nic(&cli.socket, n),
+        Command::Failover {
+            op,
+            to: Some(to),
+            timeout_ms,
+        } if op == "move" => return failover_move(&cli.socket, &to, timeout_ms),
+        Command::Failover { op, .. } if op == "move" => {
+            eprintln!("vmctl: failover move needs --to PATH (the other VM's API socket)");
+            return ExitCode::from(2);
+        }
         c => c,
     };
     let req = match request(command) {
