@@ -85,6 +85,14 @@ fn traffic_moves_between_the_vf_and_the_standby_across_detach_and_attach() {
         "{lost} frames lost in 4 switches\n{}",
         vm.transcript()
     );
+    // nicd's count: the orderly moves leave no frame for the guest's MAC without a port.
+    let (code, out, err) = nicd.vmctl(&["lost", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    eprintln!("nicd lost: {out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let guest = mac_text(vf_mac(0));
+    assert_eq!(v["in_flight"][&guest].as_u64().unwrap_or(0), 0, "{out}");
+    assert_eq!(v["no_owner"][&guest].as_u64().unwrap_or(0), 0, "{out}");
     assert!(
         reflector.seen_from(vf_mac(0)) > 0,
         "the stream went out through nicd's uplink"

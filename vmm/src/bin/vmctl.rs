@@ -101,6 +101,14 @@ enum NicCommand {
         /// default or vfN.
         to: String,
     },
+    /// Frames lost for want of a port, per destination MAC: in flight between VPorts
+    /// during a failover, with no owner at all, refused by a guest's synthetic port
+    /// (`--json`: as JSON).
+    Lost {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Failover: claim a free VF for the guest of MAC (its admin MAC set to MAC); prints
     /// its number and socket (`--json`: as JSON).
     VfClaim {
@@ -329,6 +337,7 @@ fn nic_request(command: NicCommand) -> Result<(NicRequest, bool), String> {
         NicCommand::Lspci => (NicRequest::Lspci, false),
         NicCommand::GuestFilters { mac, to } => (NicRequest::GuestFilters { mac, to }, false),
         NicCommand::VfClaim { mac, json } => (NicRequest::VfClaim { mac }, json),
+        NicCommand::Lost { json } => (NicRequest::Lost, json),
         NicCommand::VfStatus { vf, json } => (NicRequest::VfStatus { vf }, json),
     })
 }

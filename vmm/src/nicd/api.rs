@@ -66,6 +66,10 @@ pub enum NicRequest {
         /// The guest's MAC.
         mac: String,
     },
+    /// Frames lost for want of a port, per destination MAC: `in_flight` (a guest's filters
+    /// between VPorts), `no_owner` (no filter names the MAC), and per synthetic port the
+    /// frames its guest's full socket refused; in `json`.
+    Lost,
     /// Failover: VF `vf`'s state, `{"client": bool, "vport": bool, "rx_ready": bool}`
     /// in `json` (its driver is up once it has its VPort and RX descriptors).
     VfStatus {
@@ -182,6 +186,7 @@ impl ApiHandler for NicdApi {
             NicRequest::PcapStop { port } => pcap_stop(&a, &port),
             NicRequest::Lspci => Ok(NicResponse::text(lspci(&a))),
             NicRequest::GuestFilters { mac, to } => guest_filters(&mut a, &mac, &to),
+            NicRequest::Lost => Ok(lost(&a)),
             NicRequest::VfClaim { mac } => parse_mac(&mac).and_then(|mac| {
                 let (vf, socket) = a.claim_vf(mac)?;
                 Ok(NicResponse {
@@ -212,6 +217,39 @@ fn invalid(detail: String) -> Refusal {
 fn parse_mac(mac: &str) -> Result<MacAddr, Refusal> {
     mac.parse()
         .map_err(|_| invalid(format!("\"{mac}\" is not a MAC address")))
+}
+
+fn lost(a: &Adapter) -> NicResponse {
+    let f = lock(a.fabric());
+    let l = f.switch.lost_frames();
+    let map = |m: &std::collections::BTreeMap<MacAddr, u64>| {
+        m.iter()
+            .map(|(mac, n)| (mac.to_string(), serde_json::json!(n)))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    let synthetic: serde_json::Map<_, _> = a
+        .synthetics
+        .iter()
+        .flat_map(|s| s.conns.iter())
+        .filter_map(|c| {
+            let (mac, _) = f.switch.synthetic(c.id?)?;
+            Some((mac.to_string(), serde_json::json!(c.lost)))
+        })
+        .collect();
+    let json = serde_json::json!({
+        "in_flight": map(&l.in_flight),
+        "no_owner": map(&l.no_owner),
+        "no_owner_untracked": l.no_owner_untracked,
+        "synthetic_refused": synthetic,
+    });
+    let text = format!(
+        "in flight: {}; no owner: {} (+{} untracked); refused by synthetic ports: {}",
+        json["in_flight"], json["no_owner"], l.no_owner_untracked, json["synthetic_refused"]
+    );
+    NicResponse {
+        json: Some(json),
+        ..NicResponse::text(text)
+    }
 }
 
 fn guest_filters(a: &mut Adapter, mac: &str, to: &str) -> Result<NicResponse, Refusal> {
