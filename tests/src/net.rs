@@ -39,3 +39,26 @@ pub fn receive_tcp(listener: TcpListener, bytes: usize) -> Receiver<(usize, Stri
     });
     rx
 }
+
+/// Checks that what [`receive_tcp`] got (`received`) is what the guest said it sent in
+/// `line` (`... sha256=HEX ...`), `bytes` of it; panics with `transcript` otherwise.
+pub fn expect_tcp_whole(
+    received: &Receiver<(usize, String)>,
+    line: &str,
+    bytes: usize,
+    transcript: &dyn Fn() -> String,
+) {
+    let (n, sum) = received
+        .recv_timeout(Duration::from_secs(120))
+        .unwrap_or_else(|_| panic!("the listener got no connection\n{}", transcript()));
+    let want = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("sha256="))
+        .unwrap_or_default();
+    assert_eq!(
+        (n, sum.as_str()),
+        (bytes, want),
+        "the TCP transfer did not arrive whole\n{}",
+        transcript()
+    );
+}

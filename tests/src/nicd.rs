@@ -17,6 +17,9 @@ use crate::{nicd_binary, temp_path, vmctl_binary};
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// nicd's synthetic socket in its socket directory.
+pub const SYNTHETIC_SOCKET: &str = vmm::nicd::synthetic::SOCKET_NAME;
+
 /// `xx:xx:xx:xx:xx:xx`.
 pub fn mac_text(m: [u8; 6]) -> String {
     m.iter()
@@ -149,6 +152,17 @@ impl Nicd {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// A `--net` spec for a guest's synthetic port with `mac` on this nicd (`standby`:
+    /// the failover standby).
+    pub fn synthetic_net(&self, mac: [u8; 6], standby: bool) -> String {
+        format!(
+            "nicd={},mac={}{}",
+            self.dir.join(crate::nicd::SYNTHETIC_SOCKET).display(),
+            mac_text(mac),
+            if standby { ",standby" } else { "" }
+        )
     }
 
     /// VF `k`'s vfio-user socket.

@@ -26,11 +26,7 @@ fn traffic_moves_between_the_vf_and_the_standby_across_detach_and_attach() {
     args.cmdline.push_str(
         " testguest.hotplug_port=2 testguest.failover_frames=50 testguest.failover_cycles=2",
     );
-    let net = format!(
-        "nicd={},mac={},standby",
-        nicd.dir.join("synthetic.sock").display(),
-        mac_text(vf_mac(0))
-    );
+    let net = nicd.synthetic_net(vf_mac(0), true);
     let mut vm = args
         .with(&[
             "--net".as_ref(),
@@ -113,11 +109,7 @@ fn a_guest_that_holds_on_to_its_vf_loses_it_by_surprise() {
     // come).
     let mut args = RunArgs::testguest("vf-reflect", 1, "256M");
     args.cmdline.push_str(" testguest.vf_frames=1");
-    let net = format!(
-        "nicd={},mac={},standby",
-        nicd.dir.join("synthetic.sock").display(),
-        mac_text(vf_mac(0))
-    );
+    let net = nicd.synthetic_net(vf_mac(0), true);
     let vf = format!("socket={}", nicd.vf(0).display());
     let mut vm = args
         .with(&[
@@ -165,11 +157,7 @@ fn the_vf_moves_from_one_guest_to_another() {
         args.cmdline.push_str(
             " testguest.hotplug_port=2 testguest.failover_frames=30 testguest.failover_cycles=1",
         );
-        let net = format!(
-            "nicd={},mac={},standby",
-            nicd.dir.join("synthetic.sock").display(),
-            mac_text(mac)
-        );
+        let net = nicd.synthetic_net(mac, true);
         let vm = args
             .with(&[
                 "--net".as_ref(),

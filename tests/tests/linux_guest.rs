@@ -291,14 +291,7 @@ fn linux_igbvf_on_a_nicd_vf() {
         .wait_for_stdout(budget, |l| l.contains("GUEST VF TCP SENDING "))
         .unwrap_or_else(|| panic!("no TCP transfer\n{}", a.transcript()));
     expect_line(&mut a, budget, "GUEST VF TCP SENT ");
-    let (n, sum) = received
-        .recv_timeout(Duration::from_secs(120))
-        .unwrap_or_else(|_| panic!("the listener got no connection\n{}", a.transcript()));
-    let want = sending
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("sha256="))
-        .unwrap_or_default();
-    assert_eq!((n, sum.as_str()), (BYTES, want), "{}", a.transcript());
+    tests::net::expect_tcp_whole(&received, &sending, BYTES, &|| a.transcript());
     expect_line(&mut a, budget, "GUEST VF HOLD");
     // The guest's counters (ip -s link) against nicd's for the VF, nicd's read just
     // before and just after the guest's (frames may still trickle in from the host's
@@ -435,12 +428,8 @@ fn linux_net_failover_keeps_tcp_across_vf_detach_and_attach() {
     let listener = std::net::TcpListener::bind(format!("{HOST}:0")).expect("bind");
     let port = listener.local_addr().expect("local_addr").port();
     let received = receive_tcp(listener, CHUNKS * 65536);
-    let mac = mac_text(vf_mac(0));
     let api = temp_path("failover-linux-api.sock");
-    let net = format!(
-        "nicd={},mac={mac},standby",
-        nicd.dir.join("synthetic.sock").display()
-    );
+    let net = nicd.synthetic_net(vf_mac(0), true);
     let budget = Duration::from_secs(120);
     let Some(mut vm) = linux(
         &format!(
@@ -480,19 +469,7 @@ fn linux_net_failover_keeps_tcp_across_vf_detach_and_attach() {
     let sent = vm
         .wait_for_stdout(budget, |l| l.contains("GUEST FAILOVER TCP SENT "))
         .unwrap_or_else(|| panic!("the stream did not end\n{}", vm.transcript()));
-    let (n, sum) = received
-        .recv_timeout(Duration::from_secs(120))
-        .unwrap_or_else(|_| panic!("the listener got no connection\n{}", vm.transcript()));
-    let want = sent
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("sha256="))
-        .unwrap_or_default();
-    assert_eq!(
-        (n, sum.as_str()),
-        (CHUNKS * 65536, want),
-        "the TCP stream arrived whole across the failovers\n{}",
-        vm.transcript()
-    );
+    tests::net::expect_tcp_whole(&received, &sent, CHUNKS * 65536, &|| vm.transcript());
     vm.send_line("done");
     scenario_passes(&mut vm, budget, "failover");
 }

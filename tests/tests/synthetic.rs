@@ -11,14 +11,10 @@ const DEADLINE: Duration = Duration::from_secs(120);
 /// The synthetic guest's MAC.
 const GUEST: [u8; 6] = [0x52, 0x54, 0x00, 0xaa, 0x00, 0x01];
 
-fn synthetic_guest(nicd: &Nicd, scenario: &str, cmdline: &str, spec_extra: &str) -> VmProcess {
+fn synthetic_guest(nicd: &Nicd, scenario: &str, cmdline: &str, standby: bool) -> VmProcess {
     let mut args = RunArgs::testguest(scenario, 1, "256M");
     args.cmdline.push_str(cmdline);
-    let net = format!(
-        "nicd={},mac={}{spec_extra}",
-        nicd.dir.join("synthetic.sock").display(),
-        mac_text(GUEST)
-    );
+    let net = nicd.synthetic_net(GUEST, standby);
     args.with(&["--net".as_ref(), net.as_ref()]).spawn()
 }
 
@@ -33,7 +29,7 @@ fn a_guest_without_a_vf_reaches_the_uplink_through_the_default_vport() {
         &nicd,
         "virtio-net",
         " testguest.net_frames=64 testguest.net_peer=02:00:00:00:00:fe",
-        ",standby",
+        true,
     );
     vm.expect_pass(&["virtio-net"], DEADLINE);
     assert!(
@@ -66,7 +62,7 @@ fn a_synthetic_guest_and_a_vf_guest_reach_each_other() {
             " testguest.net_frames={frames} testguest.net_peer={}",
             mac_text(vf_mac(1))
         ),
-        "",
+        false,
     );
     a.expect_pass(&["virtio-net"], DEADLINE);
     b.expect_pass(&["vf-reflect"], DEADLINE);
@@ -84,10 +80,11 @@ fn a_taken_mac_or_a_missing_nicd_is_exit_2() {
         return;
     }
     let nicd = Nicd::start(1);
-    let mut first = synthetic_guest(&nicd, "virtio-net", " testguest.net_frames=100000", "");
-    // The first guest holds its port while it sends (nobody answers).
-    std::thread::sleep(Duration::from_millis(300));
-    let mut second = synthetic_guest(&nicd, "boot", "", "");
+    let mut first = synthetic_guest(&nicd, "virtio-net", " testguest.net_frames=100000", false);
+    // The first guest holds its port (registered before its guest runs) while it sends
+    // (nobody answers).
+    first.expect_stdout(DEADLINE, "virtio-net: virtio-net at");
+    let mut second = synthetic_guest(&nicd, "boot", "", false);
     let status = second.wait_exit(DEADLINE).expect("exits");
     assert_eq!(status.code(), Some(2), "{}", second.transcript());
     assert!(
@@ -126,11 +123,7 @@ fn guest_filters_move_between_the_default_vport_and_the_vf() {
     let mut args = RunArgs::testguest("vf-reflect", 1, "256M");
     args.cmdline
         .push_str(&format!(" testguest.vf_frames={}", 2 * frames));
-    let net = format!(
-        "nicd={},mac={},standby",
-        nicd.dir.join("synthetic.sock").display(),
-        mac_text(mac)
-    );
+    let net = nicd.synthetic_net(mac, true);
     let vf = format!("socket={}", nicd.vf(0).display());
     let mut vm = args
         .with(&["--net".as_ref(), net.as_ref(), "--vf".as_ref(), vf.as_ref()])

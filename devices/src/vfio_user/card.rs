@@ -353,13 +353,6 @@ impl VfioUserCard {
         self.checked("DMA_UNMAP", |c| c.dma_unmap(iova, size))
     }
 
-    /// DEVICE_RESET (the VM resets).
-    pub fn reset_device(&mut self) -> Result<(), ClientError> {
-        self.checked("DEVICE_RESET", Client::reset)?;
-        self.reset_msix();
-        Ok(())
-    }
-
     /// Like [`Self::with_client`], but returns the error (a refused request does not break
     /// the card; a broken connection does).
     fn checked<T>(

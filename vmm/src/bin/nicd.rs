@@ -31,7 +31,8 @@ struct Cli {
     /// per message) or `none`.
     #[arg(long, value_name = "SPEC")]
     uplink: UplinkSpec,
-    /// Directory for the VF sockets: VF k listens on DIR/vf<k>.sock.
+    /// Directory for the sockets: VF k listens on DIR/vf<k>.sock, guests' synthetic ports
+    /// connect to DIR/synthetic.sock.
     #[arg(long, value_name = "DIR")]
     socket_dir: PathBuf,
     /// The management API socket (`vmctl --socket PATH nic ...`).

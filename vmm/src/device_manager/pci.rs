@@ -324,16 +324,12 @@ impl PciSlots {
             .push((index, format!("{id} lost at {at:.3} s: {why}")));
     }
 
-    /// The watched connections (raw fds with their devices), and the retired ones the
-    /// event loop must drop; called by the event loop only.
-    fn watch_fds(&self) -> (Vec<(i32, String)>, Vec<i32>) {
-        (
-            self.watches
-                .iter()
-                .map(|w| (w.sock.as_raw_fd(), w.id.clone()))
-                .collect(),
-            self.retired.iter().map(|w| w.sock.as_raw_fd()).collect(),
-        )
+    /// The watched connections (raw fds with their devices); called by the event loop.
+    fn watch_fds(&self) -> Vec<(i32, String)> {
+        self.watches
+            .iter()
+            .map(|w| (w.sock.as_raw_fd(), w.id.clone()))
+            .collect()
     }
 
     /// Starts removing `id`. A surprise removal completes at once (`Some`); an orderly one
@@ -474,7 +470,7 @@ impl SlotEvents {
 
     /// Registers new watches and forgets retired ones.
     fn sync_watches(&mut self, slots: &mut PciSlots, ops: &mut EventOps) {
-        let (now, retired) = slots.watch_fds();
+        let now = slots.watch_fds();
         self.watched.retain(|(fd, _)| {
             let keep = now.iter().any(|(f, _)| f == fd);
             if !keep && let Err(e) = ops.remove(Events::new_raw(*fd, EventSet::empty())) {
@@ -491,11 +487,7 @@ impl SlotEvents {
                 Err(e) => devices::warn_ratelimited!("pci slots: cannot watch {id}: {e:?}"),
             }
         }
-        debug_assert!(
-            retired
-                .iter()
-                .all(|fd| !self.watched.iter().any(|(f, _)| f == fd))
-        );
+        // Every retired watch is unregistered above: its descriptor may close now.
         slots.retired.clear();
     }
 }

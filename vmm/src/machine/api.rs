@@ -137,6 +137,8 @@ pub struct VmApi {
     pauses: Vec<(u64, Instant)>,
     /// Failover sequences done, waiting to be answered.
     failovers: super::failover::Done,
+    /// A failover sequence runs (one at a time).
+    failover_busy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for VmApi {
@@ -160,6 +162,7 @@ impl VmApi {
             next_ticket: 0,
             pauses: Vec::new(),
             failovers: super::failover::Done::default(),
+            failover_busy: Arc::default(),
         }
     }
 
@@ -239,6 +242,12 @@ impl VmApi {
                     .cloned()
                     .ok_or("failover needs a standby: --net nicd=PATH,mac=MAC,standby")?;
                 drop(vmm);
+                if self
+                    .failover_busy
+                    .swap(true, std::sync::atomic::Ordering::SeqCst)
+                {
+                    return Err("a failover is under way".into());
+                }
                 let ticket = self.ticket();
                 super::failover::Job {
                     vmm: self.vmm.clone(),
@@ -249,6 +258,7 @@ impl VmApi {
                     ticket,
                     done: self.failovers.clone(),
                     wakeup: self.wakeup.clone(),
+                    busy: self.failover_busy.clone(),
                 }
                 .spawn();
                 return Ok(Reply::Later(ticket));

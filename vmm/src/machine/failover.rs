@@ -51,6 +51,8 @@ pub struct Job {
     pub done: Done,
     /// Written when it is there.
     pub wakeup: Arc<EventFd>,
+    /// Set while a sequence runs (one at a time); cleared when this one ends.
+    pub busy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Job {
@@ -71,6 +73,7 @@ impl Job {
             };
             devices::info_ratelimited!("failover {}: {response:?}", self.op);
             lock(&self.done).push((self.ticket, response));
+            self.busy.store(false, std::sync::atomic::Ordering::SeqCst);
             let _ = self.wakeup.write(1);
         });
     }

@@ -245,12 +245,16 @@ impl Adapter {
         }
     }
 
-    /// Serves the synthetic connection on `fd`, and delivers what it made.
-    pub fn synthetic_serve(&mut self, fd: std::os::fd::RawFd) {
+    /// Serves the synthetic connection on `fd`, and delivers what it made. Returns
+    /// whether a connection closed (the event loop must forget its descriptor).
+    pub fn synthetic_serve(&mut self, fd: std::os::fd::RawFd) -> bool {
+        let mut closed = false;
         if let Some(s) = &mut self.synthetics {
             s.serve(fd, &self.fabric);
+            closed = !s.retired.is_empty();
         }
         self.flush_outbox();
+        closed
     }
 
     /// The data path.

@@ -395,8 +395,10 @@ impl MutEventSubscriber for Nicd {
                 self.reconcile(ops);
             }
             Some(Token::Synthetic) => {
-                lock(&self.adapter).synthetic_serve(fd);
-                self.reconcile(ops);
+                let closed = lock(&self.adapter).synthetic_serve(fd);
+                if closed {
+                    self.reconcile(ops);
+                }
             }
             Some(Token::Busy(vf)) => self.busy(ops, vf, fd),
         }

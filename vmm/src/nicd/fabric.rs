@@ -161,26 +161,26 @@ pub struct Fabric {
     /// The NIC switch.
     pub switch: Switch,
     start: Instant,
-    uplink: Option<Uplink>,
-    outbox: VecDeque<(u16, Vec<u8>)>,
-    /// Frames waiting for guests' synthetic ports.
-    synthetic_out: VecDeque<(SyntheticId, Vec<u8>)>,
+    /// Where the switch's frames go (a field of its own, so the switch and it can be
+    /// borrowed together).
+    out: Outputs,
     held: Vec<Held>,
-    stats: FabricStats,
     /// VFs stopped handing over frames because the uplink's backlog was high.
     stalled: bool,
 }
 
-/// Where the switch's frames go from here: the uplink at once, VFs and synthetic ports
-/// through their outboxes.
-struct Deliver<'a> {
-    uplink: Option<&'a mut Uplink>,
-    outbox: &'a mut VecDeque<(u16, Vec<u8>)>,
-    synthetic_out: &'a mut VecDeque<(SyntheticId, Vec<u8>)>,
-    stats: &'a mut FabricStats,
+/// Where the switch's frames go from here: the uplink (its backlog), VFs and synthetic
+/// ports through their outboxes.
+#[derive(Debug)]
+struct Outputs {
+    uplink: Option<Uplink>,
+    outbox: VecDeque<(u16, Vec<u8>)>,
+    /// Frames waiting for guests' synthetic ports.
+    synthetic_out: VecDeque<(SyntheticId, Vec<u8>)>,
+    stats: FabricStats,
 }
 
-impl FrameSink for Deliver<'_> {
+impl FrameSink for Outputs {
     fn deliver(&mut self, port: PortId, frame: &[u8]) -> Delivery {
         match port {
             PortId::Uplink => match self.uplink.as_mut().map(|u| u.send(frame)) {
@@ -218,11 +218,13 @@ impl Fabric {
         Self {
             switch,
             start: Instant::now(),
-            uplink,
-            outbox: VecDeque::new(),
-            synthetic_out: VecDeque::new(),
+            out: Outputs {
+                uplink,
+                outbox: VecDeque::new(),
+                synthetic_out: VecDeque::new(),
+                stats: FabricStats::default(),
+            },
             held: Vec::new(),
-            stats: FabricStats::default(),
             stalled: false,
         }
     }
@@ -242,23 +244,23 @@ impl Fabric {
 
     /// Counters.
     pub fn stats(&self) -> FabricStats {
-        self.stats
+        self.out.stats
     }
 
     /// The uplink's descriptor, if there is an uplink.
     pub fn uplink_fd(&self) -> Option<i32> {
-        self.uplink.as_ref().map(Uplink::fd)
+        self.out.uplink.as_ref().map(Uplink::fd)
     }
 
     /// Drops the uplink (its peer went away).
     pub fn drop_uplink(&mut self) {
-        self.uplink = None;
+        self.out.uplink = None;
     }
 
     /// Makes room for `n` VFs' held frames (dropping any held beyond).
     pub fn resize(&mut self, n: u16) {
         self.held.resize_with(usize::from(n), Held::default);
-        self.outbox.retain(|(vf, _)| *vf < n);
+        self.out.outbox.retain(|(vf, _)| *vf < n);
     }
 
     /// Forgets VF `vf`'s held frame and queued deliveries (its client left).
@@ -266,18 +268,12 @@ impl Fabric {
         if let Some(h) = self.held.get_mut(usize::from(vf)) {
             *h = Held::default();
         }
-        self.outbox.retain(|(n, _)| *n != vf);
+        self.out.outbox.retain(|(n, _)| *n != vf);
     }
 
     fn vf_send(&mut self, vf: u16, frame: &[u8]) -> TxVerdict {
         let now = self.now();
-        let mut sink = Deliver {
-            uplink: self.uplink.as_mut(),
-            outbox: &mut self.outbox,
-            synthetic_out: &mut self.synthetic_out,
-            stats: &mut self.stats,
-        };
-        self.switch.vf_send(now, vf, frame, &mut sink)
+        self.switch.vf_send(now, vf, frame, &mut self.out)
     }
 
     /// A frame from VF `vf`'s ring: through the switch, or held if it must wait.
@@ -331,15 +327,9 @@ impl Fabric {
             return Vec::new();
         }
         let now = self.now();
-        let mut sink = Deliver {
-            uplink: self.uplink.as_mut(),
-            outbox: &mut self.outbox,
-            synthetic_out: &mut self.synthetic_out,
-            stats: &mut self.stats,
-        };
-        let report = self
-            .switch
-            .transmit(now, &mut HeldRings(&mut self.held), &mut sink, waiting);
+        let report =
+            self.switch
+                .transmit(now, &mut HeldRings(&mut self.held), &mut self.out, waiting);
         let retry = if report.more {
             now
         } else {
@@ -369,7 +359,7 @@ impl Fabric {
     /// the uplink failed: drop it with [`Fabric::drop_uplink`].
     pub fn uplink_rx(&mut self, budget: usize) -> bool {
         for _ in 0..budget {
-            let Some(uplink) = self.uplink.as_mut() else {
+            let Some(uplink) = self.out.uplink.as_mut() else {
                 return false;
             };
             let frame = match uplink.recv() {
@@ -381,29 +371,23 @@ impl Fabric {
                     return false;
                 }
             };
-            self.stats.uplink_rx += 1;
+            self.out.stats.uplink_rx += 1;
             let now = self.now();
-            let mut sink = Deliver {
-                uplink: self.uplink.as_mut(),
-                outbox: &mut self.outbox,
-                synthetic_out: &mut self.synthetic_out,
-                stats: &mut self.stats,
-            };
-            self.switch.from_uplink(now, &frame, &mut sink);
+            self.switch.from_uplink(now, &frame, &mut self.out);
         }
         true
     }
 
     /// Frames waiting for the uplink's socket.
     pub fn uplink_backlog(&self) -> usize {
-        self.uplink.as_ref().map_or(0, |u| u.backlog.len())
+        self.out.uplink.as_ref().map_or(0, |u| u.backlog.len())
     }
 
     /// The uplink's socket takes frames again: sends the backlog. Returns whether VFs that
     /// stopped for it may go on (the backlog is low again), and false for `alive` when
     /// the uplink failed.
     pub fn uplink_writable(&mut self) -> (bool, bool) {
-        let Some(uplink) = self.uplink.as_mut() else {
+        let Some(uplink) = self.out.uplink.as_mut() else {
             return (std::mem::take(&mut self.stalled), true);
         };
         if let Err(e) = uplink.flush() {
@@ -421,30 +405,24 @@ impl Fabric {
     /// default VPort.
     pub fn synthetic_frame(&mut self, id: SyntheticId, frame: &[u8]) {
         let now = self.now();
-        let mut sink = Deliver {
-            uplink: self.uplink.as_mut(),
-            outbox: &mut self.outbox,
-            synthetic_out: &mut self.synthetic_out,
-            stats: &mut self.stats,
-        };
-        if let Err(e) = self.switch.from_synthetic(now, id, frame, &mut sink) {
+        if let Err(e) = self.switch.from_synthetic(now, id, frame, &mut self.out) {
             devices::debug_ratelimited!("nicd: synthetic port {}: {e}", id.0);
         }
     }
 
     /// Frames waiting for synthetic ports, oldest first.
     pub fn take_synthetic_out(&mut self) -> VecDeque<(SyntheticId, Vec<u8>)> {
-        std::mem::take(&mut self.synthetic_out)
+        std::mem::take(&mut self.out.synthetic_out)
     }
 
     /// Forgets the frames queued for synthetic port `id` (its guest left).
     pub fn clear_synthetic(&mut self, id: SyntheticId) {
-        self.synthetic_out.retain(|(s, _)| *s != id);
+        self.out.synthetic_out.retain(|(s, _)| *s != id);
     }
 
     /// Frames waiting for VF models, oldest first.
     pub fn take_outbox(&mut self) -> VecDeque<(u16, Vec<u8>)> {
-        std::mem::take(&mut self.outbox)
+        std::mem::take(&mut self.out.outbox)
     }
 }
 

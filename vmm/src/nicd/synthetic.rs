@@ -26,6 +26,8 @@ pub const SOCKET_NAME: &str = "synthetic.sock";
 const MESSAGES_PER_WAKEUP: usize = 64;
 /// Largest frame a guest sends (a 64 KiB GSO frame has been segmented by the vmm).
 const MAX_FRAME: usize = 65_536;
+/// Connections at most (with or without their hello): beyond, new ones are closed at once.
+const MAX_CONNS: usize = 1024;
 
 /// The first message of a connection.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -76,6 +78,8 @@ pub struct SyntheticPorts {
     /// Connections closed, whose descriptors the event loop must unregister before they
     /// close.
     pub retired: Vec<Conn>,
+    /// Where a message is read (one buffer for every connection).
+    buf: Vec<u8>,
 }
 
 impl SyntheticPorts {
@@ -88,6 +92,7 @@ impl SyntheticPorts {
             api: std::path::absolute(api)?,
             conns: Vec::new(),
             retired: Vec::new(),
+            buf: vec![0u8; MAX_FRAME],
         })
     }
 
@@ -96,9 +101,13 @@ impl SyntheticPorts {
         self.listener.as_raw_fd()
     }
 
-    /// Accepts the guests waiting to connect.
+    /// Accepts the guests waiting to connect (beyond [`MAX_CONNS`], closes them).
     pub fn accept(&mut self) {
         while let Ok(sock) = self.listener.accept() {
+            if self.conns.len() >= MAX_CONNS {
+                devices::warn_ratelimited!("nicd: {MAX_CONNS} synthetic connections: refusing");
+                continue;
+            }
             if let Err(e) = sock.set_nonblocking(true) {
                 devices::warn_ratelimited!("nicd: a synthetic connection: {e}");
                 continue;
@@ -118,10 +127,15 @@ impl SyntheticPorts {
         let Some(i) = self.conns.iter().position(|c| c.sock.as_raw_fd() == fd) else {
             return;
         };
-        let mut buf = vec![0u8; MAX_FRAME];
+        let mut buf = std::mem::take(&mut self.buf);
+        self.serve_conn(i, fabric, &mut buf);
+        self.buf = buf;
+    }
+
+    fn serve_conn(&mut self, i: usize, fabric: &Mutex<Fabric>, buf: &mut [u8]) {
         for _ in 0..MESSAGES_PER_WAKEUP {
             let c = &mut self.conns[i];
-            let n = match c.sock.recv(&mut buf) {
+            let n = match c.sock.recv(buf) {
                 Ok(0) => return self.retire(i, fabric, "the guest closed the connection"),
                 Ok(n) if n > buf.len() => {
                     devices::debug_ratelimited!("nicd: a {n}-byte synthetic frame dropped");

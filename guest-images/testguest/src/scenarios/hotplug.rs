@@ -70,6 +70,24 @@ pub(super) fn ready_slot(ctx: &Ctx) -> Result<(Ecam, Slot, u64), Fail> {
     Ok((ecam, slot, seen))
 }
 
+/// pciehp's answer to the attention button (already seen, `seen` the interrupts counted
+/// so far): the button acknowledged, the power indicator blinking, `stop` quiescing the
+/// device, the slot powered off, presence and link gone and acknowledged, the function
+/// absent. Returns the interrupts counted then. The slot stays off.
+pub(super) fn release(slot: &Slot, seen: u64, stop: impl FnOnce()) -> Result<u64, Fail> {
+    slot.ack(EXP_SLTSTA_ABP);
+    slot.set_power_indicator(EXP_SLTCTL_PWR_IND_BLINK)?;
+    stop();
+    slot.power_off()?;
+    let seen = wait(slot, seen, "power-off", card_out)?;
+    slot.ack(PRESENCE_AND_LINK);
+    ensure!(
+        slot.function_id() == NO_CARD,
+        "the removed function still answers"
+    );
+    Ok(seen)
+}
+
 pub fn run(ctx: &Ctx) -> Result<(), Fail> {
     let (_, slot, mut seen) = ready_slot(ctx)?;
 
@@ -89,15 +107,7 @@ pub fn run(ctx: &Ctx) -> Result<(), Fail> {
     seen = wait(&slot, seen, "attention button", |s| {
         s.status() & EXP_SLTSTA_ABP != 0
     })?;
-    slot.ack(EXP_SLTSTA_ABP);
-    slot.set_power_indicator(EXP_SLTCTL_PWR_IND_BLINK)?;
-    slot.power_off()?;
-    seen = wait(&slot, seen, "power-off", card_out)?;
-    slot.ack(PRESENCE_AND_LINK);
-    ensure!(
-        slot.function_id() == NO_CARD,
-        "the removed function still answers"
-    );
+    seen = release(&slot, seen, || {})?;
     // Power back on for the next card, as pciehp does when presence returns.
     slot.power_on()?;
     info!(ctx, "removed (orderly): slot powered off, function gone");

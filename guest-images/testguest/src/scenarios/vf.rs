@@ -547,8 +547,10 @@ pub fn sink(ctx: &Ctx) -> Result<(), Fail> {
 /// 4. a VF is hot-added again and brought up; then it is lost by surprise (the test kills
 ///    nicd): presence and link drop with an interrupt, and the function reads all ones.
 pub fn hotplug(ctx: &Ctx) -> Result<(), Fail> {
-    use super::hotplug::{NO_CARD, PRESENCE_AND_LINK, card_in, card_out, ready_slot, wait};
-    use crate::pcie::regs::{EXP_SLTCTL_PWR_IND_BLINK, EXP_SLTCTL_PWR_IND_ON, EXP_SLTSTA_ABP};
+    use super::hotplug::{
+        NO_CARD, PRESENCE_AND_LINK, card_in, card_out, ready_slot, release, wait,
+    };
+    use crate::pcie::regs::{EXP_SLTCTL_PWR_IND_ON, EXP_SLTSTA_ABP};
     const VF_ID: u32 = (igbvf::DEVICE_ID as u32) << 16 | igbvf::VENDOR_ID as u32;
 
     let frames = frames(ctx)?;
@@ -588,16 +590,7 @@ pub fn hotplug(ctx: &Ctx) -> Result<(), Fail> {
     seen = wait(&slot, seen, "attention button", |s| {
         s.status() & EXP_SLTSTA_ABP != 0
     })?;
-    slot.ack(EXP_SLTSTA_ABP);
-    slot.set_power_indicator(EXP_SLTCTL_PWR_IND_BLINK)?;
-    vf.write(igbvf::reg::CTRL, igbvf::CTRL_RST);
-    slot.power_off()?;
-    seen = wait(&slot, seen, "power-off", card_out)?;
-    slot.ack(PRESENCE_AND_LINK);
-    ensure!(
-        slot.function_id() == NO_CARD,
-        "the removed function still answers"
-    );
+    seen = release(&slot, seen, || vf.write(igbvf::reg::CTRL, igbvf::CTRL_RST))?;
     slot.power_on()?;
     info!(
         ctx,
