@@ -98,8 +98,9 @@ fn ensure_built() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(repo_root())
-            // `--bins`, not `--bin vmm`: a target filter applies to every package given.
-            .args(["build", "--quiet", "-p", "vmm", "-p", "testguest", "--bins"])
+            // The whole workspace, as `cargo test --workspace` resolves it: with a narrower
+            // package set, features unify differently and dependencies build a second time.
+            .args(["build", "--quiet", "--workspace", "--bins"])
             .args(["--profile", &profile])
             .arg("--target-dir")
             .arg(&target_dir)

@@ -548,8 +548,8 @@ pub fn shell(host: &NestedHost, payload: &Payload) -> Result<ExitStatus, NestedE
     Ok(status)
 }
 
-/// Builds the integration-test target `name` of the `tests` package (with this build's
-/// profile) and returns its executable.
+/// Builds the workspace's integration tests (with this build's profile) and returns the
+/// executable of the one named `name`.
 pub fn test_binary(name: &str) -> Result<PathBuf, NestedError> {
     let err = |why: String| NestedError::Build {
         name: name.into(),
@@ -560,15 +560,16 @@ pub fn test_binary(name: &str) -> Result<PathBuf, NestedError> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(crate::repo_root())
+        // `--workspace`, as `cargo test --workspace` builds it: the same feature set, so
+        // nothing builds a second time.
         .args(["test", "--quiet", "--no-run", "--message-format=json"])
-        .args([
-            "-p",
-            "tests",
-            "--test",
-            name,
-            "--profile",
-            &crate::profile(),
-        ])
+        .arg("--workspace")
+        // `cargo test`'s own default for "dev" (its test profile), so the units are the
+        // ones `cargo test --workspace` built.
+        .args(match crate::profile().as_str() {
+            "dev" => vec![],
+            p => vec!["--profile".to_string(), p.to_string()],
+        })
         .arg("--target-dir")
         .arg(&target_dir)
         .stderr(Stdio::inherit())
@@ -670,14 +671,18 @@ const EMULATOR_CRASH: &str = r#"emulator_crash() {
 }"#;
 
 /// The `/payload/run` that runs every test of every binary in /payload/tests whose name
-/// contains one of `filters` (all with none), one test per process, between
+/// contains one of `filters` (is one of them, with `exact`; all with none), one test per
+/// process, between
 /// `NESTED TEST BEGIN <bin>::<test>` and `NESTED TEST END <bin>::<test> status=N
 /// seconds=S` lines; it exits with the number of failed tests. KVM's tracepoints record
 /// each test ([`TRACE_SETUP`]); a failed test is followed by the last 3000 events. A test
 /// that failed by a guest crash of the emulator's kind ([`EMULATOR_CRASH`]) runs once more
 /// after a `NESTED TEST RETRY <bin>::<test>: <why>` line; the second result stands.
-pub fn tests_script(filters: &[String]) -> String {
-    let filter_args: String = filters.iter().map(|f| format!(" '{f}'")).collect();
+pub fn tests_script(filters: &[String], exact: bool) -> String {
+    let mut filter_args: String = filters.iter().map(|f| format!(" '{f}'")).collect();
+    if exact {
+        filter_args.push_str(" --exact");
+    }
     format!(
         r#"#!/bin/sh
 # Written by tests/src/nested.rs: the test binaries in {tests}, one test per process.
@@ -740,10 +745,14 @@ pub const LINUX_TEST_TARGETS: &[&str] = &["linux_guest"];
 pub struct TierReport {
     /// `<binary>::<test>` of every test that should have run.
     pub expected: Vec<String>,
-    /// What ran.
+    /// What ran: of a run cut short by the host ([`host_failure`]), the tests it finished
+    /// and then those of the second run.
     pub results: Vec<TestResult>,
-    /// The nested host's run.
+    /// The nested host's run (the second one, if the first was cut short).
     pub run: Run,
+    /// A first run the emulator or the host's kernel cut short, after which the tests it
+    /// had not finished ran in a new host.
+    pub interrupted: Option<Run>,
 }
 
 impl TierReport {
@@ -774,12 +783,70 @@ impl TierReport {
             .to_init
             .map(|d| format!("{:.1} s", d.as_secs_f64()))
             .unwrap_or_else(|| "never".into());
+        if let Some(first) = &self.interrupted {
+            let during = test_results(&first.lines)
+                .into_iter()
+                .find(|r| r.status.is_none())
+                .map(|r| format!(" during {}", r.name))
+                .unwrap_or_default();
+            s.push_str(&format!(
+                "nested: the first host's run was cut short{during} after {:.1} s: {}; the \
+                 tests it had not finished ran again in a new host\n",
+                first.elapsed.as_secs_f64(),
+                first.outcome
+            ));
+        }
         s.push_str(&format!(
             "nested: {}; {:.1} s in all, QEMU start to the host's /init {init}",
             self.run.outcome,
             self.run.elapsed.as_secs_f64()
         ));
         s
+    }
+
+    /// The last lines of output of each test that failed or did not finish (the KVM
+    /// trace after a failure left out), for the end of a failure message, where a log
+    /// cut to its tail still shows them.
+    pub fn failures(&self) -> String {
+        const TAIL: usize = 60;
+        let mut s = String::new();
+        for r in self.results.iter().filter(|r| !r.passed()) {
+            // Where it panicked (and the message's first lines), however long the rest.
+            for (i, _) in r
+                .output
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.contains("panicked at"))
+            {
+                let end = (i + 4).min(r.output.len());
+                s.push_str(&format!(
+                    "=== {}: {}\n",
+                    r.name,
+                    r.output[i..end].join("\n")
+                ));
+            }
+            let from = r.output.len().saturating_sub(TAIL);
+            s.push_str(&format!(
+                "=== {}: the last {} lines of its output\n{}\n",
+                r.name,
+                r.output.len() - from,
+                r.output[from..].join("\n")
+            ));
+        }
+        s
+    }
+
+    /// The console transcripts, for failure messages: the interrupted first run's, if
+    /// any, then the one that counts.
+    pub fn transcript(&self) -> String {
+        match &self.interrupted {
+            None => self.run.transcript(),
+            Some(first) => format!(
+                "=== the first, interrupted run\n{}\n=== the second run\n{}",
+                first.transcript(),
+                self.run.transcript()
+            ),
+        }
     }
 
     /// Whether every expected test ran and passed, and the host powered off cleanly.
@@ -807,11 +874,36 @@ fn list_tests(bin: &Path, filters: &[String]) -> Result<Vec<String>, NestedError
         .collect())
 }
 
+/// The test names (without their binary's) of `expected` that have no finished result.
+fn unfinished(expected: &[String], results: &[TestResult]) -> Vec<String> {
+    expected
+        .iter()
+        .filter(|name| {
+            !results
+                .iter()
+                .any(|r| &r.name == *name && r.status.is_some())
+        })
+        .filter_map(|name| name.split_once("::").map(|(_, t)| t.to_string()))
+        .collect()
+}
+
+/// Whether something other than the code under test cut the run short, so that the
+/// tests it had not finished may run again in a new host: the emulator froze or crashed
+/// ([`Outcome::is_emulator_failure`]), or the nested host's kernel panicked. The panic
+/// seen: "corrupted stack end detected inside scheduler" in Debian's 6.12 kernel under
+/// the emulator while the test in progress waited on its guest; no user-space program can
+/// corrupt a kernel stack, and the vmm's ioctls are those the other tests make.
+pub fn host_failure(outcome: &Outcome) -> bool {
+    outcome.is_emulator_failure() || *outcome == Outcome::Panicked
+}
+
 /// Runs the Linux-guest test targets inside the nested host (the tests whose names
-/// contain one of `filters`; all with none), retrying once only when the emulator froze.
+/// contain one of `filters`; all with none). If the host fails ([`host_failure`]), the
+/// tests that had not finished run once more in a new host; a test that failed is never
+/// run again.
 pub fn run_linux_tier(filters: &[String], limits: Limits) -> Result<TierReport, NestedError> {
     let host = NestedHost::find()?;
-    let mut payload = base_payload(&tests_script(filters))?;
+    let mut bins = Vec::new();
     let mut expected = Vec::new();
     for target in LINUX_TEST_TARGETS {
         let bin = test_binary(target)?;
@@ -820,13 +912,42 @@ pub fn run_linux_tier(filters: &[String], limits: Limits) -> Result<TierReport, 
                 .into_iter()
                 .map(|t| format!("{target}::{t}")),
         );
-        payload.binary(&format!("{}/{target}", paths::TESTS), &bin)?;
+        bins.push((target, bin));
     }
-    let run = run_retrying_emulator_failure(&host, &payload, limits, echo_line)?;
+    let payload = |filters: &[String], exact: bool| -> Result<Payload, NestedError> {
+        let mut p = base_payload(&tests_script(filters, exact))?;
+        for (target, bin) in &bins {
+            p.binary(&format!("{}/{target}", paths::TESTS), bin)?;
+        }
+        Ok(p)
+    };
+    let first = run(&host, &payload(filters, false)?, limits, echo_line)?;
+    let mut results = test_results(&first.lines);
+    results.retain(|r| r.status.is_some());
+    let rest = unfinished(&expected, &results);
+    if !host_failure(&first.outcome) || rest.is_empty() {
+        return Ok(TierReport {
+            expected,
+            results: test_results(&first.lines),
+            run: first,
+            interrupted: None,
+        });
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "nested: {} after {:.0} s; that is the emulator or the host's kernel, not the code \
+         under test: running the {} tests not finished in a new host",
+        first.outcome,
+        first.elapsed.as_secs_f64(),
+        rest.len()
+    );
+    let second = run(&host, &payload(&rest, true)?, limits, echo_line)?;
+    results.extend(test_results(&second.lines));
     Ok(TierReport {
         expected,
-        results: test_results(&run.lines),
-        run,
+        results,
+        run: second,
+        interrupted: Some(first),
     })
 }
 
@@ -1103,6 +1224,65 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_message_ends_with_what_failed() {
+        let mut text =
+            String::from("NESTED TEST BEGIN b::ok\nNESTED TEST END b::ok status=0 seconds=1\n");
+        text.push_str(
+            "NESTED TEST BEGIN b::bad\nthread 'bad' panicked at tests/x.rs:9:5:\nno answer\n",
+        );
+        for i in 0..100 {
+            text.push_str(&format!("guest line {i}\n"));
+        }
+        text.push_str("NESTED TEST END b::bad status=101 seconds=3\n--- the last 3000 KVM trace events\nvcpu0 kvm_exit\n");
+        let run = Run {
+            lines: lines(&text),
+            qemu_stderr: Vec::new(),
+            outcome: Outcome::Exited(1),
+            elapsed: Duration::from_secs(5),
+            to_init: None,
+        };
+        let report = TierReport {
+            expected: vec!["b::ok".into(), "b::bad".into()],
+            results: test_results(&run.lines),
+            run,
+            interrupted: None,
+        };
+        assert!(!report.passed());
+        let f = report.failures();
+        assert!(!f.contains("b::ok"), "{f}");
+        assert!(
+            f.contains("=== b::bad: thread 'bad' panicked at tests/x.rs:9:5:\nno answer"),
+            "{f}"
+        );
+        assert!(
+            f.contains("guest line 99") && !f.contains("guest line 39\n"),
+            "{f}"
+        );
+        assert!(!f.contains("kvm_exit"), "{f}");
+        assert!(report.summary().contains("b::bad: FAILED (status 101)"));
+    }
+
+    #[test]
+    fn a_host_failure_leaves_the_unfinished_tests() {
+        let results = test_results(&lines(
+            "NESTED TEST BEGIN b::one\nNESTED TEST END b::one status=1 seconds=2\n\
+             NESTED TEST BEGIN b::two\n[ 9.0] Kernel panic - not syncing: corrupted stack end",
+        ));
+        let expected: Vec<String> = ["b::one", "b::two", "b::three"].map(String::from).into();
+        // A failed test is finished: it does not run again.
+        assert_eq!(unfinished(&expected, &results), ["two", "three"]);
+        assert!(host_failure(&Outcome::Panicked));
+        assert!(host_failure(&Outcome::Stalled(Duration::from_secs(1))));
+        assert!(!host_failure(&Outcome::Exited(1)));
+        assert!(!host_failure(&Outcome::TimedOut(Duration::from_secs(1))));
+        let s = tests_script(&["two".into(), "three".into()], true);
+        assert!(
+            s.contains("--list --format terse 'two' 'three' --exact"),
+            "{s}"
+        );
+    }
+
+    #[test]
     fn a_retried_test_counts_by_its_second_attempt() {
         let l = lines(
             "NESTED TEST BEGIN linux_guest::a\n\
@@ -1200,7 +1380,7 @@ mod tests {
 
     #[test]
     fn scripts_name_the_payload_paths() {
-        let s = tests_script(&["linux".into()]);
+        let s = tests_script(&["linux".into()], false);
         assert!(s.contains("--list --format terse 'linux'"));
         assert!(s.contains("VMM_BIN=/payload/bin/vmm"));
         let mut boots = BootLoop {

@@ -7,9 +7,10 @@
 //!
 //! Needs QEMU in its private prefix (guest-images/qemu.sh) and the nested host's images
 //! (guest-images/build.sh linux); without them this test prints `SKIP:` (and fails under
-//! `VMM_TESTS_STRICT=1`). A run in which the emulator froze (no console output for the
-//! stall limit while the host prints a heartbeat every 10 s) is retried once, and says so;
-//! a failing test is never retried. See tests/src/nested.rs.
+//! `VMM_TESTS_STRICT=1`). A run that the emulator or the host's kernel cut short (no
+//! console output for the stall limit while the host prints a heartbeat every 10 s, a
+//! crashed QEMU, a kernel panic of the host) goes on once in a new host with the tests it
+//! had not finished, and says so; a failing test is never retried. See tests/src/nested.rs.
 
 use std::time::Duration;
 
@@ -32,9 +33,12 @@ fn linux_guest_tests_in_nested_kvm_host() {
     };
     let summary = report.summary();
     eprintln!("{summary}");
+    // The transcript first, the failed tests' own output and the summary last: a log cut
+    // to its tail still says what failed and why.
     assert!(
         report.passed(),
-        "the Linux-guest tests failed inside the nested KVM host:\n{summary}\n{}",
-        report.run.transcript()
+        "the Linux-guest tests failed inside the nested KVM host:\n{}\n{}{summary}",
+        report.transcript(),
+        report.failures()
     );
 }

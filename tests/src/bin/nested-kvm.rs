@@ -122,7 +122,7 @@ fn test(filters: &[String]) -> ExitCode {
 fn shell() -> ExitCode {
     let result = (|| -> Result<std::process::ExitStatus, nested::NestedError> {
         let host = NestedHost::find()?;
-        let mut payload: Payload = base_payload(&nested::tests_script(&[]))?;
+        let mut payload: Payload = base_payload(&nested::tests_script(&[], false))?;
         for target in nested::LINUX_TEST_TARGETS {
             let bin = nested::test_binary(target)?;
             payload.binary(&format!("{}/{target}", paths::TESTS), &bin)?;
