@@ -637,6 +637,15 @@ NICD_BIN=/payload/bin/nicd \
 VMM_TESTGUEST=/payload/images/testguest.elf VMM_GUEST_IMAGES=/payload/images \
 VMM_TESTS_STRICT=1 RUST_BACKTRACE=1 TMPDIR=/tmp";
 
+/// [`TEST_ENV`], and `RUST_TEST_NOCAPTURE=1` when this process has it: the inner tests'
+/// own output (figures they print) then shows even when they pass.
+fn test_env() -> String {
+    match std::env::var_os("RUST_TEST_NOCAPTURE") {
+        Some(v) if v != "0" => format!("{TEST_ENV} RUST_TEST_NOCAPTURE=1"),
+        _ => TEST_ENV.to_string(),
+    }
+}
+
 /// Shell lines that record KVM's tracepoints in the nested host into the ring buffer of
 /// tracefs at `$T` (kvm_exit but for port I/O, kvm_userspace_exit, kvm_inj_exception,
 /// kvm_inj_virq, kvm_apic_ipi, kvm_apic_accept_irq, kvm_msi_set_irq, kvm_eoi, kvm_cr): the
@@ -731,7 +740,7 @@ done
 exit "$failed"
 "#,
         tests = paths::TESTS,
-        env = TEST_ENV,
+        env = test_env(),
         trace_setup = TRACE_SETUP,
         emulator_crash = EMULATOR_CRASH,
     )

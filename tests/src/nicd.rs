@@ -41,6 +41,30 @@ pub struct Nicd {
     /// Its API socket.
     pub api: PathBuf,
     uplink: Option<SeqpacketSocket>,
+    /// How it was started, for [`Nicd::restart`]: VFs, uplink, extra flags.
+    args: (u16, String, Vec<String>),
+    /// The test's uplink listener (a seqpacket uplink), which a restarted nicd connects to.
+    uplink_listener: Option<SeqpacketSocket>,
+    /// The uplink a [`Reflector`] serves, which a restart replaces.
+    reflected: Option<Arc<Mutex<Option<SeqpacketSocket>>>>,
+    /// A TAP uplink, its host end's address and its MAC, given again after a restart (the
+    /// TAP goes with the nicd that made it).
+    tap: Option<(String, String, String)>,
+}
+
+/// Gives the host end of TAP `tap` the address `cidr` and brings it up.
+fn tap_up(tap: &str, cidr: &str) {
+    for args in [
+        vec!["addr", "add", cidr, "dev", tap],
+        vec!["link", "set", tap, "up"],
+    ] {
+        let out = Command::new("ip").args(&args).output().expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 impl Nicd {
@@ -57,12 +81,59 @@ impl Nicd {
         let listener = SeqpacketSocket::listen(&up_path, 1).unwrap();
         let uplink = format!("socket={}", up_path.display());
         let (child, api) = Self::spawn(&dir, vfs, &uplink, extra, nofile);
-        let uplink = listener.accept().unwrap();
+        let up = listener.accept().unwrap();
         Self {
             child,
             dir,
             api,
-            uplink: Some(uplink),
+            uplink: Some(up),
+            args: (vfs, uplink, extra.iter().map(|s| s.to_string()).collect()),
+            uplink_listener: Some(listener),
+            reflected: None,
+            tap: None,
+        }
+    }
+
+    /// Kills nicd (SIGKILL, as a crash) and starts it again with the same flags and
+    /// sockets; a seqpacket uplink is accepted afresh (and handed to the reflector, if one
+    /// serves it), a TAP uplink's host end gets its address again. Returns once the new
+    /// nicd is ready.
+    pub fn restart(&mut self) {
+        self.kill();
+        if let Some((tap, ..)) = &self.tap {
+            // The dead nicd's TAP is unregistered after its descriptor closed; a new one of
+            // that name made meanwhile would go with it.
+            let gone = Path::new("/sys/class/net").join(tap);
+            assert!(
+                wait_for(WAIT, || !gone.exists()),
+                "the dead nicd's TAP {tap} is still there"
+            );
+        }
+        let (vfs, uplink, extra) = self.args.clone();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let (child, api) = Self::spawn(&self.dir, vfs, &uplink, &extra, None);
+        self.child = child;
+        self.api = api;
+        if let Some((tap, cidr, mac)) = &self.tap {
+            // The new TAP gets the old one's MAC, as a host's uplink keeps its own: the
+            // guests' ARP caches stay right.
+            let out = Command::new("ip")
+                .args(["link", "set", tap, "address", mac])
+                .output()
+                .expect("run ip");
+            assert!(
+                out.status.success(),
+                "ip link set {tap} address {mac}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            tap_up(tap, cidr);
+        }
+        if let Some(listener) = &self.uplink_listener {
+            let up = listener.accept().unwrap();
+            match &self.reflected {
+                Some(r) => *r.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(up),
+                None => self.uplink = Some(up),
+            }
         }
     }
 
@@ -72,22 +143,20 @@ impl Nicd {
         let dir = temp_path("nicd");
         std::fs::create_dir_all(&dir).unwrap();
         let (child, api) = Self::spawn(&dir, vfs, &format!("tap={tap}"), &[], None);
-        for args in [
-            vec!["addr", "add", host_cidr, "dev", tap],
-            vec!["link", "set", tap, "up"],
-        ] {
-            let out = Command::new("ip").args(&args).output().expect("run ip");
-            assert!(
-                out.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        tap_up(tap, host_cidr);
+        let mac = std::fs::read_to_string(format!("/sys/class/net/{tap}/address"))
+            .expect("the TAP's MAC")
+            .trim()
+            .to_string();
         Self {
             child,
             dir,
             api,
             uplink: None,
+            args: (vfs, format!("tap={tap}"), Vec::new()),
+            uplink_listener: None,
+            reflected: None,
+            tap: Some((tap.to_string(), host_cidr.to_string(), mac)),
         }
     }
 
@@ -249,9 +318,12 @@ pub struct Reflector {
 }
 
 impl Reflector {
-    /// Takes `nicd`'s uplink and reflects what comes out of it.
+    /// Takes `nicd`'s uplink and reflects what comes out of it (and out of the uplink of
+    /// a restarted nicd).
     pub fn start(nicd: &mut Nicd) -> Self {
         let up = nicd.uplink.take().expect("the uplink is still the test's");
+        let feed = Arc::new(Mutex::new(Some(up)));
+        nicd.reflected = Some(feed.clone());
         let stop = Arc::new(AtomicBool::new(false));
         let frames = Arc::new(AtomicU64::new(0));
         let seen = Arc::new(Mutex::new(HashMap::new()));
@@ -259,11 +331,25 @@ impl Reflector {
         let thread = std::thread::spawn(move || {
             let mut buf = vec![0u8; 65536];
             while !s.load(Ordering::SeqCst) {
+                let guard = feed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let Some(up) = guard.as_ref() else {
+                    drop(guard);
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                };
                 let Ok(n) = up.recv(&mut buf) else {
+                    drop(guard);
                     std::thread::sleep(Duration::from_micros(200));
                     continue;
                 };
                 if n < 14 {
+                    if n == 0 {
+                        // A nicd gone: its uplink at its end until a restart replaces it.
+                        drop(guard);
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
                     continue;
                 }
                 let frame = &mut buf[..n];

@@ -157,14 +157,41 @@ impl VmProcess {
         self.wait_for_line(true, timeout, pred)
     }
 
+    /// How many stdout lines have been read so far: a mark for
+    /// [`VmProcess::wait_for_stdout_since`].
+    pub fn stdout_mark(&self) -> usize {
+        self.stdout.len()
+    }
+
+    /// [`VmProcess::wait_for_stdout`] among the lines from `mark` on only: the answer to a
+    /// command whose answer the guest may have printed before.
+    pub fn wait_for_stdout_since(
+        &mut self,
+        mark: usize,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        self.wait_for_line_from(false, mark, timeout, pred)
+    }
+
     fn wait_for_line(
         &mut self,
         stderr: bool,
         timeout: Duration,
         pred: impl Fn(&str) -> bool,
     ) -> Option<String> {
+        self.wait_for_line_from(stderr, 0, timeout, pred)
+    }
+
+    fn wait_for_line_from(
+        &mut self,
+        stderr: bool,
+        from: usize,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<String> {
         let seen = if stderr { &self.stderr } else { &self.stdout };
-        if let Some(l) = seen.iter().find(|l| pred(l)) {
+        if let Some(l) = seen.iter().skip(from).find(|l| pred(l)) {
             return Some(l.clone());
         }
         let deadline = Instant::now() + timeout;

@@ -201,3 +201,135 @@ fn the_vf_moves_from_one_guest_to_another() {
     a.expect_pass(&["failover"], DEADLINE);
     b.expect_pass(&["failover"], DEADLINE);
 }
+
+/// nicd killed (SIGKILL) while the guest streams through its VF, and started again: the
+/// vmm surprise-removes the VF (its vfio-user connection hung up), the standby's synthetic
+/// port reconnects with backoff (the stream goes on on the standby), and the vmm gives the
+/// guest a VF again by itself (`reattach=auto`, the default); `vmctl failover status`
+/// tells the story.
+#[test]
+fn nicd_killed_and_restarted_the_guest_gets_a_vf_back() {
+    if !require_kvm() {
+        return;
+    }
+    let mut nicd = Nicd::start(1);
+    let reflector = Reflector::start(&mut nicd);
+    let api = temp_path("failover-restart-api.sock");
+    let mut args = RunArgs::testguest("failover", 1, "256M");
+    // 100 frames a phase: the standby phase after the restart has to outlast the
+    // reconnect.
+    args.cmdline.push_str(
+        " testguest.hotplug_port=2 testguest.failover_frames=100 testguest.failover_cycles=2",
+    );
+    let net = nicd.synthetic_net(vf_mac(0), true);
+    let mut vm = args
+        .with(&[
+            "--net".as_ref(),
+            net.as_ref(),
+            "--api-socket".as_ref(),
+            api.as_os_str(),
+        ])
+        .spawn();
+    marker(&mut vm, "cycle 0: waiting for a VF");
+    let (code, r) = vmctl(&api, &["failover", "attach"]);
+    assert_eq!(code, 0, "{r:?}\n{}", vm.transcript());
+    marker(&mut vm, "cycle 0: waiting for the attention button");
+    let before = reflector.seen_from(vf_mac(0));
+    nicd.restart();
+    marker(&mut vm, "cycle 0: VF gone by surprise");
+    // Nobody asks: the vmm re-attaches a VF once its synthetic port is back.
+    marker(&mut vm, "cycle 1: VF at ");
+    marker(&mut vm, "cycle 1: waiting for the attention button");
+    let (code, r) = vmctl(&api, &["failover", "status"]);
+    assert_eq!(code, 0, "{r:?}");
+    let st = r.standby.expect("the standby's status");
+    eprintln!("failover status: {st:?}");
+    assert!(st.port.connected, "{st:?}");
+    assert_eq!((st.port.disconnects, st.port.reconnects), (1, 1), "{st:?}");
+    assert!(st.vf.is_some() && st.vf_wanted, "{st:?}");
+    assert_eq!(st.reattach, "auto");
+    let last = st.last_reattach.unwrap_or_default();
+    assert!(last.contains("VF 0 attached"), "{last}");
+    let (code, r) = vmctl(&api, &["device", "list"]);
+    assert_eq!(code, 0);
+    let lost = r
+        .slots
+        .expect("slots")
+        .into_iter()
+        .find_map(|s| s.lost)
+        .unwrap_or_default();
+    assert!(lost.contains("vf0"), "the VF lost with nicd: {lost}");
+    // An orderly end: the guest no longer wants a VF after a detach.
+    let (code, r) = vmctl(&api, &["failover", "detach"]);
+    assert_eq!(code, 0, "{r:?}\n{}", vm.transcript());
+    marker(&mut vm, "cycle 1: VF released");
+    let (_, r) = vmctl(&api, &["failover", "status"]);
+    assert!(!r.standby.expect("status").vf_wanted);
+    vm.expect_pass(&["failover"], DEADLINE);
+    for l in vm.stdout.iter().filter(|l| l.contains("frames back")) {
+        eprintln!("{l}");
+    }
+    assert!(
+        reflector.seen_from(vf_mac(0)) > before,
+        "the stream reached the restarted nicd's uplink"
+    );
+}
+
+/// A vmm killed (SIGKILL) with a VF and a standby: nicd sees both connections close,
+/// deletes the VF's VPort, resets and frees the VF, and drops the synthetic port with the
+/// guest's filter; frames for the guest's MAC then have no owner and are counted so, and
+/// the VF can be claimed again.
+#[test]
+fn a_killed_vmm_gives_its_vf_and_its_port_back_to_nicd() {
+    if !require_kvm() {
+        return;
+    }
+    let nicd = Nicd::start(1);
+    let mut args = RunArgs::testguest("vf-reflect", 1, "256M");
+    args.cmdline.push_str(" testguest.vf_frames=1");
+    let net = nicd.synthetic_net(vf_mac(0), true);
+    let vf = format!("socket={}", nicd.vf(0).display());
+    let mut vm = args
+        .with(&["--net".as_ref(), net.as_ref(), "--vf".as_ref(), vf.as_ref()])
+        .spawn();
+    marker(&mut vm, "vf-reflect: ready");
+    let status = || {
+        let (code, out, err) = nicd.vmctl(&["vf-status", "0", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    assert!(status().contains("\"client\":true"), "{}", status());
+    vm.kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !status().contains("\"client\":false") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nicd still serves VF 0 after its vmm died: {}",
+            status()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A frame from the uplink for the guest's MAC: no VPort or synthetic port has it.
+    let mut frame = vec![0u8; 64];
+    frame[..6].copy_from_slice(&vf_mac(0));
+    frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0xfe]);
+    frame[12..14].copy_from_slice(&[0x88, 0xb5]);
+    nicd.uplink().send(&frame).unwrap();
+    let guest = mac_text(vf_mac(0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (code, out, err) = nicd.vmctl(&["lost", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if v["no_owner"][&guest].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the frame for the dead guest was not counted as without an owner: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, out, err) = nicd.vmctl(&["vf-claim", &guest, "--json"]);
+    assert_eq!(code, 0, "the VF is free again: {out}{err}");
+}

@@ -21,7 +21,7 @@ use tests::{SkipKind, skip};
 fn linux_guest_tests_in_nested_kvm_host() {
     let limits = Limits {
         stall: Duration::from_secs(120),
-        deadline: Duration::from_secs(13 * 60),
+        deadline: Duration::from_secs(25 * 60),
     };
     let report = match run_linux_tier(&[], limits) {
         Ok(r) => r,

@@ -91,7 +91,7 @@ fn a_taken_mac_or_a_missing_nicd_is_exit_2() {
         second
             .stderr
             .iter()
-            .any(|l| l.contains("cannot open the network backend nicd:")
+            .any(|l| l.contains("cannot connect a synthetic port at nicd:")
                 && l.contains("filter 52:54:00:aa:00:01")),
         "nicd's reason reaches the user\n{}",
         second.transcript()
@@ -103,6 +103,14 @@ fn a_taken_mac_or_a_missing_nicd_is_exit_2() {
     let mut third = args.with(&["--net".as_ref(), net.as_ref()]).spawn();
     let status = third.wait_exit(DEADLINE).expect("exits");
     assert_eq!(status.code(), Some(2), "{}", third.transcript());
+    assert!(
+        third
+            .stderr
+            .iter()
+            .any(|l| l.contains("cannot connect to nicd's synthetic socket")),
+        "the reason reaches the user\n{}",
+        third.transcript()
+    );
     drop(nicd);
 }
 

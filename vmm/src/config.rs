@@ -190,6 +190,30 @@ pub struct NetSpec {
     /// Offer VIRTIO_NET_F_STANDBY: the failover standby of the guest's VF (same MAC).
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub standby: bool,
+    /// For a standby: whether the vmm gives the guest a VF again after nicd was away
+    /// (`auto`, the default) or leaves it on the synthetic path (`off`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reattach: Option<Reattach>,
+}
+
+/// What the vmm does when nicd comes back after the guest lost its VF with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reattach {
+    /// Claim a free VF and hot-add it (the failover attach), retrying with backoff.
+    #[default]
+    Auto,
+    /// Nothing: the guest stays on its synthetic path until told otherwise.
+    Off,
+}
+
+impl std::fmt::Display for Reattach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reattach::Auto => "auto",
+            Reattach::Off => "off",
+        })
+    }
 }
 
 impl FromStr for NetSpec {
@@ -212,6 +236,13 @@ impl FromStr for NetSpec {
                 "tap" => spec.tap = Some(value.to_string()),
                 "nicd" => spec.nicd = Some(PathBuf::from(value)),
                 "mac" => spec.mac = Some(value.to_string()),
+                "reattach" => {
+                    spec.reattach = Some(match value {
+                        "auto" => Reattach::Auto,
+                        "off" => Reattach::Off,
+                        _ => return Err(bad()),
+                    });
+                }
                 _ => return Err(bad()),
             }
         }
@@ -291,6 +322,8 @@ pub struct NetConfig {
     pub mac: Mac,
     /// Offers VIRTIO_NET_F_STANDBY.
     pub standby: bool,
+    /// For a standby of nicd: the VF re-attach policy.
+    pub reattach: Reattach,
 }
 
 impl NetSpec {
@@ -309,6 +342,13 @@ impl NetSpec {
                 ));
             }
         };
+        if self.reattach.is_some()
+            && !(self.standby && matches!(backend, NetBackendConfig::Nicd(_)))
+        {
+            return Err(ConfigError::Net(
+                "reattach= is for a standby on nicd: nicd=PATH,standby,reattach=auto|off".into(),
+            ));
+        }
         let mac = match self.mac {
             Some(m) => parse_mac(&m)?,
             None => default_mac(index),
@@ -317,6 +357,7 @@ impl NetSpec {
             backend,
             mac,
             standby: self.standby,
+            reattach: self.reattach.unwrap_or_default(),
         })
     }
 }

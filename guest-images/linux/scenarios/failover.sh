@@ -8,12 +8,15 @@
 # Kernel command line:
 #   guest.ip=A.B.C.D/N        the master's address
 #   guest.peer_ip=A.B.C.D     the peer
-#   guest.tcp_port=P guest.tcp_chunks=N   send N chunks of 64 KiB of random bytes to
-#                             peer_ip:P, 0.1 s apart, and print their SHA-256 at the end
+#   guest.tcp_port=P guest.tcp_chunks=N [guest.tcp_gap_ms=G]   send N chunks of 64 KiB
+#                             of random bytes to peer_ip:P, G ms apart (default 100),
+#                             and print their SHA-256 at the end
 # Console commands after `GUEST FAILOVER HOLD`, one a line:
 #   primary present|absent  ->  GUEST FAILOVER PRIMARY PRESENT|ABSENT (within 60 s)
 #   ping IP                 ->  GUEST FAILOVER PING IP OK
 #   tcp wait                ->  GUEST FAILOVER TCP SENT bytes=N sha256=S (the stream ended)
+#   stats                   ->  GUEST FAILOVER PING STATS N packets transmitted, M packets
+#                               received, L% packet loss (the pings since the stream began)
 #   done                    ->  GUEST SCENARIO failover PASS
 fail() {
   echo "--- net devices"
@@ -33,6 +36,7 @@ ip_addr=$(arg guest.ip)
 peer=$(arg guest.peer_ip)
 port=$(arg guest.tcp_port)
 chunks=$(arg guest.tcp_chunks)
+gap_ms=$(arg guest.tcp_gap_ms)
 
 # 1. The master: the netdev net_failover made (its lower devices are the standby and,
 # when present, the primary).
@@ -94,16 +98,20 @@ fi
 # 2. The TCP stream, in the background.
 if [ -n "$port" ]; then
   chunks=${chunks:-100}
+  gap_us=$(( ${gap_ms:-100} * 1000 ))
   (
     i=0
     while [ "$i" -lt "$chunks" ]; do
       head -c 65536 /dev/urandom
-      usleep 100000
+      usleep "$gap_us"
       i=$((i + 1))
     done
   ) | tee /tmp/sent | nc "$peer" "$port" >/dev/null 2>&1 &
   nc_pid=$!
   echo "GUEST FAILOVER TCP STARTED chunks=$chunks"
+  # And pings, five a second, for the loss across the switches (`ping stats`).
+  ping -q -i 0.2 "$peer" >/tmp/ping.out 2>&1 &
+  ping_pid=$!
 fi
 
 stty -echo 2>/dev/null
@@ -117,6 +125,10 @@ while :; do
     ping)
       ping_peer "$a1" || fail "no answer from $a1"
       echo "GUEST FAILOVER PING $a1 OK" ;;
+    stats)
+      kill -INT "$ping_pid" 2>/dev/null
+      wait "$ping_pid"
+      echo "GUEST FAILOVER PING STATS $(grep 'packets transmitted' /tmp/ping.out)" ;;
     tcp)
       wait "$nc_pid"
       bytes=$(wc -c </tmp/sent)

@@ -1,7 +1,8 @@
 //! `nested-kvm`: the nested KVM host by hand (tests/src/nested.rs).
 //!
 //! ```text
-//! nested-kvm test [FILTER]...     the Linux-guest tests inside the nested host
+//! nested-kvm test [FILTER]...     the Linux-guest tests inside the nested host (with
+//!                                 RUST_TEST_NOCAPTURE=1, their output shows when they pass)
 //! nested-kvm shell                a shell in the nested host, with the payload in /payload
 //! nested-kvm bench [--runs N] [--vcpus N] [--append ARGS] [--timeout S] [--trace]
 //!                                 boot times of a Linux-guest scenario there (smoke by default)

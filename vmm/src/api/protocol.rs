@@ -39,9 +39,11 @@ pub enum Request {
     /// guest's filters to nicd's default VPort, removes the VF (orderly; by surprise after
     /// `timeout_ms`) and waits for nicd to free it; `attach` claims a free VF with the
     /// guest's MAC, hot-adds it, waits for the guest's driver and moves the filters to
-    /// its VPort. Answered when done, with each step's time.
+    /// its VPort. Answered when done, with each step's time. `status`: the standby's
+    /// synthetic port (connected to nicd or reconnecting, what it lost) and whether the
+    /// vmm gives the guest a VF again when nicd comes back.
     Failover {
-        /// `detach` or `attach`.
+        /// `detach`, `attach` or `status`.
         op: String,
         /// How long the guest has to release its VF, or to bring a new one up (ms).
         #[serde(default)]
@@ -77,6 +79,10 @@ pub struct NetDevice {
     /// Offer VIRTIO_NET_F_STANDBY (the failover standby of the guest's VF).
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub standby: bool,
+    /// For a standby: give the guest a VF again after nicd was away (`auto`, the default)
+    /// or not (`off`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reattach: Option<crate::config::Reattach>,
 }
 
 /// A VF to assign: the vfio-user socket nicd serves it on.
@@ -101,6 +107,48 @@ pub struct FailoverReport {
     /// Whether the guest did not release the VF in time and it was surprise-removed.
     #[serde(default)]
     pub surprise: bool,
+}
+
+/// A guest's synthetic port of nicd, as the vmm sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct SyntheticStatus {
+    /// nicd's synthetic socket.
+    pub socket: PathBuf,
+    /// The guest's MAC.
+    pub mac: String,
+    /// Connected to nicd (else reconnecting).
+    pub connected: bool,
+    /// Milliseconds in that state.
+    pub for_ms: u64,
+    /// Times the connection broke (nicd went away).
+    pub disconnects: u64,
+    /// Times it was made again.
+    pub reconnects: u64,
+    /// Frames the guest sent that could not go to nicd (it was away, or refused them).
+    pub tx_lost: u64,
+    /// Why the connection last broke, or why the last reconnect failed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_error: Option<String>,
+}
+
+/// The failover standby and the VF it pairs with.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct StandbyStatus {
+    /// The standby's device ID.
+    pub device: String,
+    /// Its synthetic port.
+    pub port: SyntheticStatus,
+    /// The guest's VF (its device ID), if it has one now.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub vf: Option<String>,
+    /// Whether the guest should have a VF (it was given one and not detached): after nicd
+    /// comes back, the vmm attaches a VF again if `reattach` is on.
+    pub vf_wanted: bool,
+    /// The re-attach policy: `auto` or `off`.
+    pub reattach: String,
+    /// The last automatic re-attach: when (ms since the VM started) and how it went.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_reattach: Option<String>,
 }
 
 /// A device in a slot.
@@ -219,6 +267,9 @@ pub struct Response {
     /// What a failover did, for `failover`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub failover: Option<FailoverReport>,
+    /// The standby, for `failover status`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub standby: Option<StandbyStatus>,
     /// What went wrong.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
@@ -234,6 +285,7 @@ impl Response {
             device: None,
             vcpus: None,
             failover: None,
+            standby: None,
             error: None,
         }
     }

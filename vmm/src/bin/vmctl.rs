@@ -37,10 +37,11 @@ enum Command {
     /// path and gives the VF back to nicd; `attach` takes a free VF from nicd and moves the
     /// traffic onto it; `move --to OTHER` detaches here and attaches in the VM whose API
     /// socket is OTHER (the VF goes from one guest to the other). Answered when done, with
-    /// each step's time.
+    /// each step's time. `status`: the standby's synthetic port (connected to nicd or
+    /// reconnecting, frames lost) and the VF re-attach policy.
     Failover {
-        /// detach, attach or move.
-        #[arg(value_parser = ["detach", "attach", "move"])]
+        /// detach, attach, move or status.
+        #[arg(value_parser = ["detach", "attach", "move", "status"])]
         op: String,
         /// For move: the API socket of the VM that gets the VF.
         #[arg(long, value_name = "PATH")]
@@ -176,8 +177,9 @@ enum DeviceCommand {
 #[derive(Debug, Subcommand)]
 enum AddKind {
     /// A virtio-net device: `socket=PATH[,mac=MAC]`, `tap=NAME[,mac=MAC]` or
-    /// `nicd=PATH[,mac=MAC][,standby]` (a synthetic port of nicd; `standby`: the failover
-    /// standby of the guest's VF).
+    /// `nicd=PATH[,mac=MAC][,standby[,reattach=auto|off]]` (a synthetic port of nicd;
+    /// `standby`: the failover standby of the guest's VF; `reattach`: whether the vmm
+    /// gives the guest a VF again after nicd was away, default auto).
     Net {
         /// The backend and MAC.
         spec: String,
@@ -213,6 +215,7 @@ fn request(command: Command) -> Result<Request, String> {
                     nicd: spec.nicd,
                     mac: spec.mac,
                     standby: spec.standby,
+                    reattach: spec.reattach,
                 }),
                 vf: None,
                 port,

@@ -64,9 +64,11 @@ struct RunArgs {
     api_socket: Option<PathBuf>,
     /// A virtio-net device in the next free root port: `socket=PATH[,mac=MAC]` (connect to
     /// a unix seqpacket socket, one frame per message), `tap=NAME[,mac=MAC]` (a TAP
-    /// device) or `nicd=PATH[,mac=MAC][,standby]` (a synthetic port of nicd on its
-    /// synthetic socket, DIR/synthetic.sock; `standby` offers VIRTIO_NET_F_STANDBY, the
-    /// failover standby of the guest's VF of the same MAC). Repeatable.
+    /// device) or `nicd=PATH[,mac=MAC][,standby[,reattach=auto|off]]` (a synthetic port
+    /// of nicd on its synthetic socket, DIR/synthetic.sock, which reconnects when nicd
+    /// comes back; `standby` offers VIRTIO_NET_F_STANDBY, the failover standby of the
+    /// guest's VF of the same MAC; `reattach`: whether the vmm gives the guest a VF again
+    /// after nicd was away, default auto). Repeatable.
     #[arg(long, value_name = "SPEC", value_parser = parse_net)]
     net: Vec<NetSpec>,
     /// A Virtual Function of nicd's SR-IOV adapter in the next free root port (after the

@@ -6,6 +6,7 @@
 
 pub mod legacy;
 pub mod pci;
+pub mod synthetic;
 pub mod vf;
 pub mod virtio;
 
@@ -60,7 +61,7 @@ impl DeviceError {
     /// opened, a slot that does not exist or is taken) rather than the host or a bug.
     pub fn is_user_error(&self) -> bool {
         match self {
-            DeviceError::Virtio(VirtioError::Backend(..)) => true,
+            DeviceError::Virtio(VirtioError::Backend(..) | VirtioError::Synthetic(..)) => true,
             DeviceError::Vf(VfError::Connect { .. } | VfError::Card { .. }) => true,
             DeviceError::Slot(e) => !matches!(e, SlotError::Setup(_)),
             _ => false,
@@ -124,17 +125,41 @@ pub struct DeviceManager {
     next_vf: usize,
     /// The failover standby (a virtio-net with STANDBY on a synthetic port of nicd).
     standby: Option<Standby>,
+    /// See [`Standby::events`]; made with the VM, so the event loop can watch it before
+    /// a standby exists.
+    failover_events: Arc<vmm_sys_util::eventfd::EventFd>,
+    /// See [`Standby::busy`].
+    failover_busy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The guest's failover standby: what the failover sequences need to know.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Standby {
     /// Its device ID.
     pub id: String,
     /// Its MAC (and the VF's).
     pub mac: [u8; 6],
-    /// nicd's API socket.
-    pub nicd_api: std::path::PathBuf,
+    /// Its synthetic port of nicd.
+    pub port: Arc<synthetic::SyntheticPort>,
+    /// What to do when nicd comes back after the guest lost its VF with it.
+    pub reattach: crate::config::Reattach,
+    /// Whether the guest should have a VF: set when one is added, cleared by a failover
+    /// detach. A VF lost with nicd leaves it set.
+    pub vf_wanted: Arc<std::sync::atomic::AtomicBool>,
+    /// The last automatic re-attach, for the API.
+    pub last_reattach: Arc<Mutex<Option<String>>>,
+    /// Written when the port reconnects and when a failover sequence ends: the
+    /// re-attach watcher looks then (`machine::failover::Reattacher`).
+    pub events: Arc<vmm_sys_util::eventfd::EventFd>,
+    /// Set while a failover sequence runs (one at a time).
+    pub busy: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Standby {
+    /// nicd's API socket, as nicd's last answer to the port's hello named it.
+    pub fn nicd_api(&self) -> Option<std::path::PathBuf> {
+        self.port.nicd_api()
+    }
 }
 
 /// A virtio-net device as the VMM names it: `net0`, `net1`, ...
@@ -218,6 +243,11 @@ impl DeviceManager {
             next_net: 0,
             next_vf: 0,
             standby: None,
+            failover_events: Arc::new(
+                vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)
+                    .map_err(DeviceError::Routing)?,
+            ),
+            failover_busy: Arc::default(),
         };
         for n in &config.net {
             dm.add_net(n, None, true)?;
@@ -248,12 +278,22 @@ impl DeviceManager {
         let made = self.virtio.net(net, rid)?;
         if net.standby
             && self.standby.is_none()
-            && let Some(api) = made.nicd_api.clone()
+            && let Some(port) = made.synthetic.clone()
         {
+            let has_vf = slots
+                .list()
+                .iter()
+                .any(|s| s.device.as_ref().is_some_and(|d| d.kind == "vf"));
+            port.notify_reconnect(self.failover_events.clone());
             self.standby = Some(Standby {
                 id: net_id(self.next_net),
                 mac: net.mac,
-                nicd_api: api,
+                port,
+                reattach: net.reattach,
+                vf_wanted: Arc::new(std::sync::atomic::AtomicBool::new(has_vf)),
+                last_reattach: Arc::default(),
+                events: self.failover_events.clone(),
+                busy: self.failover_busy.clone(),
             });
         }
         let device = SlotDevice {
@@ -308,11 +348,21 @@ impl DeviceManager {
         let device = slots.plug(index, card, device, cold)?;
         slots.watch(&id, watch);
         self.next_vf += 1;
+        if let Some(standby) = &self.standby {
+            standby
+                .vf_wanted
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         devices::info_ratelimited!(
             "{id}: VF from {} in root port {port} (bus {bus})",
             vf.socket.display()
         );
         Ok(device)
+    }
+
+    /// Written when the standby's port reconnects and when a failover sequence ends.
+    pub fn failover_events(&self) -> &Arc<vmm_sys_util::eventfd::EventFd> {
+        &self.failover_events
     }
 
     /// The failover standby, if the VM has one.

@@ -14,6 +14,7 @@ use devices::virtio::transport::VirtioPciDevice;
 use iommu::virtio::Engine;
 use iommu::{IommuTable, RequesterId};
 
+use super::synthetic::SyntheticPort;
 use crate::config::{NetBackendConfig, NetConfig};
 
 /// Errors building a virtio device.
@@ -25,6 +26,9 @@ pub enum VirtioError {
     /// The device could not be set up (its eventfds or worker).
     #[error("cannot set up the {0} device")]
     Device(&'static str, #[source] std::io::Error),
+    /// A synthetic port of nicd could not be connected.
+    #[error("cannot connect a synthetic port at {0}")]
+    Synthetic(String, #[source] super::synthetic::SyntheticError),
     /// No MSI-X routes for it.
     #[error("cannot route the {0} device's MSI-X vectors")]
     Routes(&'static str, #[source] std::io::Error),
@@ -37,8 +41,8 @@ pub struct NetCard {
     pub card: SharedCard,
     /// The backend, as `socket:PATH`, `tap:NAME` or `nicd:PATH`.
     pub backend: String,
-    /// For a synthetic port of nicd: nicd's API socket, as its hello's answer named it.
-    pub nicd_api: Option<std::path::PathBuf>,
+    /// For a synthetic port of nicd: the port (its state, nicd's API socket).
+    pub synthetic: Option<Arc<SyntheticPort>>,
 }
 
 /// The virtio-iommu and what devices behind it need.
@@ -48,48 +52,6 @@ pub struct IommuCard {
     pub card: SharedCard,
     /// The translation context devices behind it use.
     pub context: IommuContext,
-}
-
-/// How long nicd may take to answer a synthetic port's hello.
-const HELLO_TIMEOUT_MS: i32 = 5000;
-
-/// Connects a synthetic port of nicd at `path` for a guest with `mac`: the hello, nicd's
-/// answer, then a frame per message (`vmm::nicd::synthetic`).
-fn synthetic_port(
-    path: &std::path::Path,
-    mac: [u8; 6],
-) -> std::io::Result<(SeqpacketBackend, Option<std::path::PathBuf>)> {
-    use crate::nicd::synthetic::{Hello, HelloReply};
-    use std::os::fd::AsRawFd;
-    let sock = devices::seqpacket::SeqpacketSocket::connect(path, false)?;
-    let hello = Hello {
-        mac: devices::nic_switch::MacAddr(mac).to_string(),
-        vlan: 0,
-    };
-    sock.send(&serde_json::to_vec(&hello).map_err(std::io::Error::other)?)?;
-    let mut p = libc::pollfd {
-        fd: sock.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd; the socket outlives the call.
-    if unsafe { libc::poll(&raw mut p, 1, HELLO_TIMEOUT_MS) } != 1 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "nicd did not answer the synthetic port's hello",
-        ));
-    }
-    let mut buf = [0u8; 1024];
-    let n = sock.recv(&mut buf)?;
-    let reply: HelloReply = serde_json::from_slice(buf.get(..n).unwrap_or_default())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    if !reply.ok {
-        return Err(std::io::Error::other(
-            reply.error.unwrap_or_else(|| "refused".into()),
-        ));
-    }
-    sock.set_nonblocking(true)?;
-    Ok((SeqpacketBackend::from_socket(sock), reply.api))
 }
 
 /// Builds virtio devices for one VM.
@@ -166,7 +128,7 @@ impl VirtioFactory {
 
     /// A virtio-net card whose function will be `rid` (its requester ID behind the IOMMU).
     pub fn net(&self, net: &NetConfig, rid: RequesterId) -> Result<NetCard, VirtioError> {
-        let mut nicd_api = None;
+        let mut synthetic = None;
         let (backend, name): (Arc<dyn NetBackend>, String) = match &net.backend {
             NetBackendConfig::Socket(path) => {
                 let name = format!("socket:{}", path.display());
@@ -181,10 +143,10 @@ impl VirtioFactory {
             }
             NetBackendConfig::Nicd(path) => {
                 let name = format!("nicd:{}", path.display());
-                let (b, api) = synthetic_port(path, net.mac)
-                    .map_err(|e| VirtioError::Backend(name.clone(), e))?;
-                nicd_api = api;
-                (Arc::new(b), name)
+                let port = SyntheticPort::connect(path, net.mac)
+                    .map_err(|e| VirtioError::Synthetic(name.clone(), e))?;
+                synthetic = Some(port.clone());
+                (port, name)
             }
         };
         let mut device =
@@ -208,7 +170,7 @@ impl VirtioFactory {
         Ok(NetCard {
             card: FunctionCard::single(Box::new(pci_dev)).shared(),
             backend: name,
-            nicd_api,
+            synthetic,
         })
     }
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{VmState, Vmm};
-use crate::api::protocol::VcpuInfo;
 use crate::api::protocol::parse_request;
+use crate::api::protocol::{StandbyStatus, VcpuInfo};
 use crate::api::{ApiHandler, DeviceInfo, NetDevice, Reply, Request, Response, SlotInfo, VmStatus};
 use crate::config::{NetSpec, VfSpec};
 use crate::device_manager::pci::{Slot, SlotDevice};
@@ -49,6 +49,7 @@ fn net_spec(n: NetDevice) -> NetSpec {
         nicd: n.nicd,
         mac: n.mac,
         standby: n.standby,
+        reattach: n.reattach,
     }
 }
 
@@ -137,8 +138,6 @@ pub struct VmApi {
     pauses: Vec<(u64, Instant)>,
     /// Failover sequences done, waiting to be answered.
     failovers: super::failover::Done,
-    /// A failover sequence runs (one at a time).
-    failover_busy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for VmApi {
@@ -162,7 +161,6 @@ impl VmApi {
             next_ticket: 0,
             pauses: Vec::new(),
             failovers: super::failover::Done::default(),
-            failover_busy: Arc::default(),
         }
     }
 
@@ -241,13 +239,25 @@ impl VmApi {
                     .standby()
                     .cloned()
                     .ok_or("failover needs a standby: --net nicd=PATH,mac=MAC,standby")?;
-                drop(vmm);
-                if self
-                    .failover_busy
-                    .swap(true, std::sync::atomic::Ordering::SeqCst)
-                {
-                    return Err("a failover is under way".into());
+                if op == "status" {
+                    let vf = lock(&vmm.devices().slots)
+                        .list()
+                        .into_iter()
+                        .find_map(|s| s.device.filter(|d| d.kind == "vf").map(|d| d.id));
+                    let status = StandbyStatus {
+                        device: standby.id.clone(),
+                        port: standby.port.status(),
+                        vf,
+                        vf_wanted: standby.vf_wanted.load(std::sync::atomic::Ordering::SeqCst),
+                        reattach: standby.reattach.to_string(),
+                        last_reattach: lock(&standby.last_reattach).clone(),
+                    };
+                    return Ok(Reply::Now(Response {
+                        standby: Some(status),
+                        ..Response::ok()
+                    }));
                 }
+                drop(vmm);
                 let ticket = self.ticket();
                 super::failover::Job {
                     vmm: self.vmm.clone(),
@@ -258,9 +268,8 @@ impl VmApi {
                     ticket,
                     done: self.failovers.clone(),
                     wakeup: self.wakeup.clone(),
-                    busy: self.failover_busy.clone(),
                 }
-                .spawn();
+                .spawn()?;
                 return Ok(Reply::Later(ticket));
             }
             Request::DeviceRemove { id, surprise } => {

@@ -10,19 +10,25 @@
 //! - attach: a free VF claimed from nicd with the guest's MAC as its admin MAC; hot-added;
 //!   waited for until the guest's igbvf is up (its VPort exists, RX has descriptors);
 //!   the guest's filters moved to its VPort.
+//! - reattach: attach, started by the vmm itself when the standby's synthetic port
+//!   reconnects to nicd after nicd was away and took the guest's VF with it (the VM's
+//!   standby has `reattach=auto` and the guest had a VF); retried with backoff.
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use devices::nic_switch::MacAddr;
 use devices::sync::lock;
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::api::SharedVmm;
 use crate::api::protocol::FailoverReport;
 use crate::api::{Client, Response};
-use crate::config::VfSpec;
+use crate::config::{Reattach, VfSpec};
 use crate::device_manager::Standby;
 use crate::nicd::api::{NicRequest, NicResponse};
 
@@ -30,6 +36,13 @@ use crate::nicd::api::{NicRequest, NicResponse};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the state is looked at while waiting.
 const POLL: Duration = Duration::from_millis(5);
+/// The first wait between automatic re-attach attempts; it doubles up to
+/// [`REATTACH_MAX`].
+const REATTACH_FIRST: Duration = Duration::from_millis(500);
+/// The longest wait between automatic re-attach attempts.
+const REATTACH_MAX: Duration = Duration::from_secs(16);
+/// Automatic re-attach attempts before the vmm gives up (about a minute and a half).
+const REATTACH_ATTEMPTS: u32 = 10;
 
 /// Finished sequences, for the API server to answer.
 pub type Done = Arc<Mutex<Vec<(u64, Response)>>>;
@@ -51,17 +64,20 @@ pub struct Job {
     pub done: Done,
     /// Written when it is there.
     pub wakeup: Arc<EventFd>,
-    /// Set while a sequence runs (one at a time); cleared when this one ends.
-    pub busy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Job {
-    /// Runs the sequence on a thread of its own.
-    pub fn spawn(self) {
+    /// Runs the sequence on a thread of its own, unless one runs already (the standby's
+    /// `busy`, which it clears when done).
+    pub fn spawn(self) -> Result<(), String> {
+        if self.standby.busy.swap(true, Ordering::SeqCst) {
+            return Err("a failover is under way".into());
+        }
         std::thread::spawn(move || {
             let r = match self.op.as_str() {
                 "detach" => self.detach(),
                 "attach" => self.attach(),
+                "reattach" => self.reattach(),
                 other => Err(format!("no failover operation `{other}` (detach, attach)")),
             };
             let response = match r {
@@ -72,15 +88,29 @@ impl Job {
                 Err(e) => Response::error(format!("failover {}: {e}", self.op)),
             };
             devices::info_ratelimited!("failover {}: {response:?}", self.op);
+            if self.op == "reattach" {
+                let uptime = lock(&self.vmm).uptime().as_millis();
+                let what = match &response.failover {
+                    Some(r) => format!("VF {} attached as {}", r.vf, r.device),
+                    None => response.error.clone().unwrap_or_default(),
+                };
+                *lock(&self.standby.last_reattach) = Some(format!("at {uptime} ms: {what}"));
+            }
             lock(&self.done).push((self.ticket, response));
-            self.busy.store(false, std::sync::atomic::Ordering::SeqCst);
+            self.standby.busy.store(false, Ordering::SeqCst);
             let _ = self.wakeup.write(1);
+            // A re-attach that waited for this sequence may start now.
+            let _ = self.standby.events.write(1);
         });
+        Ok(())
     }
 
     fn nicd(&self, req: &NicRequest) -> Result<NicResponse, String> {
-        let api = &self.standby.nicd_api;
-        let r: NicResponse = Client::connect(api, Duration::from_secs(5))
+        let api = self
+            .standby
+            .nicd_api()
+            .ok_or("nicd named no API socket in its answer to the standby's hello")?;
+        let r: NicResponse = Client::connect(&api, Duration::from_secs(5))
             .and_then(|mut c| c.call(req))
             .map_err(|e| format!("nicd ({}): {}", api.display(), crate::error_chain(&e)))?;
         if r.ok {
@@ -185,6 +215,7 @@ impl Job {
             &mut steps,
             "nicd deleted the VF's VPort, reset it (FLR) and freed it",
         );
+        self.standby.vf_wanted.store(false, Ordering::SeqCst);
         Ok(FailoverReport {
             op: "detach".into(),
             steps_us: steps,
@@ -233,6 +264,22 @@ impl Job {
                 .map_err(|e| crate::error_chain(&e))?
         };
         step(&mut steps, "the VF hot-added");
+        self.bring_up(vf, device.id, t0, steps)
+    }
+
+    /// The end of an attach: waits until the guest's driver has VF `vf` (device `device`)
+    /// up, then moves the guest's filters to its VPort.
+    fn bring_up(
+        &self,
+        vf: u16,
+        device: String,
+        t0: Instant,
+        mut steps: Vec<(String, u64)>,
+    ) -> Result<FailoverReport, String> {
+        let step = |steps: &mut Vec<(String, u64)>, what: &str| {
+            let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+            steps.push((what.to_string(), us));
+        };
         let deadline = Instant::now() + self.timeout;
         loop {
             let (_, vport, rx) = self.vf_status(vf)?;
@@ -254,12 +301,122 @@ impl Job {
         })?;
         step(&mut steps, "the guest's filters on the VF's VPort");
         Ok(FailoverReport {
-            op: "attach".into(),
+            op: self.op.clone(),
             steps_us: steps,
             vf,
-            device: device.id,
+            device,
             surprise: false,
         })
+    }
+
+    /// Gives the guest a VF again after nicd came back: attach, retried with backoff
+    /// while the guest still wants a VF and nicd is there; an attempt that got as far as
+    /// the hot-add is finished by the next one.
+    fn reattach(&self) -> Result<FailoverReport, String> {
+        let mut delay = REATTACH_FIRST;
+        let mut last = String::new();
+        for attempt in 1..=REATTACH_ATTEMPTS {
+            if !self.standby.vf_wanted.load(Ordering::SeqCst) {
+                return Err("the guest no longer wants a VF (detached meanwhile)".into());
+            }
+            if !self.standby.port.is_connected() {
+                // The next reconnect starts another re-attach.
+                return Err("nicd went away again".into());
+            }
+            let r = match self.assigned_vf() {
+                Ok((device, vf)) => self.bring_up(vf, device, Instant::now(), Vec::new()),
+                Err(_) => self.attach(),
+            };
+            match r {
+                Ok(report) => return Ok(report),
+                Err(e) => {
+                    devices::info_ratelimited!("failover reattach: attempt {attempt}: {e}");
+                    last = e;
+                }
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(REATTACH_MAX);
+        }
+        Err(format!(
+            "no VF after {REATTACH_ATTEMPTS} attempts; the last: {last}"
+        ))
+    }
+}
+
+/// Gives a guest its VF back after nicd was away: watches the standby's events (its port
+/// reconnected; a failover sequence ended) on the VM's event loop, whether or not the VM
+/// has an API socket, and starts a re-attach ([`Job`], op `reattach`) when the standby's
+/// policy is `auto`, the guest wants a VF and has none, and no other sequence runs.
+#[derive(Debug)]
+pub struct Reattacher {
+    vmm: SharedVmm,
+    events: Arc<EventFd>,
+    /// The port reconnected; a re-attach is still to start.
+    pending: bool,
+    /// Where the re-attach's answer goes: nobody waits for it (it reports through
+    /// `failover status`).
+    done: Done,
+}
+
+impl Reattacher {
+    /// Watches `vmm`'s failover events.
+    pub fn new(vmm: SharedVmm) -> Self {
+        let events = lock(&vmm).devices().failover_events().clone();
+        Self {
+            vmm,
+            events,
+            pending: false,
+            done: Done::default(),
+        }
+    }
+
+    fn look(&mut self) {
+        let _ = self.events.read();
+        lock(&self.done).clear();
+        let (standby, has_vf) = {
+            let vmm = lock(&self.vmm);
+            let has_vf = lock(&vmm.devices().slots)
+                .list()
+                .into_iter()
+                .any(|s| s.device.is_some_and(|d| d.kind == "vf"));
+            (vmm.devices().standby().cloned(), has_vf)
+        };
+        let Some(standby) = standby else {
+            return;
+        };
+        if standby.port.take_reconnected() {
+            self.pending = true;
+        }
+        let wanted = standby.vf_wanted.load(Ordering::SeqCst);
+        if !self.pending || standby.reattach != Reattach::Auto || !wanted || has_vf {
+            self.pending = false;
+            return;
+        }
+        let job = Job {
+            vmm: self.vmm.clone(),
+            standby,
+            op: "reattach".into(),
+            timeout: DEFAULT_TIMEOUT,
+            ticket: 0,
+            done: self.done.clone(),
+            wakeup: self.events.clone(),
+        };
+        // Busy: the sequence that runs writes the events when it ends.
+        if job.spawn().is_ok() {
+            self.pending = false;
+        }
+    }
+}
+
+impl MutEventSubscriber for Reattacher {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(self.events.as_ref(), EventSet::IN)) {
+            devices::warn_ratelimited!("cannot watch the failover events: {e:?}");
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        self.look();
     }
 }
 

@@ -108,6 +108,9 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmmError> {
         done: done.clone(),
     })));
     em.add_subscriber(Arc::new(Mutex::new(SlotEvents::new(slots))));
+    em.add_subscriber(Arc::new(Mutex::new(super::failover::Reattacher::new(
+        vmm.clone(),
+    ))));
     if let Some(path) = &config.api_socket {
         let server = ApiServer::bind(path, VmApi::new(vmm.clone()))?;
         em.add_subscriber(Arc::new(Mutex::new(server)));

@@ -34,6 +34,15 @@ pub trait NetBackend: Send + Sync + std::fmt::Debug {
     fn has_vnet_hdr(&self) -> bool {
         false
     }
+    /// A descriptor that becomes readable when the backend's connection was replaced (a
+    /// reconnect, on the same [`NetBackend::fd`]): the worker then registers the
+    /// descriptor afresh and tries again what the broken connection stopped. None for a
+    /// backend that never reconnects.
+    fn wake_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// Takes note of a wake-up (drains [`NetBackend::wake_fd`]).
+    fn ack_wake(&self) {}
     /// Says whether received frames may carry partial checksums (the driver accepted
     /// VIRTIO_NET_F_GUEST_CSUM); backends without a header ignore it.
     fn set_rx_offloads(&self, _partial_csum: bool) -> io::Result<()> {

@@ -22,6 +22,7 @@ const EV_RX: u64 = 1;
 const EV_BACKEND: u64 = 2;
 const EV_STOP: u64 = 3;
 const EV_PAUSE: u64 = 4;
+const EV_BACKEND_WAKE: u64 = 5;
 
 /// Frames and errors counted by the worker.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +118,10 @@ impl Worker {
             .and_then(|()| add(self.kicks[1].as_raw_fd(), EV_TX))
             .and_then(|()| add(self.stop.as_raw_fd(), EV_STOP))
             .and_then(|()| add(self.pause.fd().as_raw_fd(), EV_PAUSE));
+        let registered = match self.backend.wake_fd() {
+            Some(fd) => registered.and_then(|()| add(fd, EV_BACKEND_WAKE)),
+            None => registered,
+        };
         if let Err(e) = registered {
             warn_ratelimited!("virtio-net: epoll setup: {e}");
             return self.backend;
@@ -146,6 +151,10 @@ impl Worker {
                     EV_RX => {
                         let _ = self.kicks[0].read();
                         self.process_rx(&epoll);
+                    }
+                    EV_BACKEND_WAKE => {
+                        self.backend.ack_wake();
+                        self.backend_replaced(&epoll);
                     }
                     EV_BACKEND => {
                         let set = ev.event_set();
@@ -319,6 +328,24 @@ impl Worker {
             (Ok(avail), next) => avail.0 != next,
             (Err(_), _) => false,
         }
+    }
+
+    /// The backend's connection was replaced under the same descriptor: its old
+    /// registration went with the old connection (or names a dead one), so it is made
+    /// afresh, and what the broken connection stopped runs again.
+    fn backend_replaced(&mut self, epoll: &Epoll) {
+        if !self.backend_interest.is_empty() {
+            // Gone already if the old connection was closed; nothing to undo then.
+            let _ = epoll.ctl(
+                ControlOperation::Delete,
+                self.backend.fd(),
+                EpollEvent::default(),
+            );
+            self.backend_interest = EventSet::empty();
+        }
+        self.tx_blocked = false;
+        self.process_tx(epoll);
+        self.process_rx(epoll);
     }
 
     /// Registers the backend for what the worker waits on: readability while the guest has

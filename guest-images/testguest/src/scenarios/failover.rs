@@ -5,12 +5,14 @@
 //! nicd's uplink) runs throughout, one frame at a time: out through the VF while it is
 //! present, else through the standby; reflections are taken from both, as net_failover
 //! takes frames from both devices. For `testguest.failover_cycles` cycles (default 2):
-//! `testguest.failover_frames` frames (default 100) on the standby; the VF hot-added and
-//! brought up; as many on the VF; the attention button: the VF is reset and its slot
-//! powered off; then the standby again. Each phase prints what came back and what was
-//! lost; a frame that does not come back within 50 ms counts as lost.
+//! `testguest.failover_frames` frames (default 100) on the standby, and more until the
+//! VF is hot-added and brought up; as many on the VF; the attention button: the VF is reset and its slot
+//! powered off; then the standby again. A VF that goes by surprise instead (nicd went
+//! away with it) ends its cycle early: the standby carries on, and the next cycle waits
+//! for the VF the vmm gives back. Each phase prints what came back and what was lost; a
+//! frame that does not come back within 50 ms counts as lost.
 
-use super::hotplug::{PRESENCE_AND_LINK, card_in, ready_slot, release, wait};
+use super::hotplug::{PRESENCE_AND_LINK, card_in, card_out, ready_slot, release};
 use super::virtio_net::{self as net, fill_frame, param};
 use super::{Ctx, Fail, ensure, fail, info};
 use crate::igbvf::{self, Igbvf, MAX_FRAME};
@@ -44,6 +46,15 @@ struct Phase {
     back: u32,
     via_vf: u32,
     via_standby: u32,
+}
+
+impl Phase {
+    fn add(&mut self, p: Phase) {
+        self.sent += p.sent;
+        self.back += p.back;
+        self.via_vf += p.via_vf;
+        self.via_standby += p.via_standby;
+    }
 }
 
 impl Paths {
@@ -171,7 +182,18 @@ pub fn run(ctx: &Ctx) -> Result<(), Fail> {
 
         ensure!(p.back > 0, "nothing came back on the standby");
         info!(ctx, "cycle {c}: waiting for a VF");
-        wait(&slot, seen, "hot-add", card_in)?;
+        // The stream goes on on the standby until the VF is there.
+        let mut before = Phase::default();
+        let deadline = Deadline::after(time::BUDGET * 3);
+        while !(ring0::irq_count(BSP_CPU, crate::pciehp::VECTOR) > seen && card_in(&slot)) {
+            ensure!(
+                !deadline.expired(),
+                "hot-add: no interrupt or state (slot status {:#x})",
+                slot.status()
+            );
+            before.add(paths.stream(1)?);
+        }
+        report(ctx, c, "until the VF", before);
         slot.ack(PRESENCE_AND_LINK);
         // As pciehp: the slot stays off after a removal until a card is present.
         slot.power_on()?;
@@ -193,22 +215,46 @@ pub fn run(ctx: &Ctx) -> Result<(), Fail> {
         report(ctx, c, "VF", p);
         ensure!(p.via_vf > 0, "nothing came back on the VF");
         info!(ctx, "cycle {c}: waiting for the attention button");
-        // The stream goes on while the button is not pressed.
+        // The stream goes on while the button is not pressed, and the VF is there: it
+        // may go by surprise (nicd went away with it).
         let mut during = Phase::default();
         let deadline = Deadline::after(time::BUDGET * 3);
+        let mut surprise = false;
         loop {
             if slot.status() & EXP_SLTSTA_ABP != 0 {
                 break;
             }
+            if !slot.present() {
+                surprise = true;
+                break;
+            }
             ensure!(!deadline.expired(), "no attention button");
-            let p = paths.stream(1)?;
-            during.sent += p.sent;
-            during.back += p.back;
-            during.via_vf += p.via_vf;
-            during.via_standby += p.via_standby;
+            let p = match paths.stream(1) {
+                Ok(p) => p,
+                // The VF went while the frame was on its way.
+                Err(_) if !slot.present() => {
+                    surprise = true;
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            during.add(p);
+        }
+        report(ctx, c, "until the detach", during);
+        if surprise {
+            // net_failover: the primary is gone, the standby carries on. pciehp would
+            // power the slot off too; this guest leaves it on, so that the vmm, which lets
+            // a slot the guest powered off rest, gives the next VF this slot, the one it
+            // watches.
+            paths.vf = None;
+            let (gone, _) = time::wait_until(|| card_out(&slot));
+            ensure!(gone, "the slot of the surprise-removed VF still has a link");
+            slot.ack(PRESENCE_AND_LINK);
+            seen = ring0::irq_count(BSP_CPU, crate::pciehp::VECTOR);
+            info!(ctx, "cycle {c}: VF gone by surprise");
+            continue;
         }
         seen = ring0::irq_count(BSP_CPU, crate::pciehp::VECTOR);
-        report(ctx, c, "until the detach", during);
         // net_failover: the primary goes, the standby carries on.
         let vf = paths.vf.take();
         seen = release(&slot, seen, || {

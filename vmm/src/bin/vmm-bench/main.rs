@@ -23,8 +23,15 @@
 //! the vmm (the synthetic path), and prints frames/s, Gbit/s and CPU per frame of the vmm's
 //! vCPU thread, its other threads and nicd; `--scale N` runs N guests with a VF each at
 //! once.
+//!
+//! `vmm-bench failover [--cycles N] [--frames N]` has the test guest play net_failover (a
+//! stream of frames, one in flight, out of its VF while it has one, else its standby) to a
+//! reflector on nicd's uplink while N attach/detach cycles run through the vmm's API, and
+//! prints per switch the sequence's time, the frames lost and the longest gap in the
+//! stream, and the frames lost while no switch happened.
 
 mod boot;
+mod failover;
 mod net;
 mod nicd;
 mod trivial_guest;
@@ -65,6 +72,8 @@ enum Bench {
     /// The VF path from test guests in vmm processes against the synthetic path; with
     /// --scale N, N guests with a VF each sending at once.
     Vf(vf::Options),
+    /// Frames lost and the longest gap in a stream across VF attach/detach cycles.
+    Failover(failover::Options),
 }
 
 fn sibling(name: &str) -> PathBuf {
@@ -79,6 +88,7 @@ fn main() -> std::process::ExitCode {
         Bench::Boot(options) => boot::run(&options),
         Bench::Nicd(options) => nicd::run(&options),
         Bench::Vf(options) => vf::run(&options),
+        Bench::Failover(options) => failover::run(&options),
         Bench::Net {
             frames,
             sizes,

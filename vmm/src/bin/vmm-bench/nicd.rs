@@ -142,6 +142,11 @@ impl Nicd {
         self.uplink.take()
     }
 
+    /// Its synthetic socket.
+    pub(crate) fn synthetic(&self) -> PathBuf {
+        self.dir.join(vmm::nicd::synthetic::SOCKET_NAME)
+    }
+
     pub(crate) fn vf(&self, k: u16) -> PathBuf {
         self.dir.join(format!("vf{k}.sock"))
     }

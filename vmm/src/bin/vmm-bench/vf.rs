@@ -66,13 +66,13 @@ fn vf_mac(k: u16) -> String {
 }
 
 /// A vmm running the test guest; its serial lines arrive on `lines`.
-struct Guest {
+pub(crate) struct Guest {
     child: Child,
     lines: Receiver<String>,
 }
 
 impl Guest {
-    fn start(cmdline: &str, memory: &str, extra: &[String]) -> Result<Self, String> {
+    pub(crate) fn start(cmdline: &str, memory: &str, extra: &[String]) -> Result<Self, String> {
         let mut child = Command::new(super::sibling("vmm"))
             .arg("run")
             .arg("--kernel")
@@ -97,14 +97,26 @@ impl Guest {
     }
 
     /// Waits for a line containing `marker`; a FAIL line or the end of output is an error.
-    fn wait_for(&self, marker: &str) -> Result<String, String> {
+    pub(crate) fn wait_for(&self, marker: &str) -> Result<String, String> {
+        let mut lines = self.wait_for_all(marker)?;
+        lines
+            .pop()
+            .ok_or_else(|| format!("no `{marker}` from the guest"))
+    }
+
+    /// [`Guest::wait_for`], returning every line up to the marker's.
+    pub(crate) fn wait_for_all(&self, marker: &str) -> Result<Vec<String>, String> {
         let deadline = Instant::now() + DEADLINE;
+        let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(l) if l.contains(marker) => return Ok(l),
+                Ok(l) if l.contains(marker) => {
+                    seen.push(l);
+                    return Ok(seen);
+                }
                 Ok(l) if l.starts_with("TESTGUEST FAIL") => return Err(l),
-                Ok(_) => {}
+                Ok(l) => seen.push(l),
                 Err(_) => return Err(format!("no `{marker}` from the guest")),
             }
         }
