@@ -57,11 +57,22 @@ fn traffic_moves_between_the_vf_and_the_standby_across_detach_and_attach() {
             &mut vm,
             &format!("cycle {c}: waiting for the attention button"),
         );
-        let (code, r) = vmctl(&api, &["failover", "detach"]);
+        // The second detach moves the filters last (after the guest let go of the VF).
+        let detach: &[&str] = if c == 0 {
+            &["failover", "detach"]
+        } else {
+            &["failover", "detach", "--filters-last"]
+        };
+        let (code, r) = vmctl(&api, detach);
         assert_eq!(code, 0, "{r:?}\n{}", vm.transcript());
         let report = r.failover.expect("a report");
         eprintln!("detach {c}: {:?}", report.steps_us);
         assert!(!report.surprise, "the guest released its VF in time");
+        let filters = report
+            .steps_us
+            .iter()
+            .position(|(what, _)| what.contains("filters on the default VPort"));
+        assert_eq!(filters, Some(c), "{:?}", report.steps_us);
         marker(&mut vm, &format!("cycle {c}: VF released"));
     }
     vm.expect_pass(&["failover"], DEADLINE);
@@ -81,13 +92,15 @@ fn traffic_moves_between_the_vf_and_the_standby_across_detach_and_attach() {
         "{lost} frames lost in 4 switches\n{}",
         vm.transcript()
     );
-    // nicd's count: the orderly moves leave no frame for the guest's MAC without a port.
+    // nicd's count: the orderly moves leave no frame for the guest's MAC without a port;
+    // between the guest's release of the VF (its VPort goes) and a late filter move
+    // (`--filters-last`), the one frame in flight may have nowhere to go.
     let (code, out, err) = nicd.vmctl(&["lost", "--json"]);
     assert_eq!(code, 0, "{err}");
     eprintln!("nicd lost: {out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let guest = mac_text(vf_mac(0));
-    assert_eq!(v["in_flight"][&guest].as_u64().unwrap_or(0), 0, "{out}");
+    assert!(v["in_flight"][&guest].as_u64().unwrap_or(0) <= 1, "{out}");
     assert_eq!(v["no_owner"][&guest].as_u64().unwrap_or(0), 0, "{out}");
     assert!(
         reflector.seen_from(vf_mac(0)) > 0,

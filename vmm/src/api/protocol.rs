@@ -48,6 +48,11 @@ pub enum Request {
         /// How long the guest has to release its VF, or to bring a new one up (ms).
         #[serde(default)]
         timeout_ms: Option<u64>,
+        /// Detach: move the guest's filters to the default VPort only once the guest has
+        /// released its VF, not first (the seed's order). For Linux guests: net_failover
+        /// drops what arrives on the standby while the VF is still its primary.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        filters_last: bool,
     },
     /// Remove a device: orderly (attention button, the guest powers the slot off) or by
     /// surprise. Answered once the device is gone.

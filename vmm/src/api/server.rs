@@ -173,18 +173,24 @@ impl<H: ApiHandler> ApiServer<H> {
                         warn_ratelimited!("api: more than {MAX_CLIENTS} clients: refusing one");
                         continue;
                     }
-                    if stream.set_nonblocking(true).is_err() {
+                    if let Err(e) = stream.set_nonblocking(true) {
+                        warn_ratelimited!("api: a client refused: {e}");
                         continue;
                     }
                     let fd = stream.as_raw_fd();
-                    if ops.add(Events::new(&stream, EventSet::IN)).is_ok() {
-                        self.conns.insert(
-                            fd,
-                            Conn {
-                                stream,
-                                buf: Vec::new(),
-                            },
-                        );
+                    match ops.add(Events::new(&stream, EventSet::IN)) {
+                        Ok(()) => {
+                            self.conns.insert(
+                                fd,
+                                Conn {
+                                    stream,
+                                    buf: Vec::new(),
+                                },
+                            );
+                        }
+                        Err(e) => {
+                            warn_ratelimited!("api: a client refused: cannot watch it: {e:?}")
+                        }
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,

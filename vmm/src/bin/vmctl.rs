@@ -46,6 +46,11 @@ enum Command {
         /// For move: the API socket of the VM that gets the VF.
         #[arg(long, value_name = "PATH")]
         to: Option<PathBuf>,
+        /// detach and move: move the guest's filters to the synthetic path once the guest
+        /// has released its VF, not before (for Linux guests, whose net_failover drops
+        /// what comes on the standby while the VF is its primary).
+        #[arg(long)]
+        filters_last: bool,
         /// How long the guest has to release its VF (then it is surprise-removed), or to
         /// bring a new one up, in ms [default: 10000].
         #[arg(long, value_name = "MS")]
@@ -236,7 +241,16 @@ fn request(command: Command) -> Result<Request, String> {
         Command::Device(DeviceCommand::Remove { id, surprise }) => {
             Request::DeviceRemove { id, surprise }
         }
-        Command::Failover { op, timeout_ms, .. } => Request::Failover { op, timeout_ms },
+        Command::Failover {
+            op,
+            timeout_ms,
+            filters_last,
+            ..
+        } => Request::Failover {
+            op,
+            timeout_ms,
+            filters_last,
+        },
         Command::Nic(_) => return Err("nic commands go to nicd".into()),
     })
 }
@@ -387,12 +401,14 @@ fn failover_move(
     from: &std::path::Path,
     to: &std::path::Path,
     timeout_ms: Option<u64>,
+    filters_last: bool,
 ) -> ExitCode {
     let call = |socket: &std::path::Path, op: &str| {
         VmClient::connect(socket).and_then(|mut c| {
             c.request(&Request::Failover {
                 op: op.to_string(),
                 timeout_ms,
+                filters_last,
             })
         })
     };
@@ -430,7 +446,8 @@ fn main() -> ExitCode {
             op,
             to: Some(to),
             timeout_ms,
-        } if op == "move" => return failover_move(&cli.socket, &to, timeout_ms),
+            filters_last,
+        } if op == "move" => return failover_move(&cli.socket, &to, timeout_ms, filters_last),
         Command::Failover { op, .. } if op == "move" => {
             eprintln!("vmctl: failover move needs --to PATH (the other VM's API socket)");
             return ExitCode::from(2);

@@ -233,7 +233,11 @@ impl VmApi {
                 .map_err(|e| crate::error_chain(&e))?;
                 Response::device(device_info(device))
             }
-            Request::Failover { op, timeout_ms } => {
+            Request::Failover {
+                op,
+                timeout_ms,
+                filters_last,
+            } => {
                 let standby = vmm
                     .devices()
                     .standby()
@@ -265,6 +269,7 @@ impl VmApi {
                     op,
                     timeout: timeout_ms
                         .map_or(super::failover::DEFAULT_TIMEOUT, Duration::from_millis),
+                    filters_last,
                     ticket,
                     done: self.failovers.clone(),
                     wakeup: self.wakeup.clone(),

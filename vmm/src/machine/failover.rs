@@ -58,6 +58,8 @@ pub struct Job {
     pub op: String,
     /// See [`DEFAULT_TIMEOUT`].
     pub timeout: Duration,
+    /// Detach: the filters move once the guest has released the VF, not first.
+    pub filters_last: bool,
     /// The request's ticket.
     pub ticket: u64,
     /// Where the answer goes.
@@ -171,11 +173,17 @@ impl Job {
             steps.push((what.to_string(), us));
         };
         let (id, vf) = self.assigned_vf()?;
-        self.nicd(&NicRequest::GuestFilters {
-            mac: self.mac(),
-            to: "default".into(),
-        })?;
-        step(&mut steps, "the guest's filters on the default VPort");
+        let to_default = |steps: &mut Vec<(String, u64)>| -> Result<(), String> {
+            self.nicd(&NicRequest::GuestFilters {
+                mac: self.mac(),
+                to: "default".into(),
+            })?;
+            step(steps, "the guest's filters on the default VPort");
+            Ok(())
+        };
+        if !self.filters_last {
+            to_default(&mut steps)?;
+        }
         {
             let vmm = lock(&self.vmm);
             // Ticket 0: nobody waits for this removal's own answer (the API skips it).
@@ -203,6 +211,9 @@ impl Job {
             );
         } else {
             step(&mut steps, "the VF removed by the guest (attention button)");
+        }
+        if self.filters_last {
+            to_default(&mut steps)?;
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.vf_status(vf)?.0 {
@@ -397,6 +408,7 @@ impl Reattacher {
             standby,
             op: "reattach".into(),
             timeout: DEFAULT_TIMEOUT,
+            filters_last: false,
             ticket: 0,
             done: self.done.clone(),
             wakeup: self.events.clone(),

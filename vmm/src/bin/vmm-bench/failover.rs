@@ -108,6 +108,7 @@ fn failover(api: &std::path::Path, op: &str) -> Result<Vec<(String, u64)>, Strin
             c.request(&Request::Failover {
                 op: op.into(),
                 timeout_ms: None,
+                filters_last: false,
             })
         })
         .map_err(|e| format!("failover {op}: {}", vmm::error_chain(&e)))?;
