@@ -517,7 +517,7 @@ fn linux_net_failover_keeps_tcp_across_vf_detach_and_attach() {
             let deadline = t0 + budget;
             let status = loop {
                 let (code, r) = vmctl(&api, &["failover", "status"]);
-                assert_eq!(code, 0, "{r:?}");
+                assert_eq!(code, 0, "{r:?}\n{}", vm.transcript());
                 let st = r.standby.expect("the standby's status");
                 if st.last_reattach.is_some() {
                     break st;

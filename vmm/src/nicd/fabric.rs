@@ -40,6 +40,15 @@ pub struct Uplink {
     buf: Vec<u8>,
     /// Frames the socket refused for now (oldest first), with their headers.
     backlog: VecDeque<Vec<u8>>,
+    /// Frames dropped because the TAP's interface was down.
+    down_dropped: u64,
+}
+
+/// A TAP whose interface is down refuses frames with EIO (the kernel's tun driver): the
+/// port's link is down, which loses frames and is no failure of the port (the host may
+/// bring the interface up any time; a test does just after nicd made the TAP).
+fn link_down(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EIO)
 }
 
 impl Uplink {
@@ -49,6 +58,7 @@ impl Uplink {
             backend,
             buf: vec![0u8; MAX_UPLINK_FRAME],
             backlog: VecDeque::new(),
+            down_dropped: 0,
         }
     }
 
@@ -83,6 +93,16 @@ impl Uplink {
             let sent = match self.backend.send_batch(&batch) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if link_down(&e) => {
+                    // As a NIC whose link is down: what waits is lost, the port stays.
+                    self.down_dropped += self.backlog.len() as u64;
+                    self.backlog.clear();
+                    devices::warn_ratelimited!(
+                        "nicd: the uplink's link is down: frames dropped ({} so far)",
+                        self.down_dropped
+                    );
+                    return Ok(());
+                }
                 Err(e) => return Err(e),
             };
             let full = sent < batch.len();
@@ -98,7 +118,7 @@ impl Uplink {
     fn recv(&mut self) -> io::Result<Option<Vec<u8>>> {
         let n = match self.backend.recv(&mut self.buf) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || link_down(&e) => return Ok(None),
             Err(e) if e.kind() == io::ErrorKind::InvalidData => return Ok(Some(Vec::new())),
             Err(e) => return Err(e),
         };
@@ -447,5 +467,39 @@ impl TxSink for SwitchTx {
 
     fn send(&mut self, frame: &[u8]) {
         lock(&self.fabric).vf_frame(self.vf, frame);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TAP whose interface is down: every write fails with EIO.
+    #[derive(Debug)]
+    struct DownTap;
+
+    impl NetBackend for DownTap {
+        fn send(&self, _frame: &[u8]) -> io::Result<()> {
+            Err(io::Error::from_raw_os_error(libc::EIO))
+        }
+        fn recv(&self, _buf: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::from_raw_os_error(libc::EIO))
+        }
+        fn fd(&self) -> i32 {
+            -1
+        }
+        fn has_vnet_hdr(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_tap_that_is_down_drops_frames_and_stays() {
+        let mut up = Uplink::new(Box::new(DownTap));
+        up.send(&[0u8; 60]).unwrap();
+        up.send(&[0u8; 60]).unwrap();
+        assert!(up.flush().is_ok(), "a link that is down is no failure");
+        assert_eq!((up.backlog.len(), up.down_dropped), (0, 2));
+        assert!(matches!(up.recv(), Ok(None)));
     }
 }

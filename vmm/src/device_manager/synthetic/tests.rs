@@ -17,7 +17,14 @@ fn temp_socket(name: &str) -> PathBuf {
 /// Accepts one port on `listener`, reads its hello and answers it (`error`: refuse).
 fn serve_one(listener: &SeqpacketSocket, error: Option<&str>) -> (SeqpacketSocket, Hello) {
     let conn = listener.accept().unwrap();
-    conn.set_nonblocking(false).unwrap();
+    // The socket's receive never blocks (MSG_DONTWAIT): wait for the hello first.
+    let mut p = libc::pollfd {
+        fd: conn.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; the socket outlives the call.
+    assert_eq!(unsafe { libc::poll(&raw mut p, 1, 10_000) }, 1, "no hello");
     let mut buf = [0u8; 1024];
     let n = conn.recv(&mut buf).unwrap();
     let hello: Hello = serde_json::from_slice(&buf[..n]).unwrap();
