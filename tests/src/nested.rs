@@ -637,13 +637,22 @@ NICD_BIN=/payload/bin/nicd \
 VMM_TESTGUEST=/payload/images/testguest.elf VMM_GUEST_IMAGES=/payload/images \
 VMM_TESTS_STRICT=1 RUST_BACKTRACE=1 TMPDIR=/tmp";
 
-/// [`TEST_ENV`], and `RUST_TEST_NOCAPTURE=1` when this process has it: the inner tests'
-/// own output (figures they print) then shows even when they pass.
+/// [`TEST_ENV`], and what this process has of `RUST_TEST_NOCAPTURE` (the inner tests'
+/// own output, figures they print, then shows even when they pass) and
+/// `VMM_LINUX_FAILOVER_CYCLES`.
 fn test_env() -> String {
-    match std::env::var_os("RUST_TEST_NOCAPTURE") {
-        Some(v) if v != "0" => format!("{TEST_ENV} RUST_TEST_NOCAPTURE=1"),
-        _ => TEST_ENV.to_string(),
+    let mut env = TEST_ENV.to_string();
+    if std::env::var_os("RUST_TEST_NOCAPTURE").is_some_and(|v| v != "0") {
+        env.push_str(" RUST_TEST_NOCAPTURE=1");
     }
+    // How many attach/detach cycles the Linux failover test runs.
+    if let Some(n) = std::env::var("VMM_LINUX_FAILOVER_CYCLES")
+        .ok()
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+    {
+        env.push_str(&format!(" VMM_LINUX_FAILOVER_CYCLES={n}"));
+    }
+    env
 }
 
 /// Shell lines that record KVM's tracepoints in the nested host into the ring buffer of
