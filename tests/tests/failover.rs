@@ -1,17 +1,48 @@
 //! Tier 2: failover between a guest's VF and its synthetic standby, driven through the
 //! vmm's API (`vmctl failover attach|detach`), which drives nicd's: the test guest plays
 //! net_failover (scenario `failover`: a stream out of the VF while it is there, else the
-//! standby; reflections taken from both) while the VF is attached and detached twice.
+//! standby; reflections taken from both) while the VF is attached and detached twice,
+//! moved to another guest, lost with nicd and given back when nicd returns; and a vmm
+//! killed with a VF.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tests::nicd::{Nicd, Reflector, mac_text, vf_mac};
+use tests::vfio_client::wait_for;
 use tests::{RunArgs, VmProcess, require_kvm, temp_path, vmctl};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
 fn marker(vm: &mut VmProcess, text: &str) {
     vm.expect_stdout(DEADLINE, text);
+}
+
+/// A test guest playing net_failover (scenario `failover`, watching slot 2) with a standby
+/// of `mac` on `nicd`, `frames` frames a phase and `cycles` cycles, and its API socket.
+fn failover_guest(
+    nicd: &Nicd,
+    mac: [u8; 6],
+    api_name: &str,
+    frames: u32,
+    cycles: u32,
+) -> (VmProcess, PathBuf) {
+    let api = temp_path(api_name);
+    let mut args = RunArgs::testguest("failover", 1, "256M");
+    args.cmdline.push_str(&format!(
+        " testguest.hotplug_port=2 testguest.failover_frames={frames} \
+         testguest.failover_cycles={cycles}"
+    ));
+    let net = nicd.synthetic_net(mac, true);
+    let vm = args
+        .with(&[
+            "--net".as_ref(),
+            net.as_ref(),
+            "--api-socket".as_ref(),
+            api.as_os_str(),
+        ])
+        .spawn();
+    (vm, api)
 }
 
 #[test]
@@ -21,20 +52,7 @@ fn traffic_moves_between_the_vf_and_the_standby_across_detach_and_attach() {
     }
     let mut nicd = Nicd::start(1);
     let reflector = Reflector::start(&mut nicd);
-    let api = temp_path("failover-api.sock");
-    let mut args = RunArgs::testguest("failover", 1, "256M");
-    args.cmdline.push_str(
-        " testguest.hotplug_port=2 testguest.failover_frames=50 testguest.failover_cycles=2",
-    );
-    let net = nicd.synthetic_net(vf_mac(0), true);
-    let mut vm = args
-        .with(&[
-            "--net".as_ref(),
-            net.as_ref(),
-            "--api-socket".as_ref(),
-            api.as_os_str(),
-        ])
-        .spawn();
+    let (mut vm, api) = failover_guest(&nicd, vf_mac(0), "failover-api.sock", 50, 2);
     // Without a VF, a detach has nothing to do.
     marker(&mut vm, "cycle 0: waiting for a VF");
     let (code, r) = vmctl(&api, &["failover", "detach"]);
@@ -164,23 +182,8 @@ fn the_vf_moves_from_one_guest_to_another() {
     }
     let mut nicd = Nicd::start(1);
     let _reflector = Reflector::start(&mut nicd);
-    let guest = |name: &str, mac: [u8; 6]| {
-        let api = temp_path(&format!("move-{name}.sock"));
-        let mut args = RunArgs::testguest("failover", 1, "256M");
-        args.cmdline.push_str(
-            " testguest.hotplug_port=2 testguest.failover_frames=30 testguest.failover_cycles=1",
-        );
-        let net = nicd.synthetic_net(mac, true);
-        let vm = args
-            .with(&[
-                "--net".as_ref(),
-                net.as_ref(),
-                "--api-socket".as_ref(),
-                api.as_os_str(),
-            ])
-            .spawn();
-        (vm, api)
-    };
+    let guest =
+        |name: &str, mac: [u8; 6]| failover_guest(&nicd, mac, &format!("move-{name}.sock"), 30, 1);
     let (mut a, api_a) = guest("a", [0x52, 0x54, 0x00, 0xaa, 0x00, 0x0a]);
     let (mut b, api_b) = guest("b", [0x52, 0x54, 0x00, 0xaa, 0x00, 0x0b]);
     marker(&mut a, "cycle 0: waiting for a VF");
@@ -227,22 +230,9 @@ fn nicd_killed_and_restarted_the_guest_gets_a_vf_back() {
     }
     let mut nicd = Nicd::start(1);
     let reflector = Reflector::start(&mut nicd);
-    let api = temp_path("failover-restart-api.sock");
-    let mut args = RunArgs::testguest("failover", 1, "256M");
     // 100 frames a phase: the standby phase after the restart has to outlast the
     // reconnect.
-    args.cmdline.push_str(
-        " testguest.hotplug_port=2 testguest.failover_frames=100 testguest.failover_cycles=2",
-    );
-    let net = nicd.synthetic_net(vf_mac(0), true);
-    let mut vm = args
-        .with(&[
-            "--net".as_ref(),
-            net.as_ref(),
-            "--api-socket".as_ref(),
-            api.as_os_str(),
-        ])
-        .spawn();
+    let (mut vm, api) = failover_guest(&nicd, vf_mac(0), "failover-restart-api.sock", 100, 2);
     marker(&mut vm, "cycle 0: waiting for a VF");
     let (code, r) = vmctl(&api, &["failover", "attach"]);
     assert_eq!(code, 0, "{r:?}\n{}", vm.transcript());
@@ -313,15 +303,12 @@ fn a_killed_vmm_gives_its_vf_and_its_port_back_to_nicd() {
     };
     assert!(status().contains("\"client\":true"), "{}", status());
     vm.kill();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !status().contains("\"client\":false") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nicd still serves VF 0 after its vmm died: {}",
-            status()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_for(Duration::from_secs(10), || status()
+            .contains("\"client\":false")),
+        "nicd still serves VF 0 after its vmm died: {}",
+        status()
+    );
     // A frame from the uplink for the guest's MAC: no VPort or synthetic port has it.
     let mut frame = vec![0u8; 64];
     frame[..6].copy_from_slice(&vf_mac(0));
@@ -329,20 +316,20 @@ fn a_killed_vmm_gives_its_vf_and_its_port_back_to_nicd() {
     frame[12..14].copy_from_slice(&[0x88, 0xb5]);
     nicd.uplink().send(&frame).unwrap();
     let guest = mac_text(vf_mac(0));
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    let lost = || {
         let (code, out, err) = nicd.vmctl(&["lost", "--json"]);
         assert_eq!(code, 0, "{err}");
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        if v["no_owner"][&guest].as_u64().unwrap_or(0) >= 1 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the frame for the dead guest was not counted as without an owner: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        out
+    };
+    let counted = |out: &str| {
+        let v: serde_json::Value = serde_json::from_str(out).unwrap();
+        v["no_owner"][&guest].as_u64().unwrap_or(0) >= 1
+    };
+    assert!(
+        wait_for(Duration::from_secs(5), || counted(&lost())),
+        "the frame for the dead guest was not counted as without an owner: {}",
+        lost()
+    );
     let (code, out, err) = nicd.vmctl(&["vf-claim", &guest, "--json"]);
     assert_eq!(code, 0, "the VF is free again: {out}{err}");
 }

@@ -137,9 +137,7 @@ pub struct DeviceManager {
 pub struct Standby {
     /// Its device ID.
     pub id: String,
-    /// Its MAC (and the VF's).
-    pub mac: [u8; 6],
-    /// Its synthetic port of nicd.
+    /// Its synthetic port of nicd (which knows the guest's MAC, the VF's too).
     pub port: Arc<synthetic::SyntheticPort>,
     /// What to do when nicd comes back after the guest lost its VF with it.
     pub reattach: crate::config::Reattach,
@@ -280,14 +278,10 @@ impl DeviceManager {
             && self.standby.is_none()
             && let Some(port) = made.synthetic.clone()
         {
-            let has_vf = slots
-                .list()
-                .iter()
-                .any(|s| s.device.as_ref().is_some_and(|d| d.kind == "vf"));
+            let has_vf = slots.vf().is_some();
             port.notify_reconnect(self.failover_events.clone());
             self.standby = Some(Standby {
                 id: net_id(self.next_net),
-                mac: net.mac,
                 port,
                 reattach: net.reattach,
                 vf_wanted: Arc::new(std::sync::atomic::AtomicBool::new(has_vf)),

@@ -272,6 +272,15 @@ impl PciSlots {
         Ok(device)
     }
 
+    /// The VM's VF (the first, if several), as the failover sequences know it.
+    pub fn vf(&self) -> Option<SlotDevice> {
+        self.devices
+            .iter()
+            .map(|(_, d)| d)
+            .find(|d| d.kind == "vf")
+            .cloned()
+    }
+
     /// Watches `sock`, the connection of device `id`, for a hang-up: then the device is
     /// removed by surprise ([`PciSlots::hung_up`]).
     pub fn watch(&mut self, id: &str, sock: std::os::unix::net::UnixStream) {

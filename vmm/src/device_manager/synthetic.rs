@@ -5,8 +5,9 @@
 //! until nicd is back. The new connection takes the old one's descriptor (`dup3`), so
 //! the virtio-net worker keeps its descriptor and only renews its registration, which
 //! the port's wake-up descriptor asks it to do (`NetBackend::wake_fd`). A reconnect also
-//! writes the descriptor given to [`SyntheticPort::notify_reconnect`]: the VM's API
-//! handler, which then gives the guest a VF again if it had one (docs/failover.md).
+//! writes the descriptor given to [`SyntheticPort::notify_reconnect`]: the VM's failover
+//! events, on which `machine::failover::Reattacher` gives the guest a VF again if it had
+//! one (docs/failover.md).
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -27,9 +28,9 @@ use crate::nicd::synthetic::{Hello, HelloReply};
 /// How long nicd may take to answer a hello.
 const HELLO_TIMEOUT_MS: i32 = 5000;
 /// The first wait between reconnect attempts; it doubles up to [`BACKOFF_MAX`].
-pub const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 /// The longest wait between reconnect attempts.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How often the watcher looks for a hang-up nobody has noticed (an idle guest neither
 /// sends nor receives).
 const WATCH_EVERY_MS: i32 = 250;

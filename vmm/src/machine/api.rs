@@ -244,10 +244,7 @@ impl VmApi {
                     .cloned()
                     .ok_or("failover needs a standby: --net nicd=PATH,mac=MAC,standby")?;
                 if op == "status" {
-                    let vf = lock(&vmm.devices().slots)
-                        .list()
-                        .into_iter()
-                        .find_map(|s| s.device.filter(|d| d.kind == "vf").map(|d| d.id));
+                    let vf = lock(&vmm.devices().slots).vf().map(|d| d.id);
                     let status = StandbyStatus {
                         device: standby.id.clone(),
                         port: standby.port.status(),

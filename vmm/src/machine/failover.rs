@@ -47,6 +47,28 @@ const REATTACH_ATTEMPTS: u32 = 10;
 /// Finished sequences, for the API server to answer.
 pub type Done = Arc<Mutex<Vec<(u64, Response)>>>;
 
+/// A sequence's steps: what, and its end in microseconds since the sequence began.
+#[derive(Debug)]
+struct Steps {
+    t0: Instant,
+    list: Vec<(String, u64)>,
+}
+
+impl Steps {
+    fn new() -> Self {
+        Self {
+            t0: Instant::now(),
+            list: Vec::new(),
+        }
+    }
+
+    /// `what` is done now.
+    fn done(&mut self, what: &str) {
+        let us = u64::try_from(self.t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.list.push((what.to_string(), us));
+    }
+}
+
 /// One sequence.
 #[derive(Debug)]
 pub struct Job {
@@ -80,7 +102,9 @@ impl Job {
                 "detach" => self.detach(),
                 "attach" => self.attach(),
                 "reattach" => self.reattach(),
-                other => Err(format!("no failover operation `{other}` (detach, attach)")),
+                other => Err(format!(
+                    "no failover operation `{other}` (detach, attach, status)"
+                )),
             };
             let response = match r {
                 Ok(report) => Response {
@@ -123,7 +147,7 @@ impl Job {
     }
 
     fn mac(&self) -> String {
-        MacAddr(self.standby.mac).to_string()
+        MacAddr(self.standby.port.mac()).to_string()
     }
 
     /// VF `vf`'s state in nicd: (client, VPort, RX ready).
@@ -166,19 +190,14 @@ impl Job {
     }
 
     fn detach(&self) -> Result<FailoverReport, String> {
-        let t0 = Instant::now();
-        let mut steps = Vec::new();
-        let step = |steps: &mut Vec<(String, u64)>, what: &str| {
-            let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
-            steps.push((what.to_string(), us));
-        };
+        let mut steps = Steps::new();
         let (id, vf) = self.assigned_vf()?;
-        let to_default = |steps: &mut Vec<(String, u64)>| -> Result<(), String> {
+        let to_default = |steps: &mut Steps| -> Result<(), String> {
             self.nicd(&NicRequest::GuestFilters {
                 mac: self.mac(),
                 to: "default".into(),
             })?;
-            step(steps, "the guest's filters on the default VPort");
+            steps.done("the guest's filters on the default VPort");
             Ok(())
         };
         if !self.filters_last {
@@ -205,12 +224,9 @@ impl Job {
                     self.timeout.as_millis()
                 ),
             );
-            step(
-                &mut steps,
-                "the VF surprise-removed (the guest held on to it)",
-            );
+            steps.done("the VF surprise-removed (the guest held on to it)");
         } else {
-            step(&mut steps, "the VF removed by the guest (attention button)");
+            steps.done("the VF removed by the guest (attention button)");
         }
         if self.filters_last {
             to_default(&mut steps)?;
@@ -222,14 +238,11 @@ impl Job {
             }
             std::thread::sleep(POLL);
         }
-        step(
-            &mut steps,
-            "nicd deleted the VF's VPort, reset it (FLR) and freed it",
-        );
+        steps.done("nicd deleted the VF's VPort, reset it (FLR) and freed it");
         self.standby.vf_wanted.store(false, Ordering::SeqCst);
         Ok(FailoverReport {
             op: "detach".into(),
-            steps_us: steps,
+            steps_us: steps.list,
             vf,
             device: id,
             surprise,
@@ -237,12 +250,7 @@ impl Job {
     }
 
     fn attach(&self) -> Result<FailoverReport, String> {
-        let t0 = Instant::now();
-        let mut steps = Vec::new();
-        let step = |steps: &mut Vec<(String, u64)>, what: &str| {
-            let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
-            steps.push((what.to_string(), us));
-        };
+        let mut steps = Steps::new();
         if self.assigned_vf().is_ok() {
             return Err("the VM has a VF already".into());
         }
@@ -258,10 +266,7 @@ impl Job {
             .as_str()
             .ok_or("nicd's claim named no socket")?
             .to_string();
-        step(
-            &mut steps,
-            "a free VF claimed, the guest's MAC its admin MAC",
-        );
+        steps.done("a free VF claimed, the guest's MAC its admin MAC");
         let device = {
             let mut vmm = lock(&self.vmm);
             vmm.devices_mut()
@@ -274,8 +279,8 @@ impl Job {
                 )
                 .map_err(|e| crate::error_chain(&e))?
         };
-        step(&mut steps, "the VF hot-added");
-        self.bring_up(vf, device.id, t0, steps)
+        steps.done("the VF hot-added");
+        self.bring_up(vf, device.id, steps)
     }
 
     /// The end of an attach: waits until the guest's driver has VF `vf` (device `device`)
@@ -284,13 +289,8 @@ impl Job {
         &self,
         vf: u16,
         device: String,
-        t0: Instant,
-        mut steps: Vec<(String, u64)>,
+        mut steps: Steps,
     ) -> Result<FailoverReport, String> {
-        let step = |steps: &mut Vec<(String, u64)>, what: &str| {
-            let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
-            steps.push((what.to_string(), us));
-        };
         let deadline = Instant::now() + self.timeout;
         loop {
             let (_, vport, rx) = self.vf_status(vf)?;
@@ -305,15 +305,15 @@ impl Job {
             }
             std::thread::sleep(POLL);
         }
-        step(&mut steps, "the guest's igbvf up (VPort made, RX enabled)");
+        steps.done("the guest's igbvf up (VPort made, RX enabled)");
         self.nicd(&NicRequest::GuestFilters {
             mac: self.mac(),
             to: format!("vf{vf}"),
         })?;
-        step(&mut steps, "the guest's filters on the VF's VPort");
+        steps.done("the guest's filters on the VF's VPort");
         Ok(FailoverReport {
             op: self.op.clone(),
-            steps_us: steps,
+            steps_us: steps.list,
             vf,
             device,
             surprise: false,
@@ -335,7 +335,7 @@ impl Job {
                 return Err("nicd went away again".into());
             }
             let r = match self.assigned_vf() {
-                Ok((device, vf)) => self.bring_up(vf, device, Instant::now(), Vec::new()),
+                Ok((device, vf)) => self.bring_up(vf, device, Steps::new()),
                 Err(_) => self.attach(),
             };
             match r {
@@ -386,10 +386,7 @@ impl Reattacher {
         lock(&self.done).clear();
         let (standby, has_vf) = {
             let vmm = lock(&self.vmm);
-            let has_vf = lock(&vmm.devices().slots)
-                .list()
-                .into_iter()
-                .any(|s| s.device.is_some_and(|d| d.kind == "vf"));
+            let has_vf = lock(&vmm.devices().slots).vf().is_some();
             (vmm.devices().standby().cloned(), has_vf)
         };
         let Some(standby) = standby else {
